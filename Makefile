@@ -1,0 +1,38 @@
+# segbench: `make run` runs the demo study, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= config/demo.yaml
+CORES  ?= all
+PIP_QUIET ?= -q
+SHELL  := bash
+.SHELLFLAGS := -eo pipefail -c
+# pip's notes about absent local index folders are noise.
+QUIET_PIP := { grep -v '^WARNING: Location' || true; }
+
+.PHONY: setup run test lint mlflow-ui clean
+
+setup: $(STAMP)
+
+# Re-installs only when the package metadata changes; a second `make setup` does nothing.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(PIP_QUIET) -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import segmodels, torch, torchvision, mlflow"
+	touch $@
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 --configfile $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check segmodels tests
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --default-artifact-root results/mlartifacts --host 127.0.0.1
+
+clean:
+	rm -rf results logs reports/figures reports/report.pdf .snakemake

@@ -1,0 +1,5 @@
+import sys
+
+from segmodels.cli import main
+
+sys.exit(main())

@@ -1,0 +1,282 @@
+"""A study's configuration: one plain YAML file, every key a typed dataclass field.
+
+``load_config(path)`` reads the YAML, rejects unknown keys and wrong types with a
+message that names the file and the dotted key (``train.lr``), and returns a
+:class:`StudyConfig`. Sizes are ``[height, width]`` everywhere, as in torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "BenchmarkConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "ModelConfig",
+    "StudyConfig",
+    "SynthConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "flatten",
+    "from_dict",
+    "load_config",
+    "study_schema",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class SynthConfig:
+    train: int = 48  # generated training images
+    val: int = 16  # generated validation images
+    size: list[int] = field(default_factory=lambda: [256, 512])  # [height, width] as written to disk
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"  # name of data/raw/{dataset} and data/packed/{dataset}
+    source: str = "synthetic"  # synthetic | cityscapes
+    root: str | None = None  # cityscapes: a folder or the folder with the two zips; default $CITYSCAPES_DATASET
+    size: list[int] = field(default_factory=lambda: [512, 1024])  # packed [height, width]; the study's 1024×512
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class ModelConfig:
+    output_stride: int = 8  # 8, 16 or 32
+    pretrained: str | None = "imagenet"  # imagenet | a path to a state dict | null (random init)
+    aux: bool = True  # auxiliary FCN head on the aux stage (training only)
+    num_classes: int = 19
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 40000  # optimizer steps; the schedule is iteration-based
+    batch_size: int = 8
+    crop_size: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width]
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random rescale before the crop
+    lr: float = 0.01  # base learning rate; heads may use a multiple
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # not applied to norm weights and biases
+    poly_power: float = 0.9
+    warmup_iters: int = 0  # linear warm-up from lr * warmup_ratio
+    warmup_ratio: float = 0.1
+    aux_weight: float = 0.4
+    region_weight: float = 0.4  # OCR's soft-object-region loss
+    distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    amp: bool = True  # mixed precision on a GPU (bf16 where supported)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    deterministic: bool = False
+    log_every: int = 20  # iterations between logged metrics
+    val_every: int = 0  # iterations between validation passes (0: only at the end)
+    ckpt_every: int = 200  # iterations between last.pt writes
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = 4
+    flip: bool = False  # test-time horizontal flip
+    scales: list[float] = field(default_factory=lambda: [1.0])  # test-time scales
+    sliding: bool = False  # sliding-window inference instead of whole-image
+    window: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width] of a window
+    stride: list[int] = field(default_factory=lambda: [341, 682])
+    full_resolution: bool = False  # upsample logits to 1024×2048 before scoring
+    samples: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # validation images drawn for figures
+    amp: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class BenchmarkConfig:
+    size: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width] of the timed input
+    batch_size: int = 1
+    warmup: int = 20
+    repeats: int = 100
+    modes: list[str] = field(default_factory=lambda: ["fp32", "amp"])  # fp32 amp channels_last compile cudagraphs onnx
+    device: str = "auto"
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "segbench"  # MLflow experiment name
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db
+
+
+@dataclass
+class StudyConfig:
+    experiment: str = "study"  # results/{experiment}/
+    models: list[str] = field(default_factory=lambda: ["resnet18-ppm"])  # {backbone}-{head}
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list of {_type_name(item)}, got {value!r}")
+        return [_check(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, where=where, prefix=f"{key}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], *, where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(names)}"
+        )
+    kwargs = {k: _check(v, hints[k], f"{prefix}{k}", where) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: StudyConfig, where: str) -> None:
+    from segmodels.models import BACKBONES, HEADS  # light: the registry only
+
+    if not cfg.models:
+        raise ConfigError(f"{where}: 'models' is empty; list at least one {{backbone}}-{{head}}")
+    for name in cfg.models:
+        backbone, _, head = name.partition("-")
+        if backbone not in BACKBONES or head not in HEADS:
+            raise ConfigError(
+                f"{where}: model '{name}' is not {{backbone}}-{{head}}; "
+                f"backbones: {', '.join(BACKBONES)}; heads: {', '.join(HEADS)}"
+            )
+    if cfg.data.source not in ("synthetic", "cityscapes"):
+        raise ConfigError(f"{where}: 'data.source' must be synthetic or cityscapes, got {cfg.data.source!r}")
+    if cfg.model.output_stride not in (8, 16, 32):
+        raise ConfigError(f"{where}: 'model.output_stride' must be 8, 16 or 32, got {cfg.model.output_stride}")
+    for key, size in (
+        ("data.size", cfg.data.size),
+        ("data.synthetic.size", cfg.data.synthetic.size),
+        ("train.crop_size", cfg.train.crop_size),
+        ("benchmark.size", cfg.benchmark.size),
+    ):
+        if len(size) != 2 or min(size) <= 0:
+            raise ConfigError(f"{where}: '{key}' must be [height, width] of positive integers, got {size}")
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    """Read and validate a study config; ``overrides`` maps dotted keys to values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with path.open() as fh:
+        try:
+            data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    cfg = from_dict(StudyConfig, data, where=str(path))
+    _validate(cfg, str(path))
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.01}}`` → ``{"train.lr": 0.01}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _json_schema(tp: Any) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [_json_schema(arg) for arg in typing.get_args(tp)]}
+    if origin is list:
+        return {"type": "array", "items": _json_schema(typing.get_args(tp)[0])}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {f.name: _json_schema(hints[f.name]) for f in dataclasses.fields(tp)},
+        }
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    return {"type": names[tp]}
+
+
+def study_schema() -> dict[str, Any]:
+    """JSON schema of a study config, derived from the dataclasses (config/schema.yaml is this, written out)."""
+    from segmodels.models import BACKBONES, HEADS
+
+    schema = _json_schema(StudyConfig)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = "A segbench study: generated by `segmodels schema` from segmodels/config.py."
+    schema["required"] = ["experiment", "models"]
+    schema["properties"]["models"]["items"] = {
+        "type": "string",
+        "pattern": f"^({'|'.join(BACKBONES)})-({'|'.join(HEADS)})$",
+    }
+    schema["properties"]["models"]["minItems"] = 1
+    schema["properties"]["data"]["properties"]["source"]["enum"] = ["synthetic", "cityscapes"]
+    schema["properties"]["model"]["properties"]["output_stride"]["enum"] = [8, 16, 32]
+    return schema

@@ -1,0 +1,135 @@
+"""The project's own promises: metadata in step, a command line that explains itself, configs that validate."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segmodels.cli import main
+from segmodels.config import ConfigError, StudyConfig, flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name → conda-forge name where they differ
+
+
+def _split(req: str) -> tuple[str, str]:
+    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)(\[[^\]]*\])?\s*(.*)$", req)
+    assert match, req
+    return match.group(1).lower(), match.group(3).replace(" ", "")
+
+
+def _pyproject_runtime() -> dict[str, str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(_split(r) for r in data["project"]["dependencies"])
+
+
+def _environment() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    out: dict[str, str] = {}
+    for dep in env["dependencies"]:
+        items = dep["pip"] if isinstance(dep, dict) else [dep]
+        for item in items:
+            if item.startswith("-e") or item in ("pip",) or item.startswith("python"):
+                continue
+            name, spec = _split(item)
+            out[name] = spec
+    return out
+
+
+def test_environment_matches_pyproject():
+    runtime = _pyproject_runtime()
+    env = _environment()
+    for name, spec in runtime.items():
+        conda = CONDA_NAMES.get(name, name)
+        assert conda in env, f"environment.yml lacks runtime dependency {name} (as {conda})"
+        assert env[conda] == spec, f"{name}: pyproject says {spec!r}, environment.yml says {env[conda]!r}"
+    back = {v: k for k, v in CONDA_NAMES.items()}
+    for conda in env:
+        assert back.get(conda, conda) in runtime, f"environment.yml has {conda}, which pyproject.toml lacks"
+
+
+def test_environment_installs_the_package_itself():
+    text = (ROOT / "environment.yml").read_text()
+    assert "-e .[dev]" in text
+
+
+def test_torch_lower_bound_admits_2_6():
+    assert _pyproject_runtime()["torch"] == ">=2.6"
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("synth", "prepare", "train", "evaluate", "benchmark", "models"):
+        assert command in out, f"'{command}' missing from segmodels --help"
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("segmodels")
+    result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.startswith("segmodels ")
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "config.yaml", "test.yaml"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "config" / name)
+    assert isinstance(cfg, StudyConfig)
+    assert cfg.models and all("-" in m for m in cfg.models)
+
+
+def test_study_matrix_is_the_earlier_study_plus_fcn():
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    expected = {f"{b}-ppm" for b in ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3")}
+    expected |= {"resnet18-aspp", "resnet18-ocr", "resnet18-fcn"}
+    assert set(cfg.models) == expected
+    assert set(load_config(ROOT / "config" / "demo.yaml").models) == expected
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"models": ["resnet34-ppm"]}, "model 'resnet34-ppm'"),
+        ({"train": {"lrate": 0.1}}, "unknown key 'train.lrate'"),
+        ({"train": {"lr": "fast"}}, "'train.lr' must be float"),
+        ({"train": {"iterations": 1.5}}, "'train.iterations' must be int"),
+        ({"train": {"crop_size": [64]}}, "'train.crop_size' must be [height, width]"),
+        ({"model": {"output_stride": 4}}, "'model.output_stride' must be 8, 16 or 32"),
+        ({"data": {"source": "kitti"}}, "'data.source' must be synthetic or cityscapes"),
+        ({"models": []}, "'models' is empty"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, data, message):
+    path = _write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_and_defaults(tmp_path):
+    path = _write(tmp_path, {"train": {"lr": 0.02}})
+    cfg = load_config(path, overrides={"train.batch_size": 2, "model.pretrained": None})
+    assert cfg.train.lr == 0.02 and cfg.train.batch_size == 2 and cfg.model.pretrained is None
+    assert cfg.train.momentum == 0.9  # a default the file did not set
+    flat = flatten({"train": {"lr": 0.02, "crop_size": [1, 2]}})
+    assert flat == {"train.lr": 0.02, "train.crop_size": [1, 2]}
