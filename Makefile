@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import segmodels, torch, torchvision, mlflow"
 	touch $@
 
+# The rules call `segmodels`, so the environment's bin/ goes first on PATH.
 run: setup
-	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 --configfile $(CONFIG)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=1 \
+		--configfile $(CONFIG) --rerun-incomplete --show-failed-logs
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -21,6 +21,7 @@ _AREAS = (
     "segmodels.models.cli",
     "segmodels.engine.train_cli",
     "segmodels.engine.eval_cli",
+    "segmodels.study_cli",
 )
 
 

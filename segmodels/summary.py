@@ -1,0 +1,99 @@
+"""One row per model: accuracy (mean ± std over seeds), latency, size, and where each number came from."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from segmodels.config import StudyConfig
+
+__all__ = ["COLUMNS", "collect_run", "run_dir", "summarize"]
+
+COLUMNS = [
+    "model", "backbone", "head", "seeds", "status",
+    "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std",
+    "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
+    "params_m", "gflops", "device", "mlflow_run_ids",
+]  # fmt: skip
+
+
+def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
+    return Path(results) / cfg.experiment / model / f"seed{seed}"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    with path.open() as fh:
+        return json.load(fh)
+
+
+def _primary_latency(latency: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The fp32 mode if it was timed, else the first mode that was: the study's latency column."""
+    modes = {name: m for name, m in latency.get("modes", {}).items() if m.get("median_ms") is not None}
+    if not modes:
+        return None
+    name = "fp32" if "fp32" in modes else next(iter(modes))
+    return name, modes[name]
+
+
+def collect_run(path: Path) -> dict[str, Any]:
+    """The numbers of one trained model and seed; missing files give missing keys."""
+    row: dict[str, Any] = {}
+    metrics = _read_json(path / "metrics.json")
+    if metrics:
+        row.update(miou=metrics["miou"], macc=metrics["macc"], allacc=metrics["allacc"])
+    latency = _read_json(path / "latency.json")
+    if latency:
+        primary = _primary_latency(latency)
+        if primary:
+            row.update(latency_mode=primary[0], latency_ms=primary[1]["median_ms"], fps=primary[1].get("fps"))
+            row["latency_p90_ms"] = primary[1].get("p90_ms")
+        row.update(params_m=latency.get("params_m"), gflops=latency.get("gflops"))
+        row["device"] = latency.get("device", {}).get("name")
+    run_id = path / "mlflow_run_id"
+    if run_id.is_file():
+        row["mlflow_run_id"] = run_id.read_text().strip()
+    return row
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
+    """Build the summary table for every model of ``cfg``; write it atomically to ``out`` when given."""
+    import pandas as pd
+
+    from segmodels.atomic import write_text_atomic
+
+    rows = []
+    for model in cfg.models:
+        backbone, _, head = model.partition("-")
+        runs = [collect_run(run_dir(results, cfg, model, seed)) for seed in cfg.seeds]
+        done = [r for r in runs if "miou" in r]
+        row: dict[str, Any] = {"model": model, "backbone": backbone, "head": head, "seeds": len(done)}
+        row["status"] = "missing" if not done else ("complete" if len(done) == len(runs) else "partial")
+        for key in ("miou", "macc", "allacc"):
+            row[key], row[f"{key}_std"] = _mean_std([r[key] * 100 for r in done])
+        timed = [r for r in runs if "latency_ms" in r]
+        if timed:
+            first = timed[0]
+            row["latency_ms"] = statistics.median(r["latency_ms"] for r in timed)
+            p90 = [r["latency_p90_ms"] for r in timed if r.get("latency_p90_ms") is not None]
+            row["latency_p90_ms"] = statistics.median(p90) if p90 else None
+            row["fps"] = 1000.0 / row["latency_ms"]
+            row.update({k: first.get(k) for k in ("latency_mode", "params_m", "gflops", "device")})
+            # The earlier study's column: mIoU (%) / latency (ms) × 10, computed, never copied.
+            row["miou_per_speed"] = row["miou"] / row["latency_ms"] * 10
+        row["mlflow_run_ids"] = " ".join(r["mlflow_run_id"] for r in runs if "mlflow_run_id" in r)
+        rows.append(row)
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    if out is not None:
+        write_text_atomic(out, table.to_csv(index=False, float_format="%.4f"))
+    return table

@@ -1,0 +1,59 @@
+"""The summary table: means over seeds, the mIoU/speed column computed, missing models listed as missing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+
+from segmodels.cli import main
+from segmodels.config import StudyConfig
+from segmodels.summary import run_dir, summarize
+
+
+def _write_run(results, cfg, model, seed, miou, latency_ms, run_id):
+    folder = run_dir(results, cfg, model, seed)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"miou": miou, "macc": miou + 0.1, "allacc": 0.9}))
+    modes = {"fp32": {"median_ms": latency_ms, "p90_ms": latency_ms * 1.1, "fps": 1000 / latency_ms}}
+    modes["compile"] = {"skipped": "not asked"}
+    latency = {"modes": modes, "params_m": 12.5, "gflops": 50.0, "device": {"name": "cpu"}}
+    (folder / "latency.json").write_text(json.dumps(latency))
+    (folder / "mlflow_run_id").write_text(run_id + "\n")
+
+
+def test_seeds_are_averaged_and_speed_column_follows_its_formula(tmp_path):
+    cfg = StudyConfig(experiment="x", models=["resnet18-ppm", "resnet50-ppm", "mobilenetv2-ppm"], seeds=[0, 1])
+    _write_run(tmp_path, cfg, "resnet18-ppm", 0, 0.6289, 34.0, "a")
+    _write_run(tmp_path, cfg, "resnet18-ppm", 1, 0.6489, 36.0, "b")
+    _write_run(tmp_path, cfg, "resnet50-ppm", 0, 0.6897, 79.0, "c")
+    out = tmp_path / "x" / "summary.csv"
+    table = summarize(cfg, tmp_path, out).set_index("model")
+
+    r18 = table.loc["resnet18-ppm"]
+    assert r18["status"] == "complete" and r18["seeds"] == 2
+    assert math.isclose(r18["miou"], 63.89, abs_tol=1e-9)
+    assert math.isclose(r18["miou_std"], 1.4142135, abs_tol=1e-6)  # stdev of 62.89 and 64.89
+    assert r18["latency_ms"] == 35.0
+    assert math.isclose(r18["miou_per_speed"], 63.89 / 35.0 * 10)
+    assert r18["mlflow_run_ids"] == "a b"
+
+    r50 = table.loc["resnet50-ppm"]
+    assert r50["status"] == "partial" and r50["seeds"] == 1
+    assert round(r50["miou_per_speed"], 1) == 8.7  # the earlier study's 68.97 / 79 × 10
+    assert table.loc["mobilenetv2-ppm", "status"] == "missing"
+    assert math.isnan(table.loc["mobilenetv2-ppm", "miou"])
+
+    written = pd.read_csv(out)
+    assert list(written["model"]) == cfg.models
+
+
+def test_summarize_command(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("experiment: y\nmodels: [resnet18-fcn]\n")
+    cfg = StudyConfig(experiment="y", models=["resnet18-fcn"])
+    _write_run(tmp_path / "results", cfg, "resnet18-fcn", 0, 0.5, 10.0, "r")
+    assert main(["summarize", "--config", str(config), "--results", str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "y" / "summary.csv").is_file()
+    assert "resnet18-fcn" in capsys.readouterr().out

@@ -1,0 +1,39 @@
+# Names and paths shared by the rules. No job logic here: every job is a `segmodels` call.
+import json
+
+if len(workflow.overwrite_configfiles) > 1:
+    raise ValueError("give one study with --configfile; its file is what every job reads")
+CONFIG_FILE = workflow.overwrite_configfiles[0] if workflow.overwrite_configfiles else "config/config.yaml"
+
+EXP = config["experiment"]
+DATASET = config["data"]["dataset"]
+MODELS = config["models"]
+SEEDS = config.get("seeds", [0])
+
+ENV = "../../environment.yml"  # a software environment for --software-deployment-method conda
+
+RAW_DONE = f"data/raw/{DATASET}/synth.json"
+MANIFEST = f"data/packed/{DATASET}/manifest.json"
+MLFLOW_READY = f"results/{EXP}/mlflow_experiment_id"
+SUMMARY = f"results/{EXP}/summary.csv"
+
+RUN = "results/{exp}/{model}/seed{seed}"
+LOG = "logs/{exp}/{model}/seed{seed}"
+
+wildcard_constraints:
+    exp=EXP,
+    model="|".join(MODELS),
+    seed=r"\d+",
+
+
+def all_runs(pattern):
+    return expand(pattern, exp=EXP, model=MODELS, seed=SEEDS)
+
+
+def section(*names):
+    """The config sections a job depends on, as one string: a change re-runs that job (params trigger)."""
+    return json.dumps({name: config.get(name) for name in names}, sort_keys=True)
+
+
+# A benchmark job takes every GPU the run was given, so no other GPU job runs beside it.
+ALL_GPUS = workflow.global_resources.get("gpu", 1) or 1

@@ -1,0 +1,47 @@
+if config["data"]["source"] == "synthetic":
+
+    rule synth:
+        output:
+            RAW_DONE,
+        log:
+            f"logs/{EXP}/synth.log",
+        benchmark:
+            f"logs/{EXP}/synth.bench.tsv"
+        params:
+            spec=section("data"),
+        threads: workflow.cores
+        conda:
+            ENV
+        shell:
+            "segmodels synth --config {CONFIG_FILE} --workers {threads} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        RAW_DONE if config["data"]["source"] == "synthetic" else [],
+    output:
+        MANIFEST,
+    log:
+        f"logs/{EXP}/prepare.log",
+    benchmark:
+        f"logs/{EXP}/prepare.bench.tsv"
+    params:
+        spec=section("data"),
+    threads: workflow.cores
+    conda:
+        ENV
+    shell:
+        "segmodels prepare --config {CONFIG_FILE} --workers {threads} > {log} 2>&1"
+
+
+rule mlflow_init:
+    output:
+        MLFLOW_READY,
+    log:
+        f"logs/{EXP}/mlflow_init.log",
+    benchmark:
+        f"logs/{EXP}/mlflow_init.bench.tsv"
+    conda:
+        ENV
+    shell:
+        "segmodels mlflow-init --config {CONFIG_FILE} --out {output} > {log} 2>&1"
