@@ -44,7 +44,7 @@ def collect_run(path: Path) -> dict[str, Any]:
     """The numbers of one trained model and seed; missing files give missing keys."""
     row: dict[str, Any] = {}
     metrics = _read_json(path / "metrics.json")
-    if metrics:
+    if metrics and metrics.get("miou") is not None:  # None: nothing was labelled, no score
         row.update(miou=metrics["miou"], macc=metrics["macc"], allacc=metrics["allacc"])
     latency = _read_json(path / "latency.json")
     if latency:

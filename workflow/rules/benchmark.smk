@@ -1,14 +1,17 @@
+# Takes every GPU the run was given, so no other GPU job runs while it times.
 rule benchmark:
     input:
-        RUN + "/checkpoint.pt",
-        RUN + "/metrics.json",
+        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
+        "results/{exp}/{model}/seed{seed}/metrics.json",
     output:
-        RUN + "/latency.json",
+        "results/{exp}/{model}/seed{seed}/latency.json",
     log:
-        LOG + "/benchmark.log",
+        "logs/{exp}/{model}/seed{seed}/benchmark.log",
     benchmark:
-        LOG + "/benchmark.bench.tsv"
+        "logs/{exp}/{model}/seed{seed}/benchmark.bench.tsv"
     params:
+        config=CONFIG_FILE,
+        run=run_folder,
         spec=section("benchmark"),
     resources:
         gpu=ALL_GPUS,
@@ -16,4 +19,4 @@ rule benchmark:
     conda:
         ENV
     shell:
-        "segmodels benchmark --config {CONFIG_FILE} --run " + RUN + " > {log} 2>&1"
+        "segmodels benchmark --config {params.config} --run {params.run} > {log} 2>&1"

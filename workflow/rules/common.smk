@@ -1,5 +1,6 @@
 # Names and paths shared by the rules. No job logic here: every job is a `segmodels` call.
 import json
+import os
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -16,9 +17,10 @@ RAW_DONE = f"data/raw/{DATASET}/synth.json"
 MANIFEST = f"data/packed/{DATASET}/manifest.json"
 MLFLOW_READY = f"results/{EXP}/mlflow_experiment_id"
 SUMMARY = f"results/{EXP}/summary.csv"
+FIGURES = "reports/figures/figures.json"
+REPORT = "reports/report.pdf"
+TEMPLATE = f"{workflow.basedir}/workflow/report/report.typ"  # from the checkout, whatever the --directory
 
-RUN = "results/{exp}/{model}/seed{seed}"
-LOG = "logs/{exp}/{model}/seed{seed}"
 
 wildcard_constraints:
     exp=EXP,
@@ -36,4 +38,9 @@ def section(*names):
 
 
 # A benchmark job takes every GPU the run was given, so no other GPU job runs beside it.
-ALL_GPUS = workflow.global_resources.get("gpu", 1) or 1
+ALL_GPUS = workflow.global_resources["gpu"].value if "gpu" in workflow.global_resources else 1
+
+
+def run_folder(wildcards, output):
+    """A job's run folder: the folder of its first output."""
+    return os.path.dirname(output[0])

@@ -8,12 +8,13 @@ if config["data"]["source"] == "synthetic":
         benchmark:
             f"logs/{EXP}/synth.bench.tsv"
         params:
+            config=CONFIG_FILE,
             spec=section("data"),
         threads: workflow.cores
         conda:
             ENV
         shell:
-            "segmodels synth --config {CONFIG_FILE} --workers {threads} > {log} 2>&1"
+            "segmodels synth --config {params.config} --workers {threads} > {log} 2>&1"
 
 
 rule prepare:
@@ -26,12 +27,13 @@ rule prepare:
     benchmark:
         f"logs/{EXP}/prepare.bench.tsv"
     params:
+        config=CONFIG_FILE,
         spec=section("data"),
     threads: workflow.cores
     conda:
         ENV
     shell:
-        "segmodels prepare --config {CONFIG_FILE} --workers {threads} > {log} 2>&1"
+        "segmodels prepare --config {params.config} --workers {threads} > {log} 2>&1"
 
 
 rule mlflow_init:
@@ -41,7 +43,9 @@ rule mlflow_init:
         f"logs/{EXP}/mlflow_init.log",
     benchmark:
         f"logs/{EXP}/mlflow_init.bench.tsv"
+    params:
+        config=CONFIG_FILE,
     conda:
         ENV
     shell:
-        "segmodels mlflow-init --config {CONFIG_FILE} --out {output} > {log} 2>&1"
+        "segmodels mlflow-init --config {params.config} --out {output} > {log} 2>&1"

@@ -1,19 +1,21 @@
 rule evaluate:
     input:
-        RUN + "/checkpoint.pt",
+        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
     output:
-        RUN + "/metrics.json",
-        RUN + "/per_class.csv",
-        RUN + "/confusion.npy",
+        "results/{exp}/{model}/seed{seed}/metrics.json",
+        "results/{exp}/{model}/seed{seed}/per_class.csv",
+        "results/{exp}/{model}/seed{seed}/confusion.npy",
     log:
-        LOG + "/evaluate.log",
+        "logs/{exp}/{model}/seed{seed}/evaluate.log",
     benchmark:
-        LOG + "/evaluate.bench.tsv"
+        "logs/{exp}/{model}/seed{seed}/evaluate.bench.tsv"
     params:
-        spec=section("evaluate"),
+        config=CONFIG_FILE,
+        run=run_folder,
+        spec=section("data", "evaluate"),
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "segmodels evaluate --config {CONFIG_FILE} --run " + RUN + " > {log} 2>&1"
+        "segmodels evaluate --config {params.config} --run {params.run} > {log} 2>&1"

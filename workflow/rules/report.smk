@@ -1,14 +1,52 @@
 rule summarize:
     input:
-        all_runs(RUN + "/metrics.json"),
-        all_runs(RUN + "/latency.json"),
+        all_runs("results/{exp}/{model}/seed{seed}/metrics.json"),
+        all_runs("results/{exp}/{model}/seed{seed}/latency.json"),
     output:
         SUMMARY,
     log:
         f"logs/{EXP}/summarize.log",
     benchmark:
         f"logs/{EXP}/summarize.bench.tsv"
+    params:
+        config=CONFIG_FILE,
     conda:
         ENV
     shell:
-        "segmodels summarize --config {CONFIG_FILE} --out {output} > {log} 2>&1"
+        "segmodels summarize --config {params.config} --out {output} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        SUMMARY,
+    output:
+        FIGURES,
+    log:
+        f"logs/{EXP}/figures.log",
+    benchmark:
+        f"logs/{EXP}/figures.bench.tsv"
+    params:
+        config=CONFIG_FILE,
+    conda:
+        ENV
+    shell:
+        "segmodels figures --config {params.config} --out reports/figures > {log} 2>&1"
+
+
+rule report:
+    input:
+        SUMMARY,
+        FIGURES,
+        template=TEMPLATE,
+    output:
+        REPORT,
+    log:
+        f"logs/{EXP}/report.log",
+    benchmark:
+        f"logs/{EXP}/report.bench.tsv"
+    params:
+        config=CONFIG_FILE,
+    conda:
+        ENV
+    shell:
+        "segmodels report --config {params.config} --figures reports/figures --template {input.template} --out {output} > {log} 2>&1"

@@ -2,21 +2,23 @@
 # job and after a failure, and the resume state must survive both.
 rule train:
     input:
-        MANIFEST,
-        MLFLOW_READY,
+        f"data/packed/{DATASET}/manifest.json",
+        f"results/{EXP}/mlflow_experiment_id",
     output:
-        RUN + "/checkpoint.pt",
-        RUN + "/train_log.csv",
+        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
+        "results/{exp}/{model}/seed{seed}/train_log.csv",
     log:
-        LOG + "/train.log",
+        "logs/{exp}/{model}/seed{seed}/train.log",
     benchmark:
-        LOG + "/train.bench.tsv"
+        "logs/{exp}/{model}/seed{seed}/train.bench.tsv"
     params:
+        config=CONFIG_FILE,
+        run=run_folder,
         recipe=section("data", "model", "train"),
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "segmodels train --config {CONFIG_FILE} --model {wildcards.model} --seed {wildcards.seed}"
-        " --out " + RUN + " > {log} 2>&1"
+        "segmodels train --config {params.config} --model {wildcards.model} --seed {wildcards.seed}"
+        " --out {params.run} > {log} 2>&1"

@@ -1,0 +1,361 @@
+"""The study's PDF report: tables, figures and findings, all computed from the results files.
+
+``report_data`` gathers everything the template shows into one JSON-ready dict (cell texts, best values
+marked, finding sentences); ``workflow/report/report.typ`` lays it out; ``write_report`` typesets it with
+Typst (the PyPI ``typst`` package, its embedded fonts only, so the result needs no system fonts and no
+network) and replaces the PDF atomically. A model without results is listed as missing, and a finding
+whose inputs are missing says so, so a partial study still gives a report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from segmodels.config import StudyConfig
+from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY, findings
+from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name, load_study
+
+__all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "workflow" / "report" / "report.typ"
+
+_SHORT = {"resnet18": "R18", "resnet50": "R50", "resnet101": "R101", "mobilenetv2": "MNv2", "mobilenetv3": "MNv3"}
+_FIGURE_WIDTH = {"miou_latency": 85, "confusion": 72}  # % of the text width; the others use all of it
+_METRIC_HEADER = ("mIoU", "mAcc", "allAcc", "Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Status")
+_LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "seaborn", "mlflow", "typst")
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}{suffix}"
+
+
+def _column(values: Sequence[float | None], digits: int = 2, best: str | None = "max") -> list[dict[str, Any]]:
+    """Cells of one table column; the best finite value (max or min) is marked bold, ties included.
+
+    Nothing is marked when the shown values are all equal: there is no best then."""
+    shown = {round(v, digits) for v in values if v is not None and math.isfinite(v)}
+    target = (max if best == "max" else min)(shown) if best and len(shown) > 1 else None
+    return [
+        {"t": _fmt(v, digits), "b": v is not None and target is not None and round(v, digits) == round(target, digits)}
+        for v in values
+    ]
+
+
+def _text(values: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"t": v, "b": False} for v in values]
+
+
+def _table(title: str, header: list[str], columns: list[list[dict]], align: str, note: str = "") -> dict[str, Any]:
+    return {
+        "title": title,
+        "header": header,
+        "rows": [list(r) for r in zip(*columns, strict=True)],
+        "align": align,
+        "note": note,
+    }
+
+
+def _miou_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
+    """mIoU-like column: mean, ± std when more than one seed, bold at the best mean."""
+    cells = _column([study.value(m, key) for m in models])
+    for cell, m in zip(cells, models, strict=True):
+        if (study.value(m, "seeds") or 0) > 1 and study.value(m, f"{key}_std") is not None:
+            cell["t"] += f" ± {study.value(m, f'{key}_std'):.2f}"
+    return cells
+
+
+def _metric_table(study: Study, models: list[str], title: str, first: list[tuple[str, list[str]]], note: str) -> dict:
+    v = study.value
+    columns = [_text(values) for _, values in first] + [
+        _miou_cells(study, models, "miou"),
+        _miou_cells(study, models, "macc"),
+        _miou_cells(study, models, "allacc"),
+        _column([v(m, "latency_ms") for m in models], 1, "min"),
+        _column([v(m, "miou_per_speed") for m in models], 2, "max"),
+        _column([v(m, "params_m") for m in models], 1, "min"),
+        _column([v(m, "gflops") for m in models], 1, "min"),
+        _text([str(study.summary.at[m, "status"]) for m in models]),
+    ]
+    header = [h for h, _ in first] + list(_METRIC_HEADER)
+    return _table(title, header, columns, "l" * len(first) + "r" * 7 + "l", note)
+
+
+def _tables(study: Study) -> list[dict[str, Any]]:
+    models = list(study.summary.index)
+    names = [(BACKBONE_LABELS.get(b, b), HEAD_LABELS.get(h, h)) for b, h in (m.partition("-")[::2] for m in models)]
+    speed_note = (
+        "mIoU, mAcc, allAcc in %, mean ± std over seeds; latency: median, batch 1; mIoU/speed = mIoU / ms × 10."
+    )
+    tables = [
+        _metric_table(
+            study,
+            models,
+            "Performance summary",
+            [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])],
+            speed_note,
+        )
+    ]
+    context = [m for m in (f"resnet18-{h}" for h in HEAD_LABELS) if m in models]
+    if context:
+        heads = [HEAD_LABELS[m.partition("-")[2]] for m in context]
+        tables.append(_metric_table(study, context, "Context modules on ResNet18", [("Module", heads)], speed_note))
+    backbones = [m for m in (f"{b}-ppm" for b in BACKBONE_LABELS) if m in models]
+    if backbones:
+        ref = study.value("resnet50-ppm", "latency_ms")
+        v = study.value
+        columns = [
+            _text([BACKBONE_LABELS[m.partition("-")[0]] for m in backbones]),
+            _column([v(m, "latency_ms") for m in backbones], 1, "min"),
+            _column([v(m, "latency_p90_ms") for m in backbones], 1, "min"),
+            _column([v(m, "fps") for m in backbones], 1, "max"),
+            _column([ref / v(m, "latency_ms") if ref and v(m, "latency_ms") else None for m in backbones], 2, "max"),
+            _column([v(m, "params_m") for m in backbones], 1, "min"),
+            _column([v(m, "gflops") for m in backbones], 1, "min"),
+            _column([v(m, "miou") for m in backbones], 2, "max"),
+            _column([v(m, "miou_per_speed") for m in backbones], 2, "max"),
+        ]
+        header = [
+            "Backbone",
+            "Median (ms)",
+            "p90 (ms)",
+            "FPS",
+            "Speed vs R50",
+            "Params (M)",
+            "GFLOPs",
+            "mIoU",
+            "mIoU/speed",
+        ]
+        tables.append(
+            _table(
+                "Efficiency of the backbones (PPM head)",
+                header,
+                columns,
+                "l" + "r" * 8,
+                "Speed vs R50: ResNet50-PPM's latency divided by the row's.",
+            )
+        )
+    tables.append(_per_class_table(study))
+    return tables
+
+
+def _short(model: str) -> str:
+    backbone, _, head = model.partition("-")
+    return f"{_SHORT.get(backbone, backbone)} {HEAD_LABELS.get(head, head)}"
+
+
+def _per_class_table(study: Study) -> dict[str, Any]:
+    from segmodels.data.labels import CLASS_NAMES
+
+    ious = {m: class_iou(study, m) for m in study.summary.index}
+    ious = {m: v for m, v in ious.items() if v is not None}
+    names = list(CLASS_NAMES)
+    rows = []
+    for c, name in enumerate(names):
+        values = [float(v[c]) if c < len(v) and math.isfinite(v[c]) else None for v in ious.values()]
+        rows.append(_text([name]) + _column(values, 1))
+    means = [study.value(m, "miou") for m in ious]
+    rows.append(_text(["mean (mIoU)"]) + _column(means, 1))
+    header = ["Class"] + [_short(m) for m in ious]
+    note = "IoU in %, mean over seeds; – : class absent from both truth and prediction. " + "; ".join(
+        f"{_short(m)} = {display_name(m)}" for m in ious
+    )
+    return {"title": "Per-class IoU", "header": header, "rows": rows, "align": "l" + "r" * len(ious), "note": note}
+
+
+def _earlier_table(study: Study) -> dict[str, Any]:
+    models = [m for m in EARLIER_STUDY if m in study.summary.index] or list(EARLIER_STUDY)
+    pub = [EARLIER_STUDY[m] for m in models]
+    recomputed = [p["miou"] / p["latency_ms"] * 10 if "latency_ms" in p else None for p in pub]
+    columns = [
+        _text([display_name(m) for m in models]),
+        _column([p["miou"] for p in pub], 2, None),
+        _column([p.get("latency_ms") for p in pub], 0, None),
+        _column([p.get("miou_per_speed") for p in pub], 2, None),
+        _column(recomputed, 2, None),
+        _column([study.value(m, "miou") for m in models], 2, None),
+        _column([study.value(m, "latency_ms") for m in models], 1, None),
+        _column([study.value(m, "miou_per_speed") for m in models], 2, None),
+    ]
+    header = ["Model", "mIoU", "ms", "mIoU/speed printed", "mIoU/speed recomputed", "mIoU", "ms", "mIoU/speed"]
+    note = (
+        f"Earlier study: a different run on a different device ({EARLIER_DEVICE}, 1024×512); its numbers are "
+        "quoted as published and are not comparable one to one with this run's. Recomputed: mIoU / ms × 10."
+    )
+    table = _table("The earlier study's published table beside this run", header, columns, "l" + "r" * 7, note)
+    devices = study.devices()
+    table["groups"] = [
+        ["", 1],
+        [f"Earlier study ({EARLIER_DEVICE}, published)", 4],
+        [f"This run ({', '.join(devices) or 'no device recorded'})", 3],
+    ]
+    return table
+
+
+# --- everything else the template shows -------------------------------------------------------------------------
+
+
+def _dataset(cfg: StudyConfig, data_root: Path) -> str:
+    """Name, source, packed size and image counts, from the packed dataset's manifest.json when present."""
+    path = data_root / cfg.data.dataset / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    h, w = manifest.get("size") or cfg.data.size
+    text = f"{cfg.data.dataset} ({manifest.get('source', cfg.data.source)}), packed at {h}×{w} (H×W)"
+    if not manifest:
+        return text + f"; {path} not found"
+    splits = manifest.get("splits", {})
+    counts = [f"{entry['count']} {split}" for split, entry in splits.items() if isinstance(entry.get("count"), int)]
+    sizes = sorted({size for entry in splits.values() for size in entry.get("source_sizes", {})})
+    text += f"; {', '.join(counts)} images" if counts else ""
+    return text + (f", from {' / '.join(sizes)} originals" if sizes else "")
+
+
+def _environment(study: Study) -> list[list[str]]:
+    from segmodels.results_files import read_latency
+
+    rows = []
+    for model in study.finished():
+        latency = next(
+            (read_latency(r / "latency.json") for r in study.runs(model) if (r / "latency.json").is_file()), None
+        )
+        if latency and isinstance(latency.get("device"), dict):
+            dev = latency["device"]
+            keys = ("cuda", "driver", "torch", "torchvision", "python", "threads")
+            extra = ", ".join(f"{k} {dev[k]}" for k in keys if dev.get(k) is not None)
+            rows.append(["Benchmark device", f"{dev.get('name', 'unknown')} ({extra})"])
+            size = latency.get("size")
+            if size:
+                rows.append(["Benchmark input", f"{size[0]}×{size[1]} (H×W), batch {latency.get('batch_size', 1)}"])
+            break
+    if len(devices := study.devices()) > 1:
+        rows.append(["Caution", f"latencies were measured on different devices ({', '.join(devices)})"])
+    versions = []
+    for lib in _LIBRARIES:
+        try:
+            versions.append(f"{lib} {metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            continue
+    rows.append(["Report built with", ", ".join(versions)])
+    return rows
+
+
+def _mlflow(study: Study) -> dict[str, Any]:
+    from segmodels.tracking import tracking_uri
+
+    uri = tracking_uri(study.cfg.tracking.uri)
+    id_file = study.root / "mlflow_experiment_id"
+    experiment = id_file.read_text().strip() if id_file.is_file() else None
+    web = uri.startswith(("http://", "https://"))
+    rows = []
+    for model in study.summary.index:
+        ids = str(study.summary.at[model, "mlflow_run_ids"] or "").split() if "mlflow_run_ids" in study.summary else []
+        ids = [i for i in ids if i.lower() != "nan"]
+        runs = [
+            {"id": i, "url": f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{i}" if web and experiment else ""}
+            for i in ids
+        ]
+        rows.append({"model": display_name(model), "runs": runs})
+    hint = "" if web else f"mlflow ui --backend-store-uri {uri}"
+    return {
+        "uri": uri,
+        "experiment": f"{study.cfg.tracking.experiment} (id {experiment or 'unknown'})",
+        "rows": rows,
+        "hint": hint,
+    }
+
+
+def report_data(
+    cfg: StudyConfig,
+    results: str | Path,
+    figures: str | Path,
+    *,
+    data_root: str | Path = "data/packed",
+    config_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Everything the template shows, as plain JSON-ready data."""
+    from segmodels.tracking import git_commit
+
+    study = load_study(cfg, results)
+    summary = study.summary
+    missing = [display_name(m) for m in summary.index if summary.at[m, "status"] == "missing"]
+    partial = [
+        f"{display_name(m)} ({int(study.value(m, 'seeds') or 0)} of {len(cfg.seeds)} seeds)"
+        for m in summary.index
+        if summary.at[m, "status"] == "partial"
+    ]
+    index_path = Path(figures) / "figures.json"
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    return {
+        "title": f"segbench study '{cfg.experiment}'",
+        "meta": [
+            ["Date", datetime.date.today().isoformat()],
+            ["Git commit", git_commit()],  # the checkout of this package: the code behind the report
+            ["Config", str(config_path) if config_path else "–"],
+            ["Dataset", _dataset(cfg, Path(data_root))],
+            [
+                "Models",
+                f"{len(study.finished())} of {len(summary)} with results; seeds {', '.join(map(str, cfg.seeds))}",
+            ],
+            *_environment(study),
+        ],
+        "missing": missing,
+        "partial": partial,
+        "notes": study.notes,
+        "findings": findings(study),
+        "tables": _tables(study),
+        "earlier": _earlier_table(study),
+        "figures": [
+            {"file": f"figures/{f['png']}", "caption": f["caption"], "width": _FIGURE_WIDTH.get(f["name"], 100)}
+            for f in (index or {}).get("figures", [])
+        ],
+        "figures_skipped": [f"{s['name']}: {s['reason']}" for s in (index or {}).get("skipped", [])]
+        + ([] if index else [f"{index_path} not found: run 'segmodels figures' first"]),
+        "mlflow": _mlflow(study),
+    }
+
+
+def write_report(
+    cfg: StudyConfig,
+    results: str | Path,
+    figures: str | Path,
+    out: str | Path,
+    *,
+    template: str | Path = DEFAULT_TEMPLATE,
+    data_root: str | Path = "data/packed",
+    config_path: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Typeset the report into ``out`` (compiled in a scratch folder, then renamed into place)."""
+    import typst
+
+    from segmodels.atomic import write_bytes_atomic
+
+    template = Path(template)
+    if not template.is_file():
+        raise FileNotFoundError(f"report template not found: {template}")
+    data = report_data(cfg, results, figures, data_root=data_root, config_path=config_path)
+    with tempfile.TemporaryDirectory(prefix="segbench-report-") as tmp:
+        build = Path(tmp)
+        shutil.copy(template, build / "report.typ")
+        (build / "figures").mkdir()
+        for entry in data["figures"]:
+            shutil.copy(Path(figures) / Path(entry["file"]).name, build / entry["file"])
+        (build / "data.json").write_text(json.dumps(data, indent=1, allow_nan=False))
+        try:
+            pdf = typst.compile(
+                build / "report.typ", root=build, ignore_system_fonts=True, sys_inputs={"data": "data.json"}
+            )
+        except typst.TypstError as exc:
+            raise ValueError(
+                f"{template}: Typst could not typeset the report: {exc.message}\n{exc.diagnostic}"
+            ) from exc
+    write_bytes_atomic(out, pdf)
+    log(f"wrote {out} ({len(data['figures'])} figures, {len(data['missing'])} models missing)")
+    return Path(out)

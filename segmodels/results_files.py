@@ -1,0 +1,207 @@
+"""Reading a study's results files: one small function per file type, and the study as one object.
+
+Every figure and the report read results through here, so a change in a producer's file format
+(``segmodels/engine/evaluate.py``, ``benchmark.py``, ``train.py``, ``segmodels/summary.py``) is a change in
+one ``read_*`` function. A missing file reads as None, never as an error: a partial study is normal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segmodels.config import StudyConfig
+
+__all__ = [
+    "BACKBONE_LABELS",
+    "HEAD_LABELS",
+    "Study",
+    "class_iou",
+    "display_name",
+    "load_study",
+    "pareto_front",
+    "read_confusion",
+    "read_latency",
+    "read_metrics",
+    "read_samples",
+    "read_summary",
+    "read_train_log",
+]
+
+BACKBONE_LABELS = {
+    "resnet18": "ResNet18",
+    "resnet50": "ResNet50",
+    "resnet101": "ResNet101",
+    "mobilenetv2": "MobileNetV2",
+    "mobilenetv3": "MobileNetV3",
+}
+HEAD_LABELS = {"ppm": "PPM", "aspp": "ASPP", "ocr": "OCR", "fcn": "FCN"}
+SUMMARY_COLUMNS = ("model", "status", "miou", "latency_ms")  # the least a summary.csv must hold
+_SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")  # samples/{index:04d}_{image_id}[_input|_gt].png
+
+
+def display_name(model: str) -> str:
+    """``resnet50-ppm`` → ``ResNet50-PPM``."""
+    backbone, _, head = model.partition("-")
+    return f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
+
+
+# --- readers: one per file type -------------------------------------------------------------------------------
+
+
+def read_summary(path: Path) -> pd.DataFrame | None:
+    """summary.csv (``segmodels summarize``), or None when absent."""
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, dtype={"mlflow_run_ids": str, "device": str})
+    missing = [c for c in SUMMARY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: column '{missing[0]}' is missing (columns found: {', '.join(table.columns)})")
+    return table
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """metrics.json with ``iou``/``acc`` as per-class lists (NaN where undefined), or None when absent."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if "per_class" in data and "iou" not in data:  # evaluate.py writes {class: {"iou", "acc"}}, null for NaN
+        per_class = data["per_class"]
+        data["iou"] = [_nan(v.get("iou")) for v in per_class.values()]
+        data["acc"] = [_nan(v.get("acc")) for v in per_class.values()]
+        data.setdefault("class_names", list(per_class))
+    for key in ("iou", "acc"):
+        if key in data:
+            data[key] = [_nan(v) for v in data[key]]
+    return data
+
+
+def read_confusion(path: Path) -> np.ndarray | None:
+    """confusion.npy (C×C int64, rows ground truth), or None when absent."""
+    if not path.is_file():
+        return None
+    matrix = np.load(path, allow_pickle=False)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"{path}: a confusion matrix must be square, got shape {matrix.shape}")
+    return matrix
+
+
+def read_latency(path: Path) -> dict[str, Any] | None:
+    """latency.json (``segmodels benchmark``), or None when absent."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_train_log(run: Path) -> pd.DataFrame | None:
+    """A run's training log (train_log.csv, else the still-growing train_log.partial.csv) as columns
+    ``iteration``, ``loss`` and, when validation ran, ``val_miou`` in percent; None when there is none."""
+    path = next((p for p in (run / "train_log.csv", run / "train_log.partial.csv") if p.is_file()), None)
+    if path is None:
+        return None
+    log = pd.read_csv(path)
+    missing = [c for c in ("iteration", "loss") if c not in log.columns]
+    if missing:
+        raise ValueError(f"{path}: column '{missing[0]}' is missing (columns found: {', '.join(log.columns)})")
+    out = pd.DataFrame({"iteration": log["iteration"], "loss": pd.to_numeric(log["loss"], errors="coerce")})
+    if "val_miou" in log.columns:  # train.py logs fractions, as compute_metrics returns them
+        out["val_miou"] = pd.to_numeric(log["val_miou"], errors="coerce") * 100
+    return out
+
+
+def read_samples(run: Path) -> dict[int, dict[str, Path]]:
+    """``{image index: {"input"|"gt"|"pred": path}}`` from a run's ``samples/`` folder."""
+    found: dict[int, dict[str, Path]] = {}
+    folder = run / "samples"
+    for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
+        match = _SAMPLE.match(path.name)
+        if match:
+            kind = {"_input": "input", "_gt": "gt", None: "pred"}[match.group(3)]
+            found.setdefault(int(match.group(1)), {})[kind] = path
+    return found
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+# --- the study's results ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    """A study's results: the summary table (one row per configured model) and its run folders."""
+
+    cfg: StudyConfig
+    root: Path  # results/{experiment}
+    summary: pd.DataFrame  # indexed by model, in the config's order; status missing where nothing finished
+    notes: list[str] = field(default_factory=list)
+
+    def runs(self, model: str) -> list[Path]:
+        """The model's evaluated run folders (metrics.json present), in the config's seed order."""
+        folders = [self.root / model / f"seed{seed}" for seed in self.cfg.seeds]
+        return [f for f in folders if (f / "metrics.json").is_file()]
+
+    def finished(self) -> list[str]:
+        return [m for m in self.summary.index if self.summary.at[m, "status"] != "missing"]
+
+    def devices(self, models: list[str] | None = None) -> list[str]:
+        """The benchmark devices recorded for ``models`` (default: all), sorted, without repeats."""
+        if "device" not in self.summary.columns:
+            return []
+        column = self.summary["device"] if models is None else self.summary.loc[models, "device"]
+        return sorted({str(d) for d in column.dropna()})
+
+    def value(self, model: str, column: str) -> float | None:
+        """A finite number of the summary, or None (model absent, column absent, NaN)."""
+        if model not in self.summary.index or column not in self.summary.columns:
+            return None
+        value = pd.to_numeric(self.summary.at[model, column], errors="coerce")
+        return float(value) if pd.notna(value) and math.isfinite(value) else None
+
+
+def load_study(cfg: StudyConfig, results: str | Path) -> Study:
+    """The summary.csv of ``results/{experiment}``, or one built in memory from the run folders."""
+    root = Path(results) / cfg.experiment
+    notes = []
+    table = read_summary(root / "summary.csv")
+    if table is None:
+        from segmodels.summary import summarize
+
+        notes.append(f"{root / 'summary.csv'} not found: summarised the run folders directly")
+        table = summarize(cfg, Path(results))
+    table = table.drop_duplicates("model").set_index("model").reindex(list(cfg.models))
+    table["status"] = table["status"].fillna("missing")
+    table["backbone"] = [m.partition("-")[0] for m in table.index]
+    table["head"] = [m.partition("-")[2] for m in table.index]
+    return Study(cfg=cfg, root=root, summary=table, notes=notes)
+
+
+def class_iou(study: Study, model: str) -> np.ndarray | None:
+    """Per-class IoU in percent, averaged over the model's seeds (NaN where no seed defines it)."""
+    rows = []
+    for run in study.runs(model):
+        metrics = read_metrics(run / "metrics.json")
+        if metrics and "iou" in metrics:
+            rows.append(np.asarray(metrics["iou"], dtype=float) * 100)
+    if not rows:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: a class absent everywhere
+        return np.nanmean(np.vstack(rows), axis=0)
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Models not beaten on both axes by another, ``points`` = {model: (latency, miou)}, by latency."""
+    front = [
+        m
+        for m, (lat, miou) in points.items()
+        if not any(l2 <= lat and m2 >= miou and (l2, m2) != (lat, miou) for l2, m2 in points.values())
+    ]
+    return sorted(front, key=lambda m: points[m][0])

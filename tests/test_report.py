@@ -1,0 +1,160 @@
+"""The PDF report, typeset from fabricated results: rows, missing models, computed findings, pages and images."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pandas as pd
+import pytest
+from pypdf import PdfReader
+from test_figures import FAKE_MODELS, fabricate_results
+
+from segmodels.config import StudyConfig
+from segmodels.figures import make_figures
+from segmodels.findings import findings
+from segmodels.report import DEFAULT_TEMPLATE, report_data, write_report
+from segmodels.report_cli import COMMANDS
+from segmodels.results_files import BACKBONE_LABELS, Study, display_name
+
+
+def _text(pdf) -> str:
+    # Typst may break a line inside a hyphenated model name; join such breaks before searching.
+    return re.sub(r"-\s*\n\s*", "-", "\n".join(page.extract_text() for page in PdfReader(pdf).pages))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cfg, results = fabricate_results(root)
+    make_figures(cfg, results, root / "figures", log=lambda _: None)
+    out = root / "reports" / "report.pdf"
+    write_report(cfg, results, root / "figures", out, data_root=root / "data" / "packed", log=lambda _: None)
+    summary = pd.read_csv(results / cfg.experiment / "summary.csv", dtype={"mlflow_run_ids": str}).set_index("model")
+    return cfg, results, root, out, summary
+
+
+def test_every_model_row_has_its_numbers(built):
+    cfg, _, _, out, summary = built
+    text = _text(out)
+    finished = [m for m, spec in FAKE_MODELS.items() if spec is not None]
+    assert list(summary.index[summary["status"] != "missing"]) == finished
+    for model in finished:
+        row = summary.loc[model]
+        expected = f"{row['miou']:.2f} ± {row['miou_std']:.2f}" if row["seeds"] > 1 else f"{row['miou']:.2f}"
+        numbers = [expected, f"{row['latency_ms']:.1f}", f"{row['miou_per_speed']:.2f}", f"{row['gflops']:.1f}"]
+        backbone = BACKBONE_LABELS[model.partition("-")[0]]
+        line = next((ln for ln in text.splitlines() if ln.startswith(backbone) and all(n in ln for n in numbers)), None)
+        assert line is not None, f"no row with {numbers} for {model}"
+        for run_id in str(row["mlflow_run_ids"]).split():
+            assert run_id in text
+    assert "Missing (no results yet): ResNet101-PPM" in text
+    assert "MobileNetV3-PPM (1 of 2 seeds)" in text
+    assert "Fake GPU 9000" in text and "48 train, 16 val images, from 1024×2048 originals" in text
+
+
+def test_findings_are_computed_from_the_numbers(built):
+    _, _, _, out, s = built
+    text = " ".join(_text(out).split())
+    speedup = s.at["resnet50-ppm", "latency_ms"] / s.at["mobilenetv2-ppm", "latency_ms"]
+    drop = s.at["resnet50-ppm", "miou"] - s.at["mobilenetv2-ppm", "miou"]
+    assert f"runs {speedup:.2f}× faster than ResNet50-PPM" in text
+    assert f"drop of {drop:.2f} mIoU points" in text
+    gain = s.at["resnet50-ppm", "miou"] - s.at["resnet18-ppm", "miou"]
+    assert f"ResNet18 → ResNet50: {gain:+.2f} mIoU" in text
+    assert "ResNet50 → ResNet101: not available (missing ResNet101-PPM)" in text
+    best = "PPM" if s.at["resnet18-ppm", "miou"] > s.at["resnet18-aspp", "miou"] else "ASPP"
+    assert f"Best context module on ResNet18: {best}" in text
+    v3 = s.at["mobilenetv3-ppm", "miou"] - s.at["mobilenetv2-ppm", "miou"]
+    assert f"({v3:+.2f} against MobileNetV2-PPM)" in text
+    assert "25.17 where 59.25 / 22 × 10 = 26.93" in text and "5.45 where 71.07 / 183 × 10 = 3.88" in text
+    assert "not Cityscapes" in text  # the fabricated data is not the real dataset
+
+
+def test_pages_images_and_fonts(built):
+    _, _, root, out, _ = built
+    reader = PdfReader(out)
+    # Title and tables fill two pages, the six figures and the run ids two more (layout of report.typ).
+    assert len(reader.pages) == 4
+    images = [img.name for page in reader.pages for img in page.images]
+    assert len(images) == 6  # one raster per figure
+    fonts = {str(f["/BaseFont"]) for page in reader.pages for f in page["/Resources"]["/Font"].values()}
+    assert all(re.search(r"Libertinus|DejaVu", f) for f in fonts), fonts  # Typst's embedded fonts only
+    assert not list((out.parent).glob(".*.tmp"))
+
+
+def test_best_values_are_marked(built):
+    cfg, results, root, _, s = built
+    data = report_data(cfg, results, root / "figures", data_root=root / "data" / "packed")
+    summary = data["tables"][0]
+    miou_col = summary["header"].index("mIoU")
+    bold = [row[0]["t"] for row in summary["rows"] if row[miou_col]["b"]]
+    best = s["miou"].idxmax()
+    assert bold == [display_name(best).split("-")[0]]
+    latency_col = summary["header"].index("Latency (ms)")
+    assert [r[0]["t"] for r in summary["rows"] if r[latency_col]["b"]] == ["MobileNetV2"]
+
+
+def _study(tmp_path, rows: dict[str, tuple]) -> Study:
+    """A Study over a summary table given as {model: (mIoU, latency ms, GFLOPs)}, one seed each."""
+    summary = pd.DataFrame(
+        {"status": "complete", "seeds": 1, "miou": [r[0] for r in rows.values()],
+         "latency_ms": [r[1] for r in rows.values()], "gflops": [r[2] for r in rows.values()]},
+        index=list(rows),
+    )  # fmt: skip
+    summary["backbone"] = [m.partition("-")[0] for m in rows]
+    summary["head"] = [m.partition("-")[2] for m in rows]
+    return Study(cfg=StudyConfig(experiment="old", models=list(rows)), root=tmp_path, summary=summary)
+
+
+def test_earlier_study_numbers_reproduce_its_claims(tmp_path):
+    """Fed the earlier study's own table, the findings give its 3.6× speed-up and 9.72-point drop."""
+    rows = {"resnet18-ppm": (62.89, 34, None), "resnet50-ppm": (68.97, 79, None), "resnet101-ppm": (71.07, 183, None),
+            "mobilenetv2-ppm": (59.25, 22, None), "resnet18-aspp": (62.09, 36, None), "resnet18-ocr": (61.86, 40, None)}  # fmt: skip
+    by_title = {f["title"]: f["text"] for f in findings(_study(tmp_path, rows))}
+    assert "3.59× faster" in by_title["MobileNetV2 against ResNet50"]
+    assert "drop of 9.72 mIoU points" in by_title["MobileNetV2 against ResNet50"]
+    depth = by_title["Depth (PPM head)"]
+    assert "+6.08 mIoU for 2.32×" in depth and "+2.10 mIoU for 2.32×" in depth
+    assert by_title["Context modules"].startswith("Best context module on ResNet18: PPM (PPM 62.89 > ASPP 62.09 > OCR")
+    assert "lead over the runner-up is 0.80 points, from a single seed" in by_title["Context modules"]
+    assert by_title["MobileNetV3"] == "Not available, inputs missing: MobileNetV3-PPM (not among this study's models)."
+
+
+def test_mobilenetv3_sentence_follows_its_numbers(tmp_path):
+    slower = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (57.0, 30.0, 16.0)})
+    text = findings(slower)[3]["text"]
+    assert "(-2.00 against MobileNetV2-PPM) at 30.0 ms (1.50× MobileNetV2's), slower and less accurate" in text
+    assert "1.60× MobileNetV2's: the extra arithmetic covers all of the extra time" in text
+    assert "is off the study's mIoU-latency Pareto front" in text
+    faster = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (60.0, 15.0, 8.0)})
+    text = findings(faster)[3]["text"]
+    assert "it is faster and more accurate" in text and "lies on the study's" in text
+
+
+def test_partial_study_without_figures_and_the_command(tmp_path):
+    cfg_path = tmp_path / "study.yaml"
+    cfg_path.write_text("experiment: fab\nmodels: [resnet18-ppm, resnet50-ppm, mobilenetv2-ppm]\nseeds: [0, 1]\n")
+    _, results = fabricate_results(tmp_path)  # the config above keeps three of the fabricated models
+    parser = argparse.ArgumentParser()
+    _, add_arguments, run = COMMANDS["report"]
+    add_arguments(parser)
+    out = tmp_path / "out" / "report.pdf"
+    args = parser.parse_args(
+        ["--config", str(cfg_path), "--results", str(results), "--figures", str(tmp_path / "none"), "--out", str(out)]
+    )
+    assert args.template is None and DEFAULT_TEMPLATE.is_file()
+    assert run(args) == 0
+    text = " ".join(_text(out).split())
+    assert "figures.json not found" in text and "Missing (no results yet)" not in text
+    assert "MobileNetV3. Not available, inputs missing: MobileNetV3-PPM (not among this study's models)." in text
+    assert len(PdfReader(out).pages) >= 1 and not any(p.images for p in PdfReader(out).pages)
+
+    # A template that does not compile: a clear error, and the previous PDF stays as it was.
+    before = out.read_bytes()
+    broken = tmp_path / "broken.typ"
+    broken.write_text("#let x = (\n")
+    args.template = broken
+    with pytest.raises(ValueError, match="broken.typ: Typst could not typeset"):
+        run(args)
+    assert out.read_bytes() == before
