@@ -1,0 +1,149 @@
+"""Small file and progress helpers shared by the data commands: atomic writes, progress reporting, worker pools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "Progress",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "default_workers",
+    "encode_png",
+    "fsync_dir",
+    "parallel_map",
+]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """Cores this process may use (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def encode_png(image: Any, compress_level: int = 6) -> bytes:
+    """PIL image → PNG bytes (kept in memory so the file itself is written atomically)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain periodic lines otherwise (logs of batch jobs stay readable)."""
+
+    def __init__(self, total: int, desc: str, *, every_s: float = 10.0, enabled: bool = True) -> None:
+        self.total, self.desc, self.every_s, self.done = total, desc, every_s, 0
+        self._bar = None
+        self._enabled = enabled
+        self._start = self._last = time.monotonic()
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.monotonic()
+        if self._enabled and (now - self._last >= self.every_s or self.done == self.total):
+            self._last = now
+            rate = self.done / max(now - self._start, 1e-9)
+            print(f"{self.desc}: {self.done}/{self.total} ({rate:.1f}/s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parallel_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int,
+    progress: Progress | None = None,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> Iterator[tuple[int, R]]:
+    """Yield ``(position, fn(item))`` as items finish, over ``workers`` processes (in-process when ``workers <= 1``).
+
+    The first exception cancels the pending items and is raised as it is, so a worker's message (naming the file
+    at fault) reaches the user unchanged.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for i, item in enumerate(items):
+            result = fn(item)
+            if progress is not None:
+                progress.update()
+            yield i, result
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), initializer=initializer, initargs=initargs) as pool:
+        futures: dict[Future, int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        try:
+            for fut in as_completed(futures):
+                result = fut.result()  # a worker's exception is raised here, as it is
+                if progress is not None:
+                    progress.update()
+                yield futures[fut], result
+        finally:
+            for fut in futures:
+                fut.cancel()

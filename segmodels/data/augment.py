@@ -1,0 +1,183 @@
+"""Training augmentation on whole batches, on the training device, each sample with its own parameters.
+
+The recipe is the usual Cityscapes one (PSPNet, Zhao et al. 2017; mmsegmentation's configs): random rescale by
+0.5-2.0, random crop (padding with ignore where the rescaled image is smaller than the crop), horizontal flip,
+photometric distortion (brightness, contrast, saturation, hue; each with probability 1/2, as mmsegmentation's
+PhotoMetricDistortion), ImageNet normalisation.
+
+Rescale, crop and flip form one axis-aligned affine map per sample. Images are resampled through it with
+``grid_sample`` (bilinear); labels are gathered at the nearest source pixel of the same map, so the two stay
+aligned. Brightness, contrast, saturation and hue are all affine in RGB, so they fold with the normalisation into
+one 3×3 matrix and offset per sample (the clamp to the 0-255 range becomes per-channel bounds). Parameters are
+drawn on the CPU from a ``torch.Generator`` and everything that does not depend on pixel values is computed there
+in two small arrays, so a batch does not depend on the device it is made on and costs two small copies to a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AugmentParams", "augment_batch", "sample_params"]
+
+BRIGHTNESS = 32.0  # ± on the 0-255 scale
+CONTRAST = (0.5, 1.5)
+SATURATION = (0.5, 1.5)
+HUE_DEG = 36.0  # mmsegmentation's hue_delta of 18 is on OpenCV's 0-180 hue scale
+# YIQ: luma plus two chroma axes; rotating (I, Q) shifts the hue, scaling it changes the saturation, and grey
+# (I = Q = 0) is left alone.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+@dataclass
+class AugmentParams:
+    """Per-sample parameters (CPU arrays of length N); see :func:`sample_params`."""
+
+    scale: np.ndarray  # rescale factor
+    origin: np.ndarray  # (N, 2) crop corner (y, x) in rescaled pixels; negative: the crop is padded there
+    flip: np.ndarray  # bool
+    brightness: np.ndarray  # added on the 0-255 scale
+    contrast: np.ndarray  # factor around the sample's mean grey
+    saturation: np.ndarray
+    hue: np.ndarray  # radians
+
+    @staticmethod
+    def concat(parts: list[AugmentParams]) -> AugmentParams:
+        """The parameters of several batches, one after the other."""
+        return AugmentParams(**{f: np.concatenate([getattr(p, f) for p in parts]) for f in vars(parts[0])})
+
+
+def sample_params(
+    gen: torch.Generator,
+    n: int,
+    in_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    *,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+    photometric: bool = True,
+) -> AugmentParams:
+    """Draw the parameters of ``n`` samples from ``gen``.
+
+    The same numbers are drawn whatever the switches, so turning photometric distortion off leaves the geometry
+    of every sample unchanged.
+    """
+    r = torch.rand((n, 12), generator=gen, dtype=torch.float64).numpy()
+    lo, hi = scale_range
+    scale = lo + (hi - lo) * r[:, 0]
+    origin = np.empty((n, 2))
+    for axis in (0, 1):
+        room = scale * in_size[axis] - crop_size[axis]  # negative: the rescaled image is smaller than the crop
+        origin[:, axis] = np.round(np.minimum(room, 0) + np.abs(room) * r[:, 1 + axis])
+
+    def sometimes(column: int, values: np.ndarray, identity: float) -> np.ndarray:
+        return np.where(photometric & (r[:, column] < 0.5), values, identity)
+
+    return AugmentParams(
+        scale=scale,
+        origin=origin,
+        flip=flip & (r[:, 3] < 0.5),
+        brightness=sometimes(4, BRIGHTNESS * (2 * r[:, 5] - 1), 0.0),
+        contrast=sometimes(6, CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * r[:, 7], 1.0),
+        saturation=sometimes(8, SATURATION[0] + (SATURATION[1] - SATURATION[0]) * r[:, 9], 1.0),
+        hue=sometimes(10, np.deg2rad(HUE_DEG * (2 * r[:, 11] - 1)), 0.0),
+    )
+
+
+def _axis(p: AugmentParams, axis: int, size: int, crop: int) -> np.ndarray:
+    """Normalised source coordinate (align_corners=False) of each output pixel along one axis: (N, crop)."""
+    # output pixel u (centre u + 0.5) sits at x0 + u + 0.5 in the rescaled image, i.e. (x0 + u + 0.5) / s in the
+    # input; in [-1, 1] coordinates that is 2 (x0 + u + 0.5) / (s · size) - 1
+    u = np.arange(crop, dtype=np.float64)[None, :] + 0.5
+    if axis == 1:
+        u = np.where(np.asarray(p.flip)[:, None], crop - u, u)
+    scale, origin = np.asarray(p.scale, np.float64)[:, None], np.asarray(p.origin, np.float64)[:, axis, None]
+    return 2 * (origin + u) / (scale * size) - 1
+
+
+def _plan(
+    p: AugmentParams, in_size: tuple[int, int], crop_size: tuple[int, int], mean, std
+) -> tuple[np.ndarray, np.ndarray]:
+    """Everything per sample that does not depend on pixel values, in two small arrays (two host→device copies).
+
+    float32 columns: grid x (cw), grid y (ch), nearest source column (cw), row × width (ch), inside x (cw),
+    inside y (ch), colour matrix (9), offset terms (3 + 3); the colour map includes the normalisation. uint8
+    columns: 255 on the columns (cw) and rows (ch) outside the rescaled image, 0 inside.
+    """
+    (h, w), (ch, cw) = in_size, crop_size
+    gy, gx = _axis(p, 0, h, ch), _axis(p, 1, w, cw)
+    # nearest source pixel of the same map: the one containing (g + 1) / 2 · size (the lower one on a tie);
+    # clamped outside the image, where the label is ignore anyway
+    iy = np.clip(np.ceil((gy + 1) * (h / 2)) - 1, 0, h - 1)
+    ix = np.clip(np.ceil((gx + 1) * (w / 2)) - 1, 0, w - 1)
+    hue, sat, contrast = (np.asarray(a, np.float64) for a in (p.hue, p.saturation, p.contrast))
+    n = hue.shape[0]
+    chroma = np.zeros((n, 3, 3))
+    chroma[:, 0, 0] = 1
+    chroma[:, 1, 1] = chroma[:, 2, 2] = sat * np.cos(hue)
+    chroma[:, 2, 1] = sat * np.sin(hue)
+    chroma[:, 1, 2] = -chroma[:, 2, 1]
+    # 0-255 distortion: A x + b with A = c · chroma map and b = β + (1 − c) · grey mean of x (contrast c around
+    # the grey mean of x + β; the chroma map leaves grey unchanged). Normalisation (v / 255 − μ) / σ is folded in.
+    inv = 1.0 / (255.0 * np.asarray(std, np.float64))
+    colour = inv[None, :, None] * contrast[:, None, None] * (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ)
+    base = np.asarray(p.brightness, np.float64)[:, None] * inv[None] - (np.asarray(mean) / np.asarray(std))[None]
+    per_grey = (1 - contrast)[:, None] * inv[None]
+    inside = np.abs(gx) <= 1, np.abs(gy) <= 1
+    plan = np.concatenate([gx, gy, ix, iy * w, *inside, colour.reshape(n, 9), base, per_grey], axis=1, dtype=np.float32)
+    padding = np.concatenate([~inside[0], ~inside[1]], axis=1).astype(np.uint8) * np.uint8(255)
+    return plan, padding
+
+
+def augment_batch(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    params: AugmentParams,
+    crop_size: tuple[int, int],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    *,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, H, W, 3) and labels (N, H, W) on one device → float32 (N, 3, ch, cw) normalised, int64 labels.
+
+    Pixels outside the rescaled image get label ``ignore_index`` and the mean colour (0 after normalisation).
+    """
+    n, h, w = labels.shape
+    ch, cw = crop_size
+    dev = images.device
+    plan, padding = (torch.from_numpy(a) for a in _plan(params, (h, w), crop_size, mean, std))
+    if dev.type == "cuda":  # page-locked, so the copies run asynchronously
+        plan, padding = (t.pin_memory().to(dev, non_blocking=True) for t in (plan, padding))
+    elif dev.type != "cpu":
+        plan, padding = plan.to(dev), padding.to(dev)
+    gx, gy, ix, iyw, in_x, in_y, colour, base, per_grey = plan.split([cw, ch, cw, ch, cw, ch, 9, 3, 3], dim=1)
+    grid = torch.stack(torch.broadcast_tensors(gx.view(n, 1, cw), gy.view(n, ch, 1)), dim=-1)
+    # 'border' keeps edge pixels from blending with black; the outside is set to the mean colour below
+    x = F.grid_sample(
+        images.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    flat = (iyw.view(n, ch, 1) + ix.view(n, 1, cw)).long().view(n, -1)
+    y = labels.reshape(n, h * w).gather(1, flat).view(n, ch, cw)
+    pad_x, pad_y = padding.split([cw, ch], dim=1)
+    y = y.bitwise_or_(torch.maximum(pad_y.view(n, ch, 1), pad_x.view(n, 1, cw)))  # 255 = ignore in the padding
+    luma, lo, hi = _constants(tuple(mean), tuple(std), dev)
+    offset = torch.addcmul(base, per_grey, (x.mean((2, 3)) @ luma).view(n, 1)).view(n, 3, 1)
+    x = torch.baddbmm(offset, colour.view(n, 3, 3), x.reshape(n, 3, ch * cw)).view(n, 3, ch, cw)
+    for c in range(3):  # the 0-255 clamp of the distorted colours, after normalisation (per-channel bounds)
+        x[:, c].clamp_(lo[c], hi[c])
+    x = x.mul_(in_y.view(n, 1, ch, 1) * in_x.view(n, 1, 1, cw))  # the mean colour (0) in the padding
+    y = y.long()
+    return x, y if ignore_index == 255 else y.masked_fill_(y == 255, ignore_index)
+
+
+@functools.lru_cache(maxsize=8)
+def _constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, list[float], list[float]]:
+    m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    luma = torch.as_tensor(_RGB_TO_YIQ[0], dtype=torch.float32, device=device)
+    return luma, (-m / s).tolist(), ((1 - m) / s).tolist()

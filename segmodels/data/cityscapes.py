@@ -1,0 +1,262 @@
+"""The raw Cityscapes layout: find the data, pair images with labels, check and decode them.
+
+The data is either the extracted tree (``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` and
+``gtFine/{split}/{city}/*_gtFine_labelIds.png``) or the two official archives ``leftImg8bit_trainvaltest.zip``
+and ``gtFine_trainvaltest.zip``, read in place member by member. Each half is found independently, so an
+extracted image tree next to the label zip works too. The generated dataset (``segmodels synth``) is written in
+the same layout and goes through the same code.
+
+Every problem with the input is reported with the file at fault, and the cheap checks (pairing, PNG headers,
+sizes) run over the whole split before any decoding starts.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segmodels.data.labels import MAX_LABEL_ID
+
+__all__ = [
+    "IMAGE_SUFFIX",
+    "IMAGE_ZIP",
+    "LABEL_SUFFIX",
+    "LABEL_ZIP",
+    "CityscapesSource",
+    "DirStore",
+    "Sample",
+    "ZipStore",
+    "find_root",
+    "missing_dataset_message",
+]
+
+IMAGE_ZIP = "leftImg8bit_trainvaltest.zip"
+LABEL_ZIP = "gtFine_trainvaltest.zip"
+IMAGE_DIR, LABEL_DIR = "leftImg8bit", "gtFine"
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+DOWNLOAD_URL = "https://www.cityscapes-dataset.com/downloads/"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_HEAD = 33  # signature + IHDR chunk
+
+
+def find_root(root: str | os.PathLike | None, *, dataset: str = "cityscapes") -> Path:
+    """The Cityscapes folder: ``root`` if given, else ``$CITYSCAPES_DATASET`` (as cityscapesScripts), else data/raw."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("CITYSCAPES_DATASET")
+    if env:
+        return Path(env).expanduser()
+    return Path("data") / "raw" / dataset
+
+
+def missing_dataset_message(root: Path, missing: str = "") -> str:
+    what = f" ({missing} missing)" if missing else ""
+    return (
+        f"Cityscapes not found in {root}{what}: it needs the extracted folders {IMAGE_DIR}/ and {LABEL_DIR}/, or the "
+        f"archives {IMAGE_ZIP} and {LABEL_ZIP} as downloaded (read in place, no extraction needed). "
+        f"Both archives come from {DOWNLOAD_URL} (free account, login required). Put them in {root}, or point "
+        f"--root, data.root in the config, or $CITYSCAPES_DATASET at the folder that holds them. "
+        f"Without them, run the demo study on generated data instead: `make run` "
+        f"(it runs `segmodels synth` and `segmodels prepare --config config/demo.yaml`)."
+    )
+
+
+class DirStore:
+    """Files under a folder, addressed by their path relative to it (``leftImg8bit/train/...``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def list(self, top: str, split: str, suffix: str) -> list[str]:
+        base = self.root / top / split
+        return sorted(p.relative_to(self.root).as_posix() for p in base.glob(f"*/*{suffix}") if p.is_file())
+
+    def read(self, name: str, size: int = -1) -> bytes:
+        with open(self.root / name, "rb") as fh:
+            return fh.read(size)
+
+    def stamp(self, name: str) -> str:
+        st = (self.root / name).stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+
+    def describe(self, name: str) -> str:
+        return str(self.root / name)
+
+
+class ZipStore:
+    """Members of a zip archive; the handle is opened lazily, once per process (it cannot be pickled)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._zip: zipfile.ZipFile | None = None
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_zip": None}
+
+    @property
+    def zip(self) -> zipfile.ZipFile:
+        if self._zip is None:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile as exc:
+                raise ValueError(f"{self.path}: not a readable zip archive ({exc})") from None
+        return self._zip
+
+    def list(self, top: str, split: str, suffix: str) -> list[str]:
+        prefix = f"{top}/{split}/"
+        return sorted(
+            n for n in self.zip.namelist() if n.startswith(prefix) and n.endswith(suffix) and n.count("/") == 3
+        )
+
+    def read(self, name: str, size: int = -1) -> bytes:
+        with self.zip.open(name) as fh:
+            return fh.read(size)
+
+    def stamp(self, name: str) -> str:
+        info = self.zip.getinfo(name)
+        return f"{info.file_size}:{info.CRC:08x}"  # the archive's own checksum: no decompression needed
+
+    def describe(self, name: str) -> str:
+        return f"{self.path}:{name}"
+
+
+Store = DirStore | ZipStore
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # image id, e.g. aachen_000000_000019
+    image: str  # path inside the image store
+    label: str  # path inside the label store
+
+
+def _png_size(head: bytes, where: str) -> tuple[int, int, int, int]:
+    """(height, width, bit depth, colour type) from a PNG's first bytes; ValueError naming ``where`` otherwise."""
+    if len(head) < _PNG_HEAD - 4 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"{where}: not a PNG file")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    return height, width, depth, colour
+
+
+class CityscapesSource:
+    """One Cityscapes root: lists, checks and decodes the (image, labelIds) pairs of a split."""
+
+    def __init__(self, root: Path, images: Store, labels: Store) -> None:
+        self.root, self.images, self.labels = Path(root), images, labels
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> CityscapesSource:
+        root = Path(root)
+        images = cls._store(root, IMAGE_DIR, IMAGE_ZIP)
+        labels = cls._store(root, LABEL_DIR, LABEL_ZIP)
+        if images is None or labels is None:
+            missing = " and ".join(
+                f"{d}/ or {z}"
+                for s, d, z in ((images, IMAGE_DIR, IMAGE_ZIP), (labels, LABEL_DIR, LABEL_ZIP))
+                if s is None
+            )
+            raise FileNotFoundError(missing_dataset_message(root, missing if images or labels else ""))
+        return cls(root, images, labels)
+
+    @staticmethod
+    def _store(root: Path, folder: str, archive: str) -> Store | None:
+        if (root / folder).is_dir():
+            return DirStore(root)
+        if (root / archive).is_file():
+            return ZipStore(root / archive)
+        return None
+
+    def fresh(self) -> CityscapesSource:
+        """A copy with no open archive handles: a forked worker must not share the parent's file offset."""
+
+        def copy(store: Store) -> Store:
+            return DirStore(store.root) if isinstance(store, DirStore) else ZipStore(store.path)
+
+        return CityscapesSource(self.root, copy(self.images), copy(self.labels))
+
+    @property
+    def layout(self) -> str:
+        kinds = {type(self.images).__name__, type(self.labels).__name__}
+        return "tree" if kinds == {"DirStore"} else "zip" if kinds == {"ZipStore"} else "mixed"
+
+    def samples(self, split: str) -> list[Sample]:
+        """The split's pairs sorted by image id; an unpaired file or an empty split raises ValueError."""
+        images = {Path(n).name[: -len(IMAGE_SUFFIX)]: n for n in self.images.list(IMAGE_DIR, split, IMAGE_SUFFIX)}
+        labels = {Path(n).name[: -len(LABEL_SUFFIX)]: n for n in self.labels.list(LABEL_DIR, split, LABEL_SUFFIX)}
+        if not images:
+            raise ValueError(
+                f"empty split '{split}': no {IMAGE_DIR}/{split}/<city>/*{IMAGE_SUFFIX} in "
+                f"{self.images.describe(f'{IMAGE_DIR}/{split}')}"
+            )
+        for own, other, store, kind, want in (
+            (images, labels, self.images, "image", LABEL_SUFFIX),
+            (labels, images, self.labels, "label", IMAGE_SUFFIX),
+        ):
+            lonely = sorted(set(own) - set(other))
+            if lonely:
+                more = f" (and {len(lonely) - 1} more)" if len(lonely) > 1 else ""
+                raise ValueError(
+                    f"{store.describe(own[lonely[0]])}: {kind} without its counterpart {lonely[0]}{want}{more}"
+                )
+        return [Sample(name, images[name], labels[name]) for name in sorted(images)]
+
+    def stamps(self, samples: list[Sample]) -> list[str]:
+        """Cheap per-pair fingerprints (size and mtime, or the archive's CRC) to tell whether inputs changed."""
+        return [f"{self.images.stamp(s.image)}|{self.labels.stamp(s.label)}" for s in samples]
+
+    def check_headers(self, sample: Sample) -> tuple[int, int]:
+        """Check both PNG headers of a pair without decoding; returns the (height, width) they share."""
+        where_img, where_lab = self.images.describe(sample.image), self.labels.describe(sample.label)
+        ih, iw, idepth, icolour = _png_size(self.images.read(sample.image, _PNG_HEAD), where_img)
+        lh, lw, ldepth, lcolour = _png_size(self.labels.read(sample.label, _PNG_HEAD), where_lab)
+        if idepth != 8 or icolour not in (2, 6):
+            raise ValueError(f"{where_img}: expected an 8-bit RGB PNG (bit depth {idepth}, colour type {icolour})")
+        if ldepth != 8 or lcolour != 0:
+            raise ValueError(
+                f"{where_lab}: expected a single-channel 8-bit PNG of label ids "
+                f"(bit depth {ldepth}, colour type {lcolour}; a *_gtFine_color.png in its place?)"
+            )
+        if (ih, iw) != (lh, lw):
+            raise ValueError(f"{where_lab}: label is {lh}×{lw} but its image {where_img} is {ih}×{iw} (height×width)")
+        return ih, iw
+
+    def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Decode a pair → (RGB H×W×3 uint8, label ids H×W uint8, crc32 of the image file, crc32 of the label file)."""
+        img_bytes, lab_bytes = self.images.read(sample.image), self.labels.read(sample.label)
+        image = _decode(img_bytes, "RGB", self.images.describe(sample.image))
+        label = _decode(lab_bytes, "L", self.labels.describe(sample.label))
+        where = self.labels.describe(sample.label)
+        if image.shape[:2] != label.shape:
+            raise ValueError(f"{where}: label is {label.shape} but its image is {image.shape[:2]} (height×width)")
+        bad = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[MAX_LABEL_ID + 1 :]) + MAX_LABEL_ID + 1
+        if bad.size:
+            raise ValueError(
+                f"{where}: label ids {bad[:5].tolist()} are not Cityscapes ids (0-{MAX_LABEL_ID}); "
+                f"is this a *_labelTrainIds.png or another dataset's mask?"
+            )
+        return image, label, zlib.crc32(img_bytes), zlib.crc32(lab_bytes)
+
+
+def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            fmt, im_mode = im.format, im.mode
+            array = np.asarray(im.convert(mode) if im_mode != mode and mode == "RGB" else im)
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, zlib.error … on damaged files
+        raise ValueError(f"{where}: not a decodable PNG ({type(exc).__name__}: {exc})") from None
+    if fmt != "PNG":
+        raise ValueError(f"{where}: not a PNG file ({fmt})")
+    if mode == "L" and im_mode != "L":
+        raise ValueError(f"{where}: expected a single-channel 8-bit label image, got mode {im_mode}")
+    return array

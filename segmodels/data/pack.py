@@ -1,0 +1,267 @@
+"""Preprocessing: raw Cityscapes layout → packed uint8 arrays that training loads by memory map.
+
+``prepare(root=..., out=data/packed/{dataset}, size=(512, 1024))`` decodes every pair of the train and val
+splits, maps label ids to the 19 train ids (others → 255), resizes (antialiased bilinear for images, nearest for
+labels) and writes ``{split}/images.npy`` (N, H, W, 3), ``{split}/labels.npy`` (N, H, W) and ``manifest.json``
+(source, sizes, counts, per-class pixel counts, CRC-32 of every input file, image ids).
+
+Everything is written into a temporary folder beside ``out`` and renamed into place at the end, so a crash
+leaves either the previous complete dataset or nothing. The manifest records a fingerprint of the inputs (size
+and mtime of files, or the archive's own CRCs) and the packing parameters; a second run on unchanged inputs
+does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segmodels.data._io import Progress, atomic_write_json, default_workers, fsync_dir, parallel_map
+from segmodels.data.cityscapes import CityscapesSource, Sample
+from segmodels.data.labels import CLASS_NAMES, ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
+
+__all__ = ["FORMAT", "MANIFEST", "SPLITS", "PrepareResult", "prepare", "read_manifest"]
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val")
+
+
+@dataclass
+class PrepareResult:
+    path: Path  # the packed dataset folder
+    manifest: dict
+    skipped: bool  # True when the existing output was already up to date
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a packed dataset folder (or of the folder above a split)."""
+    path = Path(path)
+    for candidate in (path / MANIFEST, path.parent / MANIFEST):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise FileNotFoundError(f"no {MANIFEST} in {path} or its parent: run `segmodels prepare` first")
+
+
+def _digest(samples: list[Sample], stamps: list[str]) -> str:
+    h = hashlib.sha256()
+    for s, stamp in zip(samples, stamps, strict=True):
+        h.update(f"{s.image}\0{s.label}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _up_to_date(out: Path, want: dict) -> dict | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if any(manifest.get(k) != want[k] for k in ("format", "size")):
+        return None
+    if set(manifest.get("splits", {})) != set(want["splits"]):
+        return None
+    h, w = want["size"]
+    for split, info in want["splits"].items():
+        have = manifest["splits"][split]
+        if have.get("inputs_digest") != info["inputs_digest"]:
+            return None
+        try:
+            images = np.load(out / split / "images.npy", mmap_mode="r")
+            labels = np.load(out / split / "labels.npy", mmap_mode="r")
+        except (FileNotFoundError, ValueError):
+            return None
+        if images.shape != (info["count"], h, w, 3) or labels.shape != (info["count"], h, w):
+            return None
+    return manifest
+
+
+# --- worker side -------------------------------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def _init_worker(source: CityscapesSource, tmp: Path, size: tuple[int, int], offsets: dict) -> None:
+    _STATE.update(source=source.fresh(), tmp=tmp, size=size, offsets=offsets)
+
+
+def _pack_one(task: tuple[str, int, Sample]) -> tuple[str, int, int, int, list[int]]:
+    """Decode, map and resize one pair, write it at its row of the split's arrays; returns its statistics."""
+    from PIL import Image
+
+    split, index, sample = task
+    source: CityscapesSource = _STATE["source"]
+    h, w = _STATE["size"]
+    image, label_ids, crc_img, crc_lab = source.read(sample)
+    train_ids = ID_TO_TRAINID[label_ids]
+    if image.shape[:2] != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
+        train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.Resampling.NEAREST))
+    for name, array in (("images.npy", image), ("labels.npy", train_ids)):
+        start, row = _STATE["offsets"][split][name]
+        with open(_STATE["tmp"] / split / name, "r+b") as fh:  # plain writes: no mapping shared across processes
+            fh.seek(start + index * row)
+            fh.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+    hist = np.bincount(train_ids.ravel(), minlength=256)
+    counts = [*hist[:NUM_CLASSES].tolist(), int(hist[IGNORE_INDEX])]
+    return split, index, crc_img, crc_lab, counts
+
+
+# --- driver -----------------------------------------------------------------------------------------------
+def _create_arrays(folder: Path, n: int, size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """Allocate the .npy files; returns name → (data offset, bytes per row) for the workers."""
+    folder.mkdir(parents=True)
+    offsets = {}
+    for name, shape in (("images.npy", (n, *size, 3)), ("labels.npy", (n, *size))):
+        array = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.uint8, shape=shape)
+        offsets[name] = (int(array.offset), int(np.prod(shape[1:])))
+        del array
+    return offsets
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove what a killed run left beside ``out`` (its pid is in the name), never a running one's folder."""
+    for tmp in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
+        try:
+            pid = int(tmp.name.split("-")[-2])
+            os.kill(pid, 0)  # still running: leave its folder alone
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(path if path.is_dir() else path.parent)
+
+
+def prepare(
+    *,
+    root: str | Path,
+    out: str | Path,
+    size: tuple[int, int] = (512, 1024),
+    source: str = "cityscapes",
+    splits: tuple[str, ...] = SPLITS,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> PrepareResult:
+    """Pack the raw dataset at ``root`` into ``out``; see the module docstring."""
+    root, out = Path(root), Path(out)
+    if source not in ("synthetic", "cityscapes"):
+        raise ValueError(f"source must be synthetic or cityscapes, got {source!r}")
+    size = tuple(int(v) for v in size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"size must be [height, width] of positive integers, got {list(size)}")
+    if source == "synthetic" and not root.is_dir():
+        raise FileNotFoundError(
+            f"no generated dataset in {root}: run `segmodels synth --out {root}` "
+            f"(or `segmodels synth --config CONFIG`) first"
+        )
+    src = CityscapesSource.open(root)
+    samples = {split: src.samples(split) for split in splits}
+    want = {
+        "format": FORMAT,
+        "size": list(size),
+        "splits": {
+            s: {"count": len(items), "inputs_digest": _digest(items, src.stamps(items))} for s, items in samples.items()
+        },
+    }
+    if not force and (manifest := _up_to_date(out, want)) is not None:
+        return PrepareResult(out, manifest, skipped=True)
+    source_sizes: dict[str, dict[str, int]] = {}
+    for split, items in samples.items():  # cheap checks of every file before any decoding
+        sizes = source_sizes.setdefault(split, {})
+        for sample in items:
+            hw = "×".join(map(str, src.check_headers(sample)))
+            sizes[hw] = sizes.get(hw, 0) + 1
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        offsets = {split: _create_arrays(tmp / split, len(items), size) for split, items in samples.items()}
+        tasks = [(split, i, sample) for split, items in samples.items() for i, sample in enumerate(items)]
+        crcs: dict[str, list] = {s: [None] * len(items) for s, items in samples.items()}
+        counts = {s: np.zeros(NUM_CLASSES + 1, np.int64) for s in samples}
+        n_workers = default_workers() if workers is None else max(1, workers)
+        with Progress(len(tasks), f"prepare {out.name}", enabled=progress) as bar:
+            for _, (split, i, crc_img, crc_lab, hist) in parallel_map(
+                _pack_one,
+                tasks,
+                workers=n_workers,
+                progress=bar,
+                initializer=_init_worker,
+                initargs=(src, tmp, size, offsets),
+            ):
+                crcs[split][i] = (f"{crc_img:08x}", f"{crc_lab:08x}")
+                counts[split] += hist
+        manifest = _manifest(src, source, out.name, size, samples, want, crcs, counts, source_sizes)
+        atomic_write_json(tmp / MANIFEST, manifest)
+        _fsync_tree(tmp)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(out, manifest, skipped=False)
+
+
+def _manifest(src, source, dataset, size, samples, want, crcs, counts, source_sizes) -> dict:
+    from segmodels import __version__
+
+    synth = None
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        synth = json.loads((src.root / "synth.json").read_text())
+    splits = {}
+    for split, items in samples.items():
+        total = int(counts[split].sum())
+        class_pixels = counts[split][:NUM_CLASSES].tolist()
+        splits[split] = {
+            **want["splits"][split],
+            "source_sizes": source_sizes[split],  # "height×width": images of that size before resizing
+            "class_pixels": class_pixels,  # after resizing, per train id
+            "ignore_pixels": int(counts[split][NUM_CLASSES]),
+            "class_frequency": [round(c / max(total, 1), 6) for c in class_pixels],  # of all pixels
+            "names": [s.name for s in items],
+            "inputs": [
+                {"image": s.image, "image_crc32": c[0], "label": s.label, "label_crc32": c[1]}
+                for s, c in zip(items, crcs[split], strict=True)
+            ],
+        }
+    return {
+        "format": FORMAT,
+        "dataset": dataset,
+        "source": source,
+        "root": str(src.root.resolve()),
+        "layout": src.layout,
+        "size": list(size),
+        "classes": list(CLASS_NAMES),
+        "ignore_index": IGNORE_INDEX,
+        "synthetic": synth,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "segmodels_version": __version__,
+        "splits": splits,
+    }

@@ -1,0 +1,172 @@
+"""A generated dataset in the exact Cityscapes layout, so the demo runs the same ``prepare`` code as real data.
+
+``generate(out, train=48, val=16, size=(256, 512), seed=0)`` writes
+``leftImg8bit/{split}/{city}/{city}_{seq:06d}_000019_leftImg8bit.png`` and the matching
+``gtFine/.../*_gtFine_labelIds.png`` (Cityscapes label ids, not train ids) and ``*_gtFine_color.png``, with
+made-up city names. Image ``i`` of a split depends only on (seed, split, i, size), so any worker count gives the
+same files and a larger count only adds images. Each file is written atomically; ``synth.json`` at the root
+records the parameters, and a second run with the same parameters and complete output does nothing.
+
+The default (48 train / 16 val at 256×512, packed at 128×256 by ``config/demo.yaml``) is what a CPU can train
+every model of the study on within minutes; scenes are described in :mod:`segmodels.data.scene`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segmodels.data._io import Progress, atomic_write_bytes, atomic_write_json, default_workers, encode_png
+from segmodels.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX
+
+__all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "image_ids"]
+
+GENERATOR_VERSION = 1  # bump when the scenes change, so that existing output is regenerated
+PARAMS_FILE = "synth.json"
+CITIES = {"train": ("synthtown", "pixelburg", "rendersheim"), "val": ("mockfurt", "procedurach")}
+COLOR_SUFFIX = "_gtFine_color.png"
+_SPLIT_CODE = {"train": 1, "val": 2}
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    train: int = 48
+    val: int = 16
+    size: tuple[int, int] = (256, 512)  # [height, width] written to disk
+    seed: int = 0
+    color: bool = True  # also write *_gtFine_color.png
+
+    def __post_init__(self) -> None:
+        for key in ("train", "val", "seed"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise ValueError(f"synthetic '{key}' must be a non-negative integer, got {getattr(self, key)!r}")
+        if self.train + self.val == 0:
+            raise ValueError("synthetic 'train' and 'val' are both 0: nothing to generate")
+        if len(self.size) != 2 or min(self.size) < 32:
+            raise ValueError(f"synthetic 'size' must be [height, width], each at least 32, got {list(self.size)}")
+
+    def record(self) -> dict:
+        return {
+            "generator": "segmodels.data.synthetic",
+            "version": GENERATOR_VERSION,
+            **asdict(self),
+            "size": list(self.size),
+        }
+
+
+def image_ids(split: str, count: int) -> list[tuple[str, str]]:
+    """(city, image id) of the split's first ``count`` images, e.g. ("synthtown", "synthtown_000000_000019")."""
+    cities = CITIES[split]
+    out = []
+    for i in range(count):
+        city = cities[i % len(cities)]
+        out.append((city, f"{city}_{i // len(cities):06d}_000019"))
+    return out
+
+
+def _paths(root: Path, split: str, city: str, name: str, color: bool) -> list[Path]:
+    paths = [
+        root / IMAGE_DIR / split / city / f"{name}{IMAGE_SUFFIX}",
+        root / LABEL_DIR / split / city / f"{name}{LABEL_SUFFIX}",
+    ]
+    if color:
+        paths.append(root / LABEL_DIR / split / city / f"{name}{COLOR_SUFFIX}")
+    return paths
+
+
+def render(params: SynthParams, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of ``split`` → (RGB, label ids); deterministic in (seed, split, index, size)."""
+    from segmodels.data.scene import FEATURED, render_scene
+
+    rng = np.random.default_rng([params.seed, _SPLIT_CODE[split], index, GENERATOR_VERSION])
+    return render_scene(rng, *params.size, featured=FEATURED[index % len(FEATURED)])
+
+
+def _write_one(task: tuple[Path, SynthParams, str, int, str, str]) -> None:
+    from PIL import Image
+
+    from segmodels.data.labels import ID_PALETTE
+
+    root, params, split, index, city, name = task
+    image, label = render(params, split, index)
+    paths = _paths(root, split, city, name, params.color)
+    atomic_write_bytes(paths[0], encode_png(Image.fromarray(image), 3))
+    atomic_write_bytes(paths[1], encode_png(Image.fromarray(label), 3))
+    if params.color:
+        atomic_write_bytes(paths[2], encode_png(Image.fromarray(ID_PALETTE[label]), 3))
+
+
+def _read_record(root: Path) -> dict | None:
+    try:
+        return json.loads((root / PARAMS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _check_foreign(root: Path) -> None:
+    """Refuse to mix generated images into a folder that holds other Cityscapes data."""
+    ours = {c for cities in CITIES.values() for c in cities}
+    for top in (IMAGE_DIR, LABEL_DIR):
+        for city_dir in sorted((root / top).glob("*/*")):
+            if city_dir.is_dir() and city_dir.name not in ours:
+                raise ValueError(
+                    f"{city_dir}: {root} holds other Cityscapes data (city '{city_dir.name}'); "
+                    f"refusing to write generated images there; choose another --out"
+                )
+
+
+def _remove_stale(root: Path, keep: set[Path]) -> None:
+    """Remove images no longer wanted and the temporary files of an interrupted run."""
+    for split, cities in CITIES.items():
+        for top in (IMAGE_DIR, LABEL_DIR):
+            for city in cities:
+                folder = root / top / split / city
+                for path in folder.iterdir() if folder.is_dir() else ():
+                    if path.name.endswith(".tmp") or (path.suffix == ".png" and path not in keep):
+                        path.unlink()
+
+
+def generate(
+    out: str | Path, params: SynthParams | None = None, *, workers: int | None = None, progress: bool = True
+) -> int:
+    """Write the dataset under ``out``; returns the number of images rendered (0 when already up to date)."""
+    from segmodels.data._io import parallel_map
+
+    root, params = Path(out), params or SynthParams()
+    record = _read_record(root)
+    wanted = [
+        (split, i, city, name)
+        for split in ("train", "val")
+        for i, (city, name) in enumerate(image_ids(split, getattr(params, split)))
+    ]
+    expected = {p for split, _, city, name in wanted for p in _paths(root, split, city, name, params.color)}
+    if record == {**params.record(), "complete": True} and all(p.is_file() for p in expected):
+        return 0
+    _check_foreign(root)
+    same_content = record is not None and all(
+        record.get(k) == v for k, v in params.record().items() if k not in ("train", "val")
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    # Mark the folder as in progress first: an interrupted run is never mistaken for a complete one.
+    atomic_write_json(root / PARAMS_FILE, {**params.record(), "complete": False})
+    if not same_content:
+        for split in CITIES:
+            for top in (IMAGE_DIR, LABEL_DIR):
+                for city in CITIES[split]:
+                    shutil.rmtree(root / top / split / city, ignore_errors=True)
+    _remove_stale(root, expected)
+    todo = [
+        (root, params, split, i, city, name)
+        for split, i, city, name in wanted
+        if not all(p.is_file() for p in _paths(root, split, city, name, params.color))
+    ]
+    n_workers = default_workers() if workers is None else max(1, workers)
+    with Progress(len(todo), "synth", enabled=progress) as bar:
+        for _ in parallel_map(_write_one, todo, workers=n_workers, progress=bar):
+            pass
+    atomic_write_json(root / PARAMS_FILE, {**params.record(), "complete": True})
+    return len(todo)
