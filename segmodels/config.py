@@ -80,6 +80,7 @@ class TrainConfig:
     distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
     distill_weight: float = 1.0
     distill_temperature: float = 1.0
+    head_lr_mult: float = 1.0  # lr multiple for everything outside the backbone (PSPNet used 10 with ImageNet init)
     amp: bool = True  # mixed precision on a GPU (bf16 where supported)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
@@ -99,7 +100,7 @@ class EvaluateConfig:
     sliding: bool = False  # sliding-window inference instead of whole-image
     window: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width] of a window
     stride: list[int] = field(default_factory=lambda: [341, 682])
-    full_resolution: bool = False  # upsample logits to 1024×2048 before scoring
+    full_resolution: bool = False  # upsample scores to the raw labels' size (1024×2048) and score against those
     samples: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # validation images drawn for figures
     amp: bool = True
     device: str = "auto"
@@ -111,7 +112,14 @@ class BenchmarkConfig:
     batch_size: int = 1
     warmup: int = 20
     repeats: int = 100
-    modes: list[str] = field(default_factory=lambda: ["fp32", "amp"])  # fp32 amp channels_last compile cudagraphs onnx
+    cpu_warmup: int = 3  # on the CPU, warmup and repeats are capped at these (a CPU forward takes seconds)
+    cpu_repeats: int = 10
+    # Each mode is timed alone: fp32 | amp, optionally +channels_last +compile +cudagraphs (e.g.
+    # "amp+channels_last"); "channels_last" alone is fp32 in that layout; "onnx" runs the exported model in
+    # onnxruntime. Modes that make no sense on the device are reported as skipped with the reason.
+    modes: list[str] = field(default_factory=lambda: ["fp32", "amp"])
+    amp_dtype: str = "float16"  # float16 | bfloat16 for the amp modes
+    onnx_opset: int = 18  # ONNX opset of the "onnx" mode and of `segmodels export` (18: the exporter's lowest)
     device: str = "auto"
 
 
@@ -119,6 +127,8 @@ class BenchmarkConfig:
 class TrackingConfig:
     experiment: str = "segbench"  # MLflow experiment name
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db
+    flush_seconds: float = 30.0  # longest wait before buffered metrics are sent (one log_batch call)
+    log_weights: bool = False  # also upload checkpoint.pt as a run artifact
 
 
 @dataclass

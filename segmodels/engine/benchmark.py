@@ -1,0 +1,399 @@
+"""Inference latency of one model: batch 1 at 1024×512 by default, one timing per precision mode.
+
+Each mode is timed on its own copy of the model, after a warm-up, with the device synchronised around
+every repetition (CUDA events on a GPU, ``perf_counter`` on the CPU), so one number always means one
+complete forward pass of one input: a latency, not a pipelined throughput. Reported per mode: median,
+p90, mean, std, min and max in ms, FPS (batch / median) and peak memory; beside them parameters, GFLOPs,
+and the device, driver and library versions.
+
+Modes (``benchmark.modes``): ``fp32`` or ``amp`` (autocast to ``benchmark.amp_dtype``), each optionally
+with ``+channels_last``, ``+compile`` (torch.compile) and ``+cudagraphs`` (one captured graph replayed;
+with ``+compile`` the ``reduce-overhead`` mode instead); ``onnx`` times the exported model in onnxruntime.
+On the CPU, ``amp`` and ``cudagraphs`` are reported as skipped with the reason rather than timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import re
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Mode",
+    "benchmark_model",
+    "benchmark_run",
+    "miou_per_speed",
+    "parse_mode",
+    "primary_mode",
+    "time_fn",
+]
+
+_PRECISIONS = ("fp32", "amp")
+_FLAGS = ("channels_last", "compile", "cudagraphs")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudagraphs: bool = False
+    onnx: bool = False
+
+
+def parse_mode(name: str) -> Mode:
+    """``"amp+channels_last"`` → Mode(precision="amp", channels_last=True); ValueError names a bad token."""
+    if name == "onnx":
+        return Mode(name, onnx=True)
+    precision, flags = "fp32", set()
+    for token in name.split("+"):
+        if token in _PRECISIONS:
+            precision = token
+        elif token in _FLAGS:
+            flags.add(token)
+        else:
+            raise ValueError(
+                f"benchmark.modes: unknown mode {name!r} (token {token!r}); use fp32 or amp, optionally joined "
+                f"with +{' +'.join(_FLAGS)}, or onnx"
+            )
+    return Mode(name, precision, **{f: f in flags for f in _FLAGS})
+
+
+def _skip_reason(mode: Mode, device: torch.device, amp_dtype: str) -> str | None:
+    if device.type != "cuda":
+        if mode.precision == "amp":
+            return "amp on the CPU: fp16 autocast has no fast CPU kernels, so its time would mislead"
+        if mode.cudagraphs:
+            return "CUDA graphs need a CUDA device"
+    if mode.onnx:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return "onnxruntime is not installed (pip install segmodels[export])"
+        if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here; its CPU time would not compare with the GPU modes"
+    elif mode.precision == "amp" and amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support; set benchmark.amp_dtype: float16"
+    return None
+
+
+def time_fn(fn: Callable[[], Any], *, device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn`` after ``warmup`` calls, the device synchronised each time."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def _stats(times: list[float], batch_size: int) -> dict[str, Any]:
+    ordered = sorted(times)
+    median = statistics.median(ordered)
+    p90 = ordered[min(len(ordered) - 1, max(0, round(0.9 * (len(ordered) - 1))))]
+    return {
+        "median_ms": median,
+        "p90_ms": p90,
+        "mean_ms": statistics.fmean(ordered),
+        "std_ms": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+        "min_ms": ordered[0],
+        "max_ms": ordered[-1],
+        "fps": batch_size * 1000.0 / median if median > 0 else None,
+        "repeats": len(ordered),
+    }
+
+
+def _torch_forward(model: nn.Module, x: torch.Tensor, mode: Mode, device: torch.device, amp_dtype: torch.dtype):
+    """A no-argument callable running one forward pass of ``mode``."""
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if mode.compile:
+        model = torch.compile(model, mode="reduce-overhead" if mode.cudagraphs else "default")
+    use_amp = mode.precision == "amp" and device.type == "cuda"
+
+    def forward() -> torch.Tensor:
+        # cache_enabled=False: autocast's weight cache must not outlive a CUDA graph capture.
+        amp = torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if use_amp else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            return model(x)["out"]
+
+    if not (mode.cudagraphs and not mode.compile):
+        return forward
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # let cuDNN pick its algorithms before the capture
+            forward()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph.replay
+
+
+def _onnx_forward(model: nn.Module, x: torch.Tensor, device: torch.device, opset: int, workdir: Path):
+    import onnxruntime as ort
+
+    from segmodels.engine.export import export_onnx
+
+    path = export_onnx(
+        model.cpu(), workdir / "model.onnx", size=tuple(x.shape[-2:]), batch_size=x.shape[0], opset=opset
+    )
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    session = ort.InferenceSession(str(path), providers=providers)
+    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+    return lambda: session.run(None, feed), session.get_providers()[0]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _time_mode(model, x, mode, device, dtype, onnx_opset, warmup, repeats, entry) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        if mode.onnx:
+            fn, provider = _onnx_forward(copy.deepcopy(model), x, device, onnx_opset, Path(tmp))
+            entry["provider"] = provider
+            if device.type == "cuda":
+                entry["note"] = "input and output in host memory: the copies to and from the GPU are timed too"
+        else:
+            fn = _torch_forward(copy.deepcopy(model).to(device), x.to(device), mode, device, dtype)
+            entry["amp_dtype"] = str(dtype).removeprefix("torch.") if mode.precision == "amp" else None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        return time_fn(fn, device=device, warmup=max(warmup, 3 if mode.compile else 0), repeats=repeats)
+
+
+def benchmark_model(
+    model: nn.Module,
+    *,
+    size: tuple[int, int] = (512, 1024),
+    batch_size: int = 1,
+    modes: list[str] | tuple[str, ...] = ("fp32",),
+    warmup: int = 20,
+    repeats: int = 100,
+    device: torch.device | str = "cpu",
+    amp_dtype: str = "float16",
+    onnx_opset: int = 18,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Time ``model`` in each mode; returns {"modes": {name: stats or {"status": "skipped", "reason"}}, ...}.
+
+    The model is moved to the CPU; each mode times its own copy on ``device``.
+    """
+    from segmodels.engine.inference import environment
+    from segmodels.models import count_flops, count_parameters
+
+    device = torch.device(device)
+    parsed = [parse_mode(m) for m in modes]  # bad names fail before any work
+    if amp_dtype not in ("float16", "bfloat16"):
+        raise ValueError(f"benchmark.amp_dtype must be float16 or bfloat16, got {amp_dtype!r}")
+    if repeats < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"repeats ({repeats}) and batch_size ({batch_size}) must be >= 1, warmup ({warmup}) >= 0")
+    dtype = getattr(torch, amp_dtype)
+    model = model.eval().cpu()
+    aux = getattr(model, "aux_head", None) or nn.Module()
+    height, width = size
+    result: dict[str, Any] = {
+        "size": [height, width],
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "repeats": repeats,
+        # Inference parameters: the auxiliary head runs in training only (params_train_m counts it too).
+        "params_m": (count_parameters(model) - count_parameters(aux)) / 1e6,
+        "params_train_m": count_parameters(model) / 1e6,
+        # Shapes alone fix the count: on the meta device it costs no arithmetic (a CPU forward at 1024×512
+        # would take a while on a GPU machine's host).
+        "gflops": count_flops(copy.deepcopy(model).to("meta"), (height, width)) / 1e9,
+        "amp_dtype": amp_dtype,
+        "modes": {},
+    }
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    result["device"] = environment(device)
+    x = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+    for mode in parsed:
+        reason = _skip_reason(mode, device, amp_dtype)
+        if reason:
+            result["modes"][mode.name] = {"status": "skipped", "reason": reason}
+            if log:
+                log(f"{mode.name}: skipped ({reason})")
+            continue
+        entry: dict[str, Any] = {"status": "ok"}
+        rss_before = _peak_rss_mb()
+        try:
+            times = _time_mode(model, x, mode, device, dtype, onnx_opset, warmup, repeats, entry)
+        except Exception as exc:
+            if not (mode.onnx or mode.compile or mode.cudagraphs):
+                raise  # plain eager inference failing is a bug, not a missing toolchain
+            # Compilers, graph capture and onnxruntime depend on the installation: report, time the other modes.
+            result["modes"][mode.name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500]}
+            if log:
+                log(f"{mode.name}: failed ({type(exc).__name__}: {exc})")
+            continue
+        entry.update(_stats(times, batch_size))
+        if device.type == "cuda" and not mode.onnx:
+            entry.update(peak_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20, memory="cuda_max_allocated")
+        elif device.type == "cpu":
+            entry.update(peak_memory_mb=max(0.0, _peak_rss_mb() - rss_before), memory="cpu_peak_rss_growth")
+        else:
+            entry.update(peak_memory_mb=None, memory="n/a")
+        entry["times_ms"] = [round(t, 4) for t in times]
+        result["modes"][mode.name] = entry
+        if log:
+            log(
+                f"{mode.name}: median {entry['median_ms']:.2f} ms, p90 {entry['p90_ms']:.2f} ms, {entry['fps']:.1f} FPS"
+            )
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    primary = primary_mode(result)
+    result["primary_mode"] = primary
+    result["latency_ms"] = result["modes"][primary]["median_ms"] if primary else None
+    result["fps"] = result["modes"][primary]["fps"] if primary else None
+    return result
+
+
+def primary_mode(result: dict[str, Any]) -> str | None:
+    """The study's latency column: fp32 when it was timed, else the first timed mode."""
+    timed = [name for name, m in result["modes"].items() if m.get("status") == "ok"]
+    return "fp32" if "fp32" in timed else (timed[0] if timed else None)
+
+
+def miou_per_speed(miou: float, latency_ms: float) -> float:
+    """The earlier study's "mIoU/Speed" column: mIoU in percent / latency in ms × 10 (``miou`` a fraction).
+
+    Its own rows give 62.89 / 34 → 18.5 and 68.97 / 79 → 8.7; always computed, never copied.
+    """
+    return miou * 100.0 / latency_ms * 10.0
+
+
+def _metric_key(text: str) -> str:
+    return re.sub(r"[^\w\-./ ]", "_", text)
+
+
+def benchmark_run(
+    cfg: Any,
+    run_dir: str | Path | None = None,
+    *,
+    model_name: str | None = None,
+    out: str | Path | None = None,
+    size: list[int] | None = None,
+    modes: list[str] | None = None,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    device: str | None = None,
+    log_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Benchmark a run folder's checkpoint (writes ``{run_dir}/latency.json``), or with ``model_name`` and no run
+    folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
+
+    ``cfg`` is a StudyConfig (its ``benchmark`` and ``model`` sections give the defaults). Explicit
+    ``repeats``/``warmup`` are used as given; the config's are capped by ``cpu_repeats``/``cpu_warmup`` on the CPU.
+    """
+    from segmodels.atomic import write_text_atomic
+    from segmodels.devices import resolve_device
+    from segmodels.engine.evaluate import json_safe
+
+    bc = cfg.benchmark
+    size = list(size or bc.size)
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"--size must be HEIGHT WIDTH, positive, got {size}")
+    modes = list(modes or bc.modes)
+    for m in modes:
+        parse_mode(m)
+    if run_dir is None and model_name is None:
+        raise ValueError("give a run folder (--run) or a model name (--model)")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    out_path = Path(out) if out is not None else (run_dir / "latency.json" if run_dir else None)
+    if out_path is None:
+        raise ValueError("--out is needed when benchmarking a model without a run folder")
+    if out_path.suffix != ".json":
+        out_path = out_path / "latency.json"
+    checkpoint = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+
+    dev = resolve_device(device or bc.device)
+    if repeats is None:
+        repeats = bc.repeats if dev.type == "cuda" else min(bc.repeats, bc.cpu_repeats)
+    if warmup is None:
+        warmup = bc.warmup if dev.type == "cuda" else min(bc.warmup, bc.cpu_warmup)
+    meta: dict[str, Any] = {}
+    if checkpoint is not None:
+        from segmodels.engine.inference import load_model, model_name_from_path
+
+        expected = model_name or model_name_from_path(run_dir)
+        model, meta = load_model(checkpoint, device=torch.device("cpu"), expect_model=expected)
+        name = f"{meta['backbone']}-{meta['head']}"
+    else:
+        from segmodels.models import build_model, parse_model_name
+
+        backbone, head = parse_model_name(model_name)
+        model = build_model(
+            backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
+            aux=cfg.model.aux, pretrained=None,
+        )  # fmt: skip
+        name = model_name
+    print(f"benchmark {name}: {size[0]}x{size[1]}, batch {bc.batch_size}, modes {', '.join(modes)}, on {dev}")
+    result = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "iteration": meta.get("iteration")}
+    result |= benchmark_model(
+        model, size=(size[0], size[1]), batch_size=bc.batch_size, modes=modes, warmup=warmup, repeats=repeats,
+        device=dev, amp_dtype=bc.amp_dtype, onnx_opset=bc.onnx_opset,
+    )  # fmt: skip
+    metrics_path = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics_path is not None and metrics_path.is_file() and result["latency_ms"]:
+        miou = json.loads(metrics_path.read_text()).get("miou")
+        if miou is not None:
+            result["miou"] = miou
+            result["miou_per_speed"] = miou_per_speed(miou, result["latency_ms"])
+    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_text_atomic(out_path, json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
+    print(f"wrote {out_path}")
+    if log_mlflow and run_dir is not None:
+        from segmodels.tracking import log_to_run
+
+        metrics = {"gflops": result["gflops"], "params_m": result["params_m"]}
+        if result["latency_ms"]:
+            metrics |= {"latency_ms": result["latency_ms"], "fps": result["fps"]}
+        for mode_name, entry in result["modes"].items():
+            if entry.get("status") == "ok":
+                metrics[_metric_key(f"latency_ms_{mode_name}")] = entry["median_ms"]
+        if "miou_per_speed" in result:
+            metrics["miou_per_speed"] = result["miou_per_speed"]
+        log_to_run(
+            run_dir,
+            metrics=metrics,
+            tags={"benchmark_device": result["device"]["name"]},
+            artifacts=[out_path],
+            uri=cfg.tracking.uri,
+        )
+    return result

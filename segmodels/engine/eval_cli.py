@@ -1,0 +1,179 @@
+"""Subcommands after training: ``evaluate``, ``benchmark``, ``export`` and ``predict``.
+
+argparse only at import time; torch and the engine load inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+__all__ = ["COMMANDS"]
+
+_DEVICE_HELP = "auto (a free GPU if any, else the CPU), cpu, cuda or cuda:N (default: the config's)"
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML); its 'evaluate' section")
+    p.add_argument("--run", type=Path, required=True, help="run folder, results/{experiment}/{model}/seed{seed}")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: RUN/checkpoint.pt)")
+    p.add_argument("--model", help="expected {backbone}-{head} (default: the run folder's model folder)")
+    p.add_argument("--data", type=Path, help="packed split folder, or the dataset folder holding val/ "
+                   "(default: data/packed/{dataset}/val)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="folder for metrics.json and the other outputs (default: RUN)")
+    p.add_argument("--flip", action="store_true", default=None, help="test-time horizontal flip")
+    p.add_argument("--scales", type=float, nargs="+", metavar="S", help="test-time scales, e.g. 0.75 1.0 1.25")
+    p.add_argument("--sliding", action="store_true", default=None, help="sliding-window inference (evaluate.window, "
+                   "evaluate.stride) instead of whole-image")  # fmt: skip
+    p.add_argument("--full-resolution", action="store_true", default=None,
+                   help="score at the raw labels' resolution (read through the packed manifest)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size)")
+    p.add_argument("--no-amp", action="store_true", help="full precision on the GPU too")
+    p.add_argument("--device", help=_DEVICE_HELP)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from segmodels.config import load_config
+    from segmodels.engine.evaluate import evaluate
+
+    cfg = load_config(args.config)
+    changes = {
+        k: v
+        for k, v in {
+            "flip": args.flip,
+            "scales": args.scales,
+            "sliding": args.sliding,
+            "full_resolution": args.full_resolution,
+            "batch_size": args.batch_size,
+            "amp": False if args.no_amp else None,
+        }.items()
+        if v is not None
+    }
+    cfg.evaluate = dataclasses.replace(cfg.evaluate, **changes)
+    metrics = evaluate(
+        cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
+        device=args.device, log_mlflow=not args.no_mlflow,
+    )  # fmt: skip
+    print(
+        f"{metrics['model']}: mIoU {metrics['miou'] * 100:.2f}  mAcc {metrics['macc'] * 100:.2f}  "
+        f"allAcc {metrics['allacc'] * 100:.2f}  ({metrics['num_images']} images"
+        + (f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else "")
+        + ")"
+    )
+    return 0
+
+
+def _add_benchmark(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="study config (YAML); its 'benchmark' and 'model' sections "
+                   "(required with --run; defaults are used with --model alone)")  # fmt: skip
+    p.add_argument("--run", type=Path, help="run folder: times its checkpoint, writes RUN/latency.json")
+    p.add_argument("--model", help="{backbone}-{head}: with --run, the expected model; without, time a freshly "
+                   "built model (random weights) and write to --out")  # fmt: skip
+    p.add_argument("--out", type=Path, help="latency.json path, or a folder for it (default: RUN/latency.json)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width "
+                   "(default: benchmark.size, 512 1024)")  # fmt: skip
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="fp32, amp, each optionally +channels_last "
+                   "+compile +cudagraphs (e.g. amp+channels_last), or onnx (default: benchmark.modes)")  # fmt: skip
+    p.add_argument("--repeats", type=int, help="timed forward passes per mode (default: benchmark.repeats on a "
+                   "GPU, capped at benchmark.cpu_repeats on the CPU)")  # fmt: skip
+    p.add_argument("--warmup", type=int, help="untimed passes first (default: benchmark.warmup, capped at "
+                   "benchmark.cpu_warmup on the CPU)")  # fmt: skip
+    p.add_argument("--device", help=_DEVICE_HELP)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    from segmodels.config import StudyConfig, load_config
+    from segmodels.engine.benchmark import benchmark_run
+
+    if args.run is not None and args.config is None:
+        raise ValueError("--config is required with --run")
+    cfg = load_config(args.config) if args.config else StudyConfig()
+    result = benchmark_run(
+        cfg, args.run, model_name=args.model, out=args.out, size=args.size, modes=args.modes,
+        repeats=args.repeats, warmup=args.warmup, device=args.device, log_mlflow=not args.no_mlflow,
+    )  # fmt: skip
+    if result.get("miou_per_speed") is not None:
+        print(f"mIoU/Speed: {result['miou_per_speed']:.2f} (mIoU % / {result['primary_mode']} latency ms × 10)")
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run folder whose checkpoint.pt is exported")
+    src.add_argument("--checkpoint", type=Path, help="checkpoint file to export")
+    src.add_argument("--model", help="{backbone}-{head} with random weights (for deployment tests)")
+    p.add_argument("--config", type=Path, help="study config: benchmark.size and benchmark.onnx_opset defaults")
+    p.add_argument("--out", type=Path, help="output file (default: RUN/model.onnx, or ./{model}.onnx)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="fixed input height and width "
+                   "(default: benchmark.size)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the graph (default: 1)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: benchmark.onnx_opset, 18)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from segmodels.config import StudyConfig, load_config
+    from segmodels.engine.export import export_onnx, verify_onnx
+
+    cfg = load_config(args.config) if args.config else StudyConfig()
+    size = tuple(args.size or cfg.benchmark.size)
+    if len(size) != 2 or min(size) <= 0 or args.batch_size < 1:
+        raise ValueError(f"--size must be positive H W and --batch-size >= 1, got {list(size)}, {args.batch_size}")
+    if args.model:
+        from segmodels.models import build_model, parse_model_name
+
+        backbone, head = parse_model_name(args.model)
+        model = build_model(backbone, head, num_classes=cfg.model.num_classes,
+                            output_stride=cfg.model.output_stride, aux=False, pretrained=None)  # fmt: skip
+        out = args.out or Path(f"{args.model}.onnx")
+    else:
+        import torch
+
+        from segmodels.engine.inference import load_model, model_name_from_path
+
+        ckpt = args.checkpoint or args.run / "checkpoint.pt"
+        expected = model_name_from_path(args.run) if args.run else None
+        model, _ = load_model(ckpt, device=torch.device("cpu"), expect_model=expected)
+        out = args.out or (args.run / "model.onnx" if args.run else ckpt.with_suffix(".onnx"))
+    path = export_onnx(model, out, size=size, batch_size=args.batch_size, opset=args.opset or cfg.benchmark.onnx_opset)
+    print(f"wrote {path} (input images {args.batch_size}x3x{size[0]}x{size[1]}, output logits)")
+    if not args.no_verify:
+        check = verify_onnx(model, path, size=size, batch_size=args.batch_size)
+        print(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.2e}, "
+              f"argmax agreement {check['argmax_agreement'] * 100:.3f}%")  # fmt: skip
+    return 0
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a trained model")
+    p.add_argument("--out", type=Path, required=True, help="output folder for {stem}_trainid/_color/_overlay.png")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize for the forward pass, e.g. the "
+                   "training resolution (masks are always written at the input's size)")  # fmt: skip
+    p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    p.add_argument("--no-amp", action="store_true", help="full precision on the GPU too")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from segmodels.engine.predict import predict_images
+
+    written = predict_images(
+        args.checkpoint, args.images, args.out, device=args.device, size=args.size, flip=args.flip,
+        amp=not args.no_amp,
+    )  # fmt: skip
+    print(f"wrote masks of {len(written)} image(s) to {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "evaluate": ("Score a trained model on the validation split (mIoU, mAcc, allAcc, samples)",
+                 _add_evaluate, _run_evaluate),
+    "benchmark": ("Time inference per precision mode (latency, FPS, memory, GFLOPs)", _add_benchmark, _run_benchmark),
+    "export": ("Export a model to ONNX and check it against PyTorch", _add_export, _run_export),
+    "predict": ("Segment your own images with a trained checkpoint", _add_predict, _run_predict),
+}  # fmt: skip

@@ -1,0 +1,261 @@
+"""Inference shared by evaluation, prediction, export and the benchmark: whole-image or sliding-window
+forward passes, test-time augmentation, mixed precision, the model a run folder or checkpoint holds, and
+the device and library versions written beside every result.
+
+Scores convention: with a single view (one scale, no flip) :func:`predict_scores` returns the model's
+logits; with several views it returns the mean of their softmax probabilities (averaging
+probabilities keeps one overconfident view from dominating, as in the multi-scale testing of
+PSPNet, Zhao et al. 2017, and DeepLabV3, Chen et al. 2017). Either way the argmax over channels is the
+prediction, and the scores may be bilinearly upsampled before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import re
+import subprocess
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "amp_dtype",
+    "autocast",
+    "environment",
+    "forward_logits",
+    "load_model",
+    "model_name_from_path",
+    "predict_scores",
+    "slide_windows",
+]
+
+_MODEL_NAME = re.compile(r"^([a-z0-9]+)-([a-z]+)$")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the GPU supports it (no overflow, no scaler needed), float16 otherwise."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(
+    device: torch.device, enabled: bool, dtype: torch.dtype | None = None
+) -> contextlib.AbstractContextManager:
+    """Mixed precision on a CUDA device when ``enabled``; a no-op elsewhere (CPU inference stays fp32)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=dtype or amp_dtype(device))
+    return contextlib.nullcontext()
+
+
+def slide_windows(
+    height: int, width: int, window: Sequence[int], stride: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
+    """Windows ``(y0, y1, x0, x1)`` covering an image; the last row/column is shifted back to end at the border.
+
+    Window grid as in mmsegmentation's ``slide_inference``; a window larger than the image shrinks to it,
+    so one window covering the image is exactly whole-image inference.
+    """
+    wh, ww = window
+    sh, sw = stride
+    if min(wh, ww, sh, sw) <= 0:
+        raise ValueError(f"window {list(window)} and stride {list(stride)} must be positive [height, width]")
+    rows = max(height - wh + sh - 1, 0) // sh + 1
+    cols = max(width - ww + sw - 1, 0) // sw + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = min(r * sh + wh, height), min(c * sw + ww, width)
+            boxes.append((max(y1 - wh, 0), y1, max(x1 - ww, 0), x1))
+    return boxes
+
+
+def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return (out["out"] if isinstance(out, dict) else out).float()
+
+
+def forward_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    sliding: bool = False,
+    window: Sequence[int] = (512, 1024),
+    stride: Sequence[int] = (341, 682),
+) -> torch.Tensor:
+    """Float32 logits (N, C, H, W) of normalised images (N, 3, H, W), whole-image or window by window.
+
+    Overlapping windows average their logits.
+    """
+    if not sliding:
+        return _out(model, images)
+    n, _, h, w = images.shape
+    total: torch.Tensor | None = None
+    count = torch.zeros(1, 1, h, w, device=images.device)
+    for y0, y1, x0, x1 in slide_windows(h, w, window, stride):
+        logits = _out(model, images[:, :, y0:y1, x0:x1])
+        if total is None:
+            total = logits.new_zeros(n, logits.shape[1], h, w)
+        total[:, :, y0:y1, x0:x1] += logits
+        count[:, :, y0:y1, x0:x1] += 1
+    assert total is not None
+    return total / count
+
+
+def _views(scales: Sequence[float], flip: bool) -> Iterator[tuple[float, bool]]:
+    for scale in scales:
+        yield scale, False
+        if flip:
+            yield scale, True
+
+
+def predict_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    sliding: bool = False,
+    window: Sequence[int] = (512, 1024),
+    stride: Sequence[int] = (341, 682),
+    amp: bool = False,
+    out_size: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Class scores (N, C, H', W') of normalised images, with optional multi-scale and flip test-time
+    augmentation; ``out_size`` [height, width] (default: the input's) is the size they are upsampled to.
+
+    The model must be in eval mode; gradients are off here. See the module docstring for what the
+    scores are.
+    """
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"test-time scales must be positive numbers, got {list(scales)}")
+    h, w = images.shape[-2:]
+    size = tuple(out_size) if out_size is not None else (h, w)
+    views = list(_views(scales, flip))
+    total: torch.Tensor | None = None
+    with torch.inference_mode(), autocast(images.device, amp):
+        for scale, mirrored in views:
+            x = images
+            if scale != 1.0:
+                scaled = (max(1, round(h * scale)), max(1, round(w * scale)))
+                x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False)
+            if mirrored:
+                x = x.flip(-1)
+            logits = forward_logits(model, x, sliding=sliding, window=window, stride=stride)
+            if mirrored:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            if len(views) == 1:
+                return logits
+            probs = logits.softmax(dim=1)
+            total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(views)
+
+
+def model_name_from_path(path: str | Path) -> str | None:
+    """The ``{backbone}-{head}`` folder a run lives in (``results/{exp}/{model}/seed{seed}``), if any."""
+    from segmodels.models import BACKBONES, HEADS
+
+    for part in reversed(Path(path).resolve().parts):
+        match = _MODEL_NAME.match(part)
+        if match and match.group(1) in BACKBONES and match.group(2) in HEADS:
+            return part
+    return None
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    device: torch.device,
+    expect_model: str | None = None,
+    expect_num_classes: int | None = None,
+) -> tuple[nn.Module, dict]:
+    """The eval-mode model of a checkpoint and the checkpoint's metadata (everything but the weights).
+
+    ``expect_model`` (``{backbone}-{head}``) and ``expect_num_classes`` are checked against the checkpoint
+    before its weights are used; a mismatch raises ValueError naming the file. The file is read with
+    ``weights_only=True``.
+    """
+    from segmodels.engine.checkpoint import load_model_from_checkpoint
+    from segmodels.models import parse_model_name
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    backbone, head = parse_model_name(expect_model) if expect_model else (None, None)
+    model = load_model_from_checkpoint(
+        checkpoint,
+        device=device,
+        expect_backbone=backbone,
+        expect_head=head,
+        expect_num_classes=expect_num_classes,
+    )
+    model.eval()
+    meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    meta = {k: v for k, v in meta.items() if k != "model"}
+    return model, meta
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The device and library versions written beside every timing and every score."""
+    info: dict[str, Any] = {
+        "type": device.type,
+        "name": _cpu_name(),
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(ImportError):
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            name=props.name,
+            index=device.index,
+            memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            cudnn_benchmark=torch.backends.cudnn.benchmark,
+            float32_matmul_precision=torch.get_float32_matmul_precision(),  # "highest": no TF32 in fp32 matmuls
+            driver=_driver_version(device.index or 0),
+        )
+        with warnings.catch_warnings():  # newer torch steers to fp32_precision; the flag still answers
+            warnings.simplefilter("ignore")
+            info["tf32_conv"] = bool(torch.backends.cudnn.allow_tf32)
+    return info
+
+
+def _driver_version(index: int) -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--id={index}", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None

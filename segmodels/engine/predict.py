@@ -1,0 +1,108 @@
+"""Segment a user's own images with a trained checkpoint.
+
+For every input ``{stem}.{ext}`` three PNGs are written at the input's own size: ``{stem}_trainid.png``
+(the train-id mask, one byte per pixel), ``{stem}_color.png`` (Cityscapes palette) and
+``{stem}_overlay.png`` (the colours blended over the input). All inputs are opened before the model is
+loaded, so an unreadable file is named at once instead of after hours of work on the others.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["check_images", "predict_images"]
+
+
+def check_images(paths: Sequence[str | Path]) -> list[Path]:
+    """Every path exists and Pillow decodes it; output names do not collide. Raises naming the first bad one."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not paths:
+        raise ValueError("no input images given")
+    out, stems = [], {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()  # decode fully: a truncated file fails here, not mid-run
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"cannot read image {path}: {exc}") from exc
+        if path.stem in stems:
+            raise ValueError(f"{stems[path.stem]} and {path} would write the same output files ({path.stem}_*.png)")
+        stems[path.stem] = path
+        out.append(path)
+    return out
+
+
+def _encode(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def predict_images(
+    checkpoint: str | Path,
+    images: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    size: Sequence[int] | None = None,
+    flip: bool = False,
+    amp: bool = True,
+    alpha: float = 0.5,
+    log: Any = print,
+) -> list[dict[str, str]]:
+    """Segment ``images`` and write the masks to ``out_dir``; returns the written paths per input.
+
+    ``size`` [height, width] resizes each image for the forward pass (e.g. the resolution the model was
+    trained at); the masks are always at the input's own size.
+    """
+    from PIL import Image
+
+    from segmodels.atomic import write_bytes_atomic
+    from segmodels.data.labels import colorize
+    from segmodels.data.loader import normalize
+    from segmodels.devices import resolve_device
+    from segmodels.engine.inference import load_model, predict_scores
+
+    paths = check_images(images)
+    if size is not None and (len(size) != 2 or min(size) <= 0):
+        raise ValueError(f"--size must be HEIGHT WIDTH, positive, got {list(size)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must lie in [0, 1], got {alpha}")
+    dev = resolve_device(device)
+    model, _ = load_model(checkpoint, device=dev)
+    out_dir = Path(out_dir)
+    written = []
+    for path in paths:
+        with Image.open(path) as img:
+            rgb = np.array(img.convert("RGB"))  # a writable copy for torch.from_numpy
+        h, w = rgb.shape[:2]
+        x = normalize(torch.from_numpy(rgb).unsqueeze(0).to(dev))
+        if size is not None:
+            x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        scores = predict_scores(model, x, flip=flip, amp=amp and dev.type == "cuda", out_size=(h, w))
+        mask = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        color = colorize(mask)
+        overlay = (rgb.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).round().astype(np.uint8)
+        files = {
+            "trainid": out_dir / f"{path.stem}_trainid.png",
+            "color": out_dir / f"{path.stem}_color.png",
+            "overlay": out_dir / f"{path.stem}_overlay.png",
+        }
+        for key, array in (("trainid", mask), ("color", color), ("overlay", overlay)):
+            write_bytes_atomic(files[key], _encode(array))
+        written.append({"input": str(path)} | {k: str(v) for k, v in files.items()})
+        if log:
+            log(f"{path} -> {files['color']}")
+    return written

@@ -1,0 +1,101 @@
+"""Latency benchmark: mode parsing, the JSON it writes, skipped modes on the CPU, the mIoU/Speed column."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from segmodels.cli import main
+from segmodels.config import StudyConfig
+from segmodels.engine.benchmark import benchmark_run, miou_per_speed, parse_mode, time_fn
+from segmodels.engine.checkpoint import save_atomic
+from segmodels.models import build_model, count_flops
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny inputs gain nothing from intra-op threads, and on a busy machine waiting threads cost seconds.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_parse_mode():
+    m = parse_mode("amp+channels_last")
+    assert (m.precision, m.channels_last, m.compile, m.cudagraphs) == ("amp", True, False, False)
+    assert parse_mode("channels_last").precision == "fp32"
+    assert parse_mode("onnx").onnx
+    with pytest.raises(ValueError, match="'fp8'"):
+        parse_mode("fp8+compile")
+
+
+def test_miou_per_speed_follows_the_formula():
+    # The earlier study's own rows that do follow its formula.
+    assert round(miou_per_speed(0.6289, 34), 1) == 18.5
+    assert round(miou_per_speed(0.6897, 79), 1) == 8.7
+    # Its MobileNetV2 row (59.25 mIoU, 22 ms) printed 25.17; the formula gives 26.9.
+    assert round(miou_per_speed(0.5925, 22), 1) == 26.9
+
+
+def test_time_fn_counts_repeats():
+    calls = []
+    times = time_fn(lambda: calls.append(1), device=torch.device("cpu"), warmup=3, repeats=5)
+    assert len(calls) == 8 and len(times) == 5 and all(t >= 0 for t in times)
+
+
+def test_benchmark_fresh_model_json(tmp_path):
+    out = tmp_path / "bench"
+    code = main(
+        ["benchmark", "--model", "mobilenetv2-fcn", "--size", "32", "64", "--repeats", "3", "--warmup", "1",
+         "--modes", "fp32", "amp", "cudagraphs", "channels_last", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((out / "latency.json").read_text())
+    assert data["model"] == "mobilenetv2-fcn" and data["size"] == [32, 64] and data["batch_size"] == 1
+    assert data["repeats"] == 3 and data["warmup"] == 1
+    fp32 = data["modes"]["fp32"]
+    assert fp32["status"] == "ok" and len(fp32["times_ms"]) == 3
+    assert fp32["median_ms"] == pytest.approx(statistics.median(fp32["times_ms"]), rel=1e-3)
+    assert fp32["min_ms"] <= fp32["median_ms"] <= fp32["p90_ms"] <= fp32["max_ms"]
+    assert fp32["fps"] == pytest.approx(1000.0 / fp32["median_ms"])
+    assert fp32["memory"] == "cpu_peak_rss_growth" and fp32["peak_memory_mb"] >= 0
+    assert data["modes"]["channels_last"]["status"] == "ok"
+    for skipped in ("amp", "cudagraphs"):
+        assert data["modes"][skipped]["status"] == "skipped" and data["modes"][skipped]["reason"]
+    assert data["primary_mode"] == "fp32" and data["latency_ms"] == fp32["median_ms"]
+    model = build_model("mobilenetv2", "fcn", pretrained=None)
+    assert data["gflops"] == pytest.approx(count_flops(model, (32, 64)) / 1e9)
+    aux = sum(p.numel() for p in model.aux_head.parameters())
+    assert data["params_train_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    assert data["params_m"] == pytest.approx(data["params_train_m"] - aux / 1e6)
+    env = data["device"]
+    assert env["type"] == "cpu" and env["torch"] == torch.__version__ and env["name"]
+
+
+def test_benchmark_run_folder_computes_miou_per_speed(tmp_path):
+    run = tmp_path / "results" / "t" / "resnet18-fcn" / "seed0"
+    model = build_model("resnet18", "fcn", num_classes=19, pretrained=None)
+    cfg = StudyConfig()
+    ckpt = {"format": 1, "model": model.state_dict(), "backbone": "resnet18", "head": "fcn", "num_classes": 19,
+            "output_stride": 8, "aux": True, "config": {}, "iteration": 11}  # fmt: skip
+    save_atomic(ckpt, run / "checkpoint.pt")
+    (run / "metrics.json").write_text(json.dumps({"miou": 0.5}))
+    cfg.benchmark.size = [32, 32]
+    cfg.benchmark.modes = ["fp32"]
+    with pytest.warns(RuntimeWarning, match="mlflow_run_id"):  # no training run to log into: warned, not fatal
+        result = benchmark_run(cfg, run, repeats=2, warmup=0, device="cpu")
+    saved = json.loads((run / "latency.json").read_text())
+    assert saved["iteration"] == 11 and saved["model"] == "resnet18-fcn"
+    assert saved["miou_per_speed"] == pytest.approx(50.0 / saved["latency_ms"] * 10)
+    assert result["latency_ms"] == saved["latency_ms"]
+    with pytest.raises(ValueError, match="resnet50"):
+        benchmark_run(cfg, run, model_name="resnet50-fcn", repeats=1, warmup=0, device="cpu", log_mlflow=False)
+
+
+def test_benchmark_rejects_bad_mode_before_work(tmp_path):
+    with pytest.raises(ValueError, match="benchmark.modes"):
+        benchmark_run(StudyConfig(), None, model_name="resnet18-ppm", out=tmp_path, modes=["fp16"], device="cpu")

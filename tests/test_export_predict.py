@@ -1,0 +1,108 @@
+"""ONNX export round trip through onnxruntime, and `segmodels predict` on a user's own images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segmodels.cli import main
+from segmodels.config import StudyConfig, config_to_dict
+from segmodels.data.labels import colorize
+from segmodels.data.loader import normalize
+from segmodels.engine.checkpoint import save_atomic
+from segmodels.models import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny inputs gain nothing from intra-op threads, and on a busy machine waiting threads cost seconds.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("resnet18", "fcn", num_classes=19, pretrained=None)
+    # Non-trivial BatchNorm statistics so that predictions vary over the image.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
+    save_atomic({"format": 1, "model": model.state_dict(), "backbone": "resnet18", "head": "fcn",
+                 "num_classes": 19, "output_stride": 8, "aux": True,
+                 "config": config_to_dict(StudyConfig()), "iteration": 3}, path)  # fmt: skip
+    return path, model.eval()
+
+
+def test_onnx_round_trip(tmp_path, checkpoint, capsys):
+    ort = pytest.importorskip("onnxruntime")
+    path, model = checkpoint
+    out = tmp_path / "model.onnx"
+    code = main(["export", "--format", "onnx", "--checkpoint", str(path), "--size", "32", "64", "--out", str(out)])
+    assert code == 0 and out.is_file()
+    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(5))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    (got,) = session.run(None, {"images": x.numpy()})
+    with torch.inference_mode():
+        expected = model(x)["out"].numpy()
+    assert got.shape == expected.shape == (1, 19, 32, 64)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def _image(path, size, mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+    return path
+
+
+def test_predict_writes_masks_at_the_input_size(tmp_path, checkpoint):
+    path, model = checkpoint
+    a = _image(tmp_path / "street.png", (53, 37), "RGBA", seed=1)
+    b = _image(tmp_path / "grey.jpg", (40, 30), "L", seed=2)
+    out = tmp_path / "out"
+    assert main(["predict", "--checkpoint", str(path), str(a), str(b), "--out", str(out), "--device", "cpu"]) == 0
+    for src, (w, h) in ((a, (53, 37)), (b, (40, 30))):
+        mask = np.asarray(Image.open(out / f"{src.stem}_trainid.png"))
+        color = np.asarray(Image.open(out / f"{src.stem}_color.png"))
+        overlay = np.asarray(Image.open(out / f"{src.stem}_overlay.png"))
+        assert mask.shape == (h, w) and mask.dtype == np.uint8 and mask.max() < 19
+        assert color.shape == overlay.shape == (h, w, 3)
+        np.testing.assert_array_equal(color, colorize(mask))
+    # The mask is the model's own argmax on the image.
+    rgb = np.array(Image.open(a).convert("RGB"))
+    with torch.inference_mode():
+        expected = model(normalize(torch.from_numpy(rgb)))["out"].argmax(1)[0].numpy()
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "street_trainid.png")), expected)
+    # --size resizes for the forward pass only.
+    assert main(["predict", "--checkpoint", str(path), str(a), "--out", str(tmp_path / "o2"), "--size", "32", "64",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "o2" / "street_trainid.png").size == (53, 37)
+
+
+def test_predict_names_an_unreadable_file_before_any_work(tmp_path, checkpoint, capsys):
+    path, _ = checkpoint
+    good = _image(tmp_path / "good.png", (20, 10))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    out = tmp_path / "out"
+    code = main(["predict", "--checkpoint", str(path), str(good), str(bad), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.png" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was segmented
+    code = main(["predict", "--checkpoint", str(path), str(good), str(tmp_path / "missing.jpg"), "--out", str(out)])
+    assert code == 2 and "missing.jpg" in capsys.readouterr().err
+    other = tmp_path / "sub"
+    other.mkdir()
+    twin = _image(other / "good.jpg", (20, 10))
+    code = main(["predict", "--checkpoint", str(path), str(good), str(twin), "--out", str(out)])
+    assert code == 2 and "same output files" in capsys.readouterr().err
