@@ -1,0 +1,126 @@
+"""What every backbone shares: the feature contract, the stride → dilation rewrite and the registry.
+
+A backbone is a torchvision classification network with its classifier cut off, wrapped so that its
+``forward`` returns ``{"out": ..., "aux": ...}`` and its ``feature_info`` declares the channels and
+reduction (input size / feature size) of both maps; heads read their input channels from it
+(the idea of timm's ``feature_info``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models._api import WeightsEnum
+from torchvision.models._utils import IntermediateLayerGetter
+
+__all__ = [
+    "BACKBONE_SPECS",
+    "OUTPUT_STRIDES",
+    "Backbone",
+    "BackboneSpec",
+    "FeatureInfo",
+    "dilate_stages",
+    "last_channels",
+    "register_backbone",
+]
+
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    channels: int
+    reduction: int  # input size / feature size
+
+
+class Backbone(nn.Module):
+    """Feature extractor: ``forward(x)`` returns ``{"out": deepest map, "aux": the map the auxiliary head reads}``."""
+
+    def __init__(self, body: IntermediateLayerGetter, feature_info: dict[str, FeatureInfo]) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_info = feature_info
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(self.body(x))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to make one backbone from torchvision's classification network."""
+
+    constructor: Callable[..., nn.Module]  # torchvision constructor, called with weights=None
+    weights: WeightsEnum  # ImageNet weights behind pretrained="imagenet"
+    dropped: tuple[str, ...]  # state-dict key prefixes of the classification parts the backbone cuts off
+    wrap: Callable[[nn.Module, int], Backbone]  # (classification network, output stride) -> Backbone
+
+
+# Plain dict registry (timm's idea, without string-typed configs), filled by each backbone module.
+BACKBONE_SPECS: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    name: str,
+    *,
+    constructor: Callable[..., nn.Module],
+    weights: WeightsEnum,
+    dropped: tuple[str, ...],
+    wrap: Callable[[nn.Module, int], Backbone],
+) -> None:
+    if name in BACKBONE_SPECS:
+        raise ValueError(f"backbone '{name}' is registered twice")
+    BACKBONE_SPECS[name] = BackboneSpec(constructor, weights, dropped, wrap)
+
+
+def _is_strided(conv: nn.Conv2d) -> bool:
+    return any(s != 1 for s in conv.stride)
+
+
+def dilate_stages(stages: Sequence[nn.Module], *, input_stride: int, output_stride: int) -> list[int]:
+    """Turn strides into dilations so the network's total stride stops at ``output_stride``.
+
+    ``stages`` are consecutive modules (ResNet layers, MobileNet blocks) that each keep the resolution or
+    halve it; ``input_stride`` is the stride of the input to the first one. Once the stride has reached
+    ``output_stride``, a stage that would halve the resolution gets stride 1 instead and doubles the
+    dilation, and every k×k convolution (k > 1) of that stage and all later ones takes the current
+    dilation with padding ``dilation * (k - 1) // 2``, so the maps keep their size and every filter keeps
+    its receptive field relative to the features it was trained on (atrous convolution: Chen et al. 2017,
+    DeepLab; Yu & Koltun 2016). The whole stage takes the new dilation, as in PSPNet's dilated ResNet
+    (Zhao et al. 2017). Only strides, dilations and paddings change: no weight is added or dropped.
+    Returns the stride of each stage's output.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride}")
+    stride, dilation, strides = input_stride, 1, []
+    for stage in stages:
+        convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+        if any(_is_strided(c) for c in convs):
+            if stride < output_stride:
+                stride *= 2
+            else:
+                dilation *= 2
+                for conv in convs:
+                    conv.stride = (1, 1)
+                # Blocks that cache their stride (ResNet's BasicBlock, MobileNetV2's InvertedResidual) stay truthful.
+                for block in stage.modules():
+                    if isinstance(getattr(block, "stride", None), int):
+                        block.stride = 1
+        if dilation > 1:
+            for conv in convs:
+                kh, kw = conv.kernel_size
+                if kh > 1 or kw > 1:
+                    conv.dilation = (dilation, dilation)
+                    conv.padding = (dilation * (kh - 1) // 2, dilation * (kw - 1) // 2)
+        strides.append(stride)
+    return strides
+
+
+def last_channels(stage: nn.Module) -> int:
+    """Output channels of a stage: every stage here ends in a BatchNorm (ResNet block, inverted residual)."""
+    norms = [m for m in stage.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        raise ValueError(f"cannot tell the output channels of {type(stage).__name__}: it has no BatchNorm2d")
+    return norms[-1].num_features

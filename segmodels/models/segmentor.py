@@ -1,0 +1,133 @@
+"""``build_model(backbone, head, ...)``: a dilated backbone, a context module and an auxiliary FCN head.
+
+The forward contract is torchvision's: the backbone returns a dict of feature maps and the model returns
+``{"out": logits}`` at the input size, plus ``"aux"`` (and OCR's ``"regions"``) in training mode.
+The registries are plain dicts: ``BACKBONE_SPECS`` (backbones package) and ``HEAD_BUILDERS`` (heads package),
+keyed by the names in ``segmodels.models.BACKBONES`` and ``HEADS``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segmodels.models import BACKBONES, HEADS, list_models, parse_model_name
+from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone
+from segmodels.models.heads import HEAD_BUILDERS, FCNHead
+
+__all__ = ["AUX_CHANNELS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
+
+AUX_CHANNELS = 256  # width of the auxiliary FCN head (PSPNet's; torchvision's FCNHead on 1024 channels)
+
+
+class SegmentationModel(nn.Module):
+    """Backbone → head → bilinear upsampling to the input size; the auxiliary head runs in training only."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        aux_head: nn.Module | None,
+        *,
+        backbone_name: str,
+        head_name: str,
+        num_classes: int,
+        output_stride: int,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.backbone_name = backbone_name
+        self.head_name = head_name
+        self.num_classes = num_classes
+        self.output_stride = output_stride
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone_name}-{self.head_name}"
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{self.name} expects a float image batch of shape (N, 3, H, W), got a {got}")
+        features = self.backbone(x)
+        outputs = self.head(features["out"])
+        if self.training:
+            if self.aux_head is not None:
+                outputs["aux"] = self.aux_head(features["aux"])["out"]
+        else:
+            outputs = {"out": outputs["out"]}
+        size = x.shape[-2:]
+        return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in outputs.items()}
+
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, num_classes, H, W) in eval mode, without autograd."""
+        if self.training:
+            self.eval()
+        return self(x)["out"]
+
+
+def _check_head_options(head: str, options: Mapping[str, Any]) -> None:
+    params = inspect.signature(HEAD_BUILDERS[head]).parameters
+    allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option '{unknown[0]}' for head '{head}'; valid: {', '.join(allowed)}")
+
+
+def build_model(
+    backbone: str,
+    head: str,
+    *,
+    num_classes: int = 19,
+    output_stride: int = 8,
+    aux: bool = True,
+    pretrained: str | os.PathLike[str] | None = None,
+    head_options: Mapping[str, Any] | None = None,
+) -> SegmentationModel:
+    """Build ``{backbone}-{head}``.
+
+    pretrained: None (random init), "imagenet" (torchvision's ImageNet weights, from the torch hub cache or
+    downloaded) or the path of a state dict in torchvision's key layout for the backbone.
+    head_options: keyword arguments of the head's class, e.g. ``heads.DEEPLABV3_OPTIONS`` for ASPP.
+    All arguments are checked before anything is built.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head '{head}'; valid: {', '.join(HEADS)}")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if pretrained is not None and pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise FileNotFoundError(
+            f"pretrained weights file not found: {pretrained} (pretrained is None, 'imagenet' or a state-dict path)"
+        )
+    options = dict(head_options or {})
+    _check_head_options(head, options)
+    if set(BACKBONE_SPECS) != set(BACKBONES) or set(HEAD_BUILDERS) != set(HEADS):
+        raise RuntimeError("the backbone/head registries and segmodels.models.BACKBONES/HEADS disagree")
+
+    features = build_backbone(backbone, output_stride=output_stride, pretrained=pretrained)
+    info = features.feature_info
+    head_module = HEAD_BUILDERS[head](info["out"].channels, num_classes, **options)
+    aux_head = FCNHead(info["aux"].channels, num_classes, channels=AUX_CHANNELS) if aux else None
+    return SegmentationModel(
+        features,
+        head_module,
+        aux_head,
+        backbone_name=backbone,
+        head_name=head,
+        num_classes=num_classes,
+        output_stride=output_stride,
+    )

@@ -1,0 +1,345 @@
+"""The model zoo: every backbone × head, dilation, parameter parity with torchvision, weights, complexity, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models._api import Weights, WeightsEnum
+
+from segmodels.models import (
+    BACKBONES,
+    HEADS,
+    build_model,
+    count_flops,
+    count_parameters,
+    list_models,
+    parse_model_name,
+)
+from segmodels.models.backbones import BACKBONE_SPECS, build_backbone, imagenet_file
+from segmodels.models.backbones.weights import load_pretrained
+from segmodels.models.heads import DEEPLABV3_OPTIONS, HEAD_BUILDERS
+
+SIZE = 64  # input height and width
+BATCH = 2  # BatchNorm in the pooled branches needs more than one value per channel in training
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # At 64×64 a second thread gains little, and on a CPU shared with other jobs OpenMP's spinning
+    # threads slow these tests down tenfold; restore the previous setting afterwards.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _nparams(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _image(batch: int = BATCH, size: int = SIZE) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def check_model(model: nn.Module, x: torch.Tensor) -> None:
+    """The shared tester: output contract in eval and train mode, features as declared, gradients everywhere."""
+    n, _, h, w = x.shape
+    expected = (n, model.num_classes, h, w)
+
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+        features = model.backbone(x)
+    assert set(out) == {"out"}
+    assert out["out"].shape == expected
+    info = model.backbone.feature_info
+    assert set(info) == {"out", "aux"} == set(features)
+    assert info["out"].reduction == model.output_stride
+    for key, feature in features.items():
+        assert feature.shape == (n, info[key].channels, h // info[key].reduction, w // info[key].reduction), key
+
+    model.train()
+    out = model(x)
+    keys = {"out", "aux"} | ({"regions"} if model.head_name == "ocr" else set())
+    assert set(out) == keys
+    target = torch.randint(0, model.num_classes, (n, h, w), generator=torch.Generator().manual_seed(1))
+    sum(F.cross_entropy(logits, target) for logits in out.values()).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"{name} received no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name} has a non-finite gradient"
+    assert all(v.shape == expected for v in out.values())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model(name: str) -> None:
+    torch.manual_seed(0)
+    backbone, head = parse_model_name(name)
+    model = build_model(backbone, head)
+    assert (model.backbone_name, model.head_name, model.num_classes, model.output_stride) == (backbone, head, 19, 8)
+    check_model(model, _image())
+
+
+def test_output_stride_16_and_no_aux() -> None:
+    model = build_model("mobilenetv3", "ocr", output_stride=16, aux=False, num_classes=5)
+    assert model.aux_head is None
+    assert model.backbone.feature_info["out"].reduction == 16
+    model.train()
+    assert set(model(_image())) == {"out", "regions"}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("output_stride", [16, 32])
+def test_backbone_output_stride(backbone: str, output_stride: int) -> None:
+    features = build_backbone(backbone, output_stride=output_stride).eval()
+    with torch.no_grad():
+        maps = features(_image(batch=1))
+    assert maps["out"].shape[-1] == SIZE // output_stride
+    assert maps["aux"].shape[-1] == SIZE // 16  # the aux stage reaches stride 16 on its own
+    assert features.feature_info["out"].reduction == output_stride
+
+
+# Parts of torchvision's classification networks the segmentation backbones drop.
+_DROPPED = {
+    "resnet18": lambda m: [m.fc],
+    "resnet50": lambda m: [m.fc],
+    "resnet101": lambda m: [m.fc],
+    "mobilenetv2": lambda m: [m.classifier, m.features[18]],
+    "mobilenetv3": lambda m: [m.classifier],
+}
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_dilation_adds_and_drops_no_weight(backbone: str) -> None:
+    reference = BACKBONE_SPECS[backbone].constructor(weights=None)
+    expected = _nparams(reference) - sum(_nparams(part) for part in _DROPPED[backbone](reference))
+    assert count_parameters(build_backbone(backbone)) == expected
+
+
+def _geometry(conv: nn.Conv2d) -> tuple:
+    return conv.stride, conv.dilation, conv.padding
+
+
+def test_resnet18_dilation() -> None:
+    body = build_backbone("resnet18").body
+    for layer, d in ((body.layer3, 2), (body.layer4, 4)):
+        for block in layer:
+            assert _geometry(block.conv1) == _geometry(block.conv2) == ((1, 1), (d, d), (d, d))
+        assert layer[0].downsample[0].stride == (1, 1)
+    assert _geometry(body.layer2[0].conv1) == ((2, 2), (1, 1), (1, 1))  # stride 8 is reached in layer2
+
+
+def test_resnet50_dilation() -> None:
+    body = build_backbone("resnet50").body
+    for layer, d in ((body.layer3, 2), (body.layer4, 4)):
+        for block in layer:
+            assert _geometry(block.conv2) == ((1, 1), (d, d), (d, d))
+            assert block.conv1.kernel_size == block.conv3.kernel_size == (1, 1)
+        assert layer[0].downsample[0].stride == (1, 1)
+
+
+def _depthwise(block: nn.Module) -> nn.Conv2d:
+    (conv,) = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    return conv
+
+
+def test_mobilenetv3_os8() -> None:
+    features = build_backbone("mobilenetv3")
+    body = features.body
+    for index in range(1, 7):  # up to the 40-channel stride-8 stage: untouched
+        assert _depthwise(body[str(index)]).dilation == (1, 1)
+    for index, (k, d) in {**{i: (3, 2) for i in range(7, 13)}, **{i: (5, 4) for i in range(13, 16)}}.items():
+        conv = _depthwise(body[str(index)])
+        assert conv.kernel_size == (k, k)
+        assert _geometry(conv) == ((1, 1), (d, d), (d * (k - 1) // 2,) * 2), index
+    # SE and hardswish stay; the 960-channel expansion is "out", the 112-channel stage "aux", both at stride 8.
+    assert any(isinstance(m, torchvision.ops.SqueezeExcitation) for m in body.modules())
+    assert any(isinstance(m, nn.Hardswish) for m in body["16"].modules())
+    with torch.no_grad():
+        maps = features.eval()(_image(batch=1, size=96))
+    assert maps["out"].shape == (1, 960, 12, 12)
+    assert maps["aux"].shape == (1, 112, 12, 12)
+
+
+def test_mobilenetv3_os16_is_torchvisions_dilated_network() -> None:
+    ours = build_backbone("mobilenetv3", output_stride=16).body
+    reference = torchvision.models.mobilenet_v3_large(weights=None, dilated=True).features
+    convs = [_geometry(m) for m in ours.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [_geometry(m) for m in reference.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_aspp_deeplabv3_matches_torchvision() -> None:
+    ours = build_model("resnet50", "aspp", num_classes=21, head_options=DEEPLABV3_OPTIONS)
+    theirs = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True
+    )
+    shapes = [[p.shape for p in m.parameters()] for m in (ours.head, ours.aux_head, ours.backbone)]
+    assert shapes == [
+        [p.shape for p in m.parameters()] for m in (theirs.classifier, theirs.aux_classifier, theirs.backbone)
+    ]
+    assert count_parameters(ours) == count_parameters(theirs)
+    ours.aux_head, theirs.aux_classifier = None, None  # not part of an eval-mode forward in either
+    with torch.device("meta"):
+        assert count_flops(ours.to("meta"), (128, 256)) == count_flops(theirs.to("meta"), (128, 256))
+
+
+def test_head_options_reach_the_head() -> None:
+    model = build_model("mobilenetv2", "ppm", head_options={"bins": (1, 2), "channels": 64})
+    assert len(model.head.stages) == 2 and model.head.classifier.in_channels == 64
+    with pytest.raises(ValueError, match="unknown option 'rates' for head 'ppm'; valid: bins"):
+        build_model("mobilenetv2", "ppm", head_options={"rates": (1, 2)})
+
+
+def test_registry() -> None:
+    assert set(BACKBONE_SPECS) == set(BACKBONES) and set(HEAD_BUILDERS) == set(HEADS)
+    names = list_models()
+    assert len(names) == len(set(names)) == 20
+    assert all(f"{parse_model_name(n)[0]}-{parse_model_name(n)[1]}" == n for n in names)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "resnet34"}, "unknown backbone 'resnet34'; valid: resnet18, resnet50, resnet101, mobilenetv2"),
+        ({"head": "unet"}, "unknown head 'unet'; valid: ppm, aspp, ocr, fcn"),
+        ({"output_stride": 4}, "output_stride must be one of 8, 16, 32, got 4"),
+        ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, message: str) -> None:
+    args = {"backbone": "resnet18", "head": "fcn", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_model(args.pop("backbone"), args.pop("head"), **args)
+
+
+def test_bad_model_name_and_input() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnet18ppm': expected {backbone}-{head}"):
+        parse_model_name("resnet18ppm")
+    model = build_model("mobilenetv2", "fcn", aux=False)
+    with pytest.raises(
+        ValueError,
+        match=r"expects a float image batch of shape \(N, 3, H, W\), "
+        r"got a torch.float32 tensor of shape \(2, 1, 64, 64\)",
+    ):
+        model(torch.zeros(2, 1, SIZE, SIZE))
+    with pytest.raises(ValueError, match="got a torch.uint8 tensor"):
+        model(torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8))
+    logits = model.predict(_image())
+    assert logits.shape == (BATCH, 19, SIZE, SIZE) and not logits.requires_grad and not model.training
+
+
+def test_pretrained_from_local_file(tmp_path: Path) -> None:
+    saved = torchvision.models.resnet18().state_dict()
+    for i, wrapped in enumerate((saved, {"state_dict": saved}, {"model": saved, "iteration": 3})):
+        path = tmp_path / f"weights{i}.pt"
+        torch.save(wrapped, path)
+        body = build_model("resnet18", "fcn", pretrained=path).backbone.body
+        assert torch.equal(body.layer3[0].conv1.weight, saved["layer3.0.conv1.weight"])
+        assert torch.equal(body.bn1.running_mean, saved["bn1.running_mean"])
+    # A MobileNetV2 file without the dropped parts loads too, with "features." mapped onto the body.
+    mobile = {
+        k: v for k, v in torchvision.models.mobilenet_v2().state_dict().items() if not k.startswith("classifier.")
+    }
+    torch.save(mobile, tmp_path / "mobile.pt")
+    body = build_backbone("mobilenetv2", pretrained=tmp_path / "mobile.pt").body
+    assert torch.equal(body["17"].conv[1][0].weight, mobile["features.17.conv.1.0.weight"])
+
+
+def test_pretrained_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.pt"
+    with pytest.raises(FileNotFoundError, match=f"pretrained weights file not found: {missing}"):
+        build_model("resnet18", "fcn", pretrained=missing)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ValueError, match=f"{corrupt}: not a readable PyTorch state dict"):
+        build_model("resnet18", "fcn", pretrained=corrupt)
+    wrong_keys = tmp_path / "wrong_keys.pt"
+    torch.save({"encoder.conv1.weight": torch.zeros(64, 3, 7, 7)}, wrong_keys)
+    with pytest.raises(
+        ValueError,
+        match=rf"{wrong_keys}: keys do not match torchvision's ResNet state-dict layout: "
+        r"\d+ missing \(e.g. bn1.bias, .*\); 1 unexpected \(e.g. encoder.conv1.weight\)",
+    ):
+        build_model("resnet18", "fcn", pretrained=wrong_keys)
+    wrong_shape = tmp_path / "wrong_shape.pt"
+    torch.save({**torchvision.models.resnet18().state_dict(), "conv1.weight": torch.zeros(64, 1, 7, 7)}, wrong_shape)
+    with pytest.raises(ValueError, match=r"'conv1.weight' is \(64, 1, 7, 7\), the model expects \(64, 3, 7, 7\)"):
+        build_model("resnet18", "fcn", pretrained=wrong_shape)
+    not_tensors = tmp_path / "not_tensors.pt"
+    torch.save({"conv1.weight": [1, 2]}, not_tensors)
+    with pytest.raises(ValueError, match="expected a state dict"):
+        build_model("resnet18", "fcn", pretrained=not_tensors)
+
+
+def test_imagenet_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    cached = imagenet_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    assert cached == tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir()
+    saved = torchvision.models.resnet18().state_dict()
+    torch.save(saved, cached)
+    body = build_backbone("resnet18", pretrained="imagenet").body
+    assert torch.equal(body.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
+
+
+class _Unreachable(WeightsEnum):
+    # The real file name behind a closed local port: the download fails at once, online or not.
+    RESNET18 = Weights(url="http://127.0.0.1:9/models/resnet18-f37072fd.pth", transforms=lambda: None, meta={})
+
+
+def test_imagenet_offline_names_file_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    folder = tmp_path / "hub" / "checkpoints"
+    message = (
+        rf"ImageNet weights for resnet18 are not in the torch hub cache .* put resnet18-f37072fd.pth .* into {folder}/"
+    )
+    with pytest.raises(FileNotFoundError, match=message):
+        load_pretrained(
+            torchvision.models.resnet18(),
+            name="resnet18",
+            weights=_Unreachable.RESNET18,
+            dropped=("fc.",),
+            pretrained="imagenet",
+        )
+    assert not folder.exists() or not any(folder.iterdir())  # nothing half-written left behind
+
+
+def test_count_flops_and_parameters() -> None:
+    small = build_model("resnet18", "fcn", aux=False)
+    assert count_parameters(small) == sum(p.numel() for p in small.parameters())
+    for p in small.backbone.parameters():
+        p.requires_grad_(False)
+    assert count_parameters(small, trainable_only=True) == _nparams(small.head)
+    flops = count_flops(small.train(), (SIZE, SIZE))
+    assert flops > 0 and small.training  # counted in eval mode, training mode restored
+    assert count_flops(small, (SIZE, SIZE), batch_size=2) == 2 * flops
+    with torch.device("meta"):
+        meta18, meta50 = build_model("resnet18", "fcn", aux=False), build_model("resnet50", "fcn", aux=False)
+    assert count_flops(meta18, (SIZE, SIZE)) == flops  # the meta device counts the same
+    assert count_flops(meta50, (SIZE, SIZE)) > flops
+
+
+def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from segmodels.cli import main
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:]] == list_models()
+    assert main(["models", "--json", "--flops", "32", "32", "--models", "resnet18-ocr", "mobilenetv3-fcn"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["resnet18-ocr", "mobilenetv3-fcn"]
+    assert all(r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
+    assert main(["models", "--models", "resnet18-unet"]) == 2
+    assert "segmodels models: error: unknown model 'resnet18-unet'" in capsys.readouterr().err
+
+
+def test_registry_module_is_light() -> None:
+    code = "import sys, segmodels.models, segmodels.models.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
