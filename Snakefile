@@ -25,3 +25,4 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         REPORT,
+        PUBLISHED,

@@ -63,6 +63,25 @@ def _run_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+    p.add_argument("--figures", type=Path, default=Path("reports/figures"), help="figures folder")
+    p.add_argument("--report", type=Path, default=Path("reports/report.pdf"), help="report PDF")
+    p.add_argument("--out", type=Path, help="record of what was logged (default: results/{experiment}/summary/published.json)")
+
+
+def _run_publish(args: argparse.Namespace) -> int:
+    from segmodels.config import load_config
+    from segmodels.summary import publish
+
+    cfg = load_config(args.config)
+    out = args.out or args.results / cfg.experiment / "summary" / "published.json"
+    record = publish(cfg, args.results, args.figures, args.report, out)
+    print(f"logged {len(record['artifacts'])} files to MLflow run {record['run_id']} ({record['uri']})")
+    return 0
+
+
 COMMANDS = {
     "schema": ("Print or write the JSON schema of a study config (config/schema.yaml).", _add_schema, _run_schema),
     "mlflow-init": (
@@ -74,5 +93,10 @@ COMMANDS = {
         "Collect every model's metrics.json and latency.json into one summary CSV (mean ± std over seeds).",
         _add_summarize,
         _run_summarize,
+    ),
+    "publish": (
+        "Log the summary CSV, the figures and the report PDF to the study's summary run in MLflow.",
+        _add_publish,
+        _run_publish,
     ),
 }

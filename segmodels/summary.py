@@ -10,7 +10,7 @@ from typing import Any
 
 from segmodels.config import StudyConfig
 
-__all__ = ["COLUMNS", "collect_run", "run_dir", "summarize"]
+__all__ = ["COLUMNS", "collect_run", "publish", "run_dir", "summarize"]
 
 COLUMNS = [
     "model", "backbone", "head", "seeds", "status",
@@ -97,3 +97,42 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
     if out is not None:
         write_text_atomic(out, table.to_csv(index=False, float_format="%.4f"))
     return table
+
+
+def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: Path) -> dict[str, Any]:
+    """Log the study's summary, figures and report to one MLflow run beside the model runs.
+
+    The run lives in the study's experiment, so the MLflow UI shows it next to the models it
+    summarises; its id is kept in ``results/{experiment}/summary/`` and reused on a re-run.
+    """
+    from segmodels.atomic import write_text_atomic
+    from segmodels.tracking import RunLogger, tracking_uri
+
+    files = [Path(results) / cfg.experiment / "summary.csv", Path(report)]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"nothing to publish yet: {', '.join(missing)} missing")
+    figure_files = sorted(p for p in Path(figures).glob("*") if p.suffix in (".png", ".pdf", ".json"))
+    uri = tracking_uri(cfg.tracking.uri)
+    logger = RunLogger(
+        out.parent,
+        experiment=cfg.tracking.experiment,
+        uri=uri,
+        run_name=f"{cfg.experiment}-summary",
+        tags={"segbench.kind": "summary", "segbench.study": cfg.experiment},
+    ).start()
+    table = summarize(cfg, results)
+    done = table[table["status"] != "missing"]
+    logger.log_params({"study": cfg.experiment, "models": ",".join(cfg.models)})
+    if len(done):
+        best = done.loc[done["miou"].idxmax()]
+        logger.log_metrics({"best_miou": float(best["miou"]), "models_complete": float(len(done))}, step=0)
+    for path in files:
+        logger.log_artifact(path)
+    for path in figure_files:
+        logger.log_artifact(path, artifact_path="figures")
+    logger.end()
+    record = {"run_id": logger.run_id, "uri": uri, "offline": logger.offline}
+    record["artifacts"] = [str(p) for p in files + figure_files]
+    write_text_atomic(out, json.dumps(record, indent=2) + "\n")
+    return record

@@ -72,7 +72,28 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
         assert 0 <= metrics["miou"] <= 1
         assert (run / "mlflow_run_id").read_text().strip()
         assert (tmp_path / "logs" / "test" / model / "seed0" / "train.log").is_file()
-    assert (tmp_path / "results" / "mlflow.db").is_file()
+    assert (tmp_path / "reports" / "report.pdf").stat().st_size > 0
+    figures = json.loads((tmp_path / "reports" / "figures" / "figures.json").read_text())
+    assert figures
+
+    # One MLflow run per model with its accuracy and latency, and a summary run holding the report.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(config["tracking"]["experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(runs) == len(config["models"]) + 1, sorted(by_name)
+    for model in config["models"]:
+        run = next(
+            r
+            for r in runs
+            if r.info.run_id == (tmp_path / "results" / "test" / model / "seed0" / "mlflow_run_id").read_text().strip()
+        )
+        assert {"val_miou", "latency_ms", "miou_per_speed"} <= set(run.data.metrics), run.data.metrics.keys()
+    summary_run = next(r for r in runs if r.data.tags.get("segbench.kind") == "summary")
+    artifacts = {a.path for a in client.list_artifacts(summary_run.info.run_id)}
+    assert {"summary.csv", "report.pdf", "figures"} <= artifacts
 
     again = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", "-n", config=study)
     assert again.returncode == 0

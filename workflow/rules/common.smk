@@ -19,6 +19,7 @@ MLFLOW_READY = f"results/{EXP}/mlflow_experiment_id"
 SUMMARY = f"results/{EXP}/summary.csv"
 FIGURES = "reports/figures/figures.json"
 REPORT = "reports/report.pdf"
+PUBLISHED = f"results/{EXP}/summary/published.json"
 TEMPLATE = f"{workflow.basedir}/workflow/report/report.typ"  # from the checkout, whatever the --directory
 
 

@@ -50,3 +50,22 @@ rule report:
         ENV
     shell:
         "segmodels report --config {params.config} --figures reports/figures --template {input.template} --out {output} > {log} 2>&1"
+
+
+rule publish:
+    input:
+        SUMMARY,
+        FIGURES,
+        report=REPORT,
+    output:
+        PUBLISHED,
+    log:
+        f"logs/{EXP}/publish.log",
+    benchmark:
+        f"logs/{EXP}/publish.bench.tsv"
+    params:
+        config=CONFIG_FILE,
+    conda:
+        ENV
+    shell:
+        "segmodels publish --config {params.config} --report {input.report} --out {output} > {log} 2>&1"
