@@ -10,7 +10,9 @@ the config). Writes into the output folder (the run folder by default):
 * ``samples/{index:04d}_{image_id}.png`` colourised predictions of the configured images, with
   ``…_input.png`` and ``…_gt.png`` beside them;
 * ``metrics.json`` last, so that its presence means the evaluation is complete. Undefined scores (NaN)
-  are written as ``null``, which strict JSON readers accept.
+  are written as ``null``, which strict JSON readers accept. Its ``cost`` entry is what the evaluation
+  cost (wall and CPU time, device, images, GPU-hours and energy where measurable; see
+  :mod:`segmodels.cost`), also logged to the run's MLflow run as ``cost/eval_*`` metrics.
 
 Every file is written atomically.
 
@@ -165,6 +167,7 @@ def evaluate(
     must match the checkpoint. All inputs are checked before the model runs.
     """
     from segmodels.atomic import write_bytes_atomic, write_text_atomic
+    from segmodels.cost import CostMeter, cost_metrics
     from segmodels.data._io import Progress
     from segmodels.data.labels import colorize
     from segmodels.data.loader import PackedSplit, val_batches
@@ -189,55 +192,59 @@ def evaluate(
     raw_labels = RawLabels(split_dir, names) if ev.full_resolution else None
 
     dev = resolve_device(device or ev.device)
-    expected = model_name or model_name_from_path(run_dir)
-    model, meta = load_model(ckpt_path, device=dev, expect_model=expected, expect_num_classes=cfg.model.num_classes)
-    num_classes = int(meta["num_classes"])
-    amp = ev.amp and dev.type == "cuda"
+    with CostMeter("evaluate", device=dev) as meter:  # model loading and inference; not the file writes
+        expected = model_name or model_name_from_path(run_dir)
+        model, meta = load_model(ckpt_path, device=dev, expect_model=expected, expect_num_classes=cfg.model.num_classes)
+        num_classes = int(meta["num_classes"])
+        amp = ev.amp and dev.type == "cuda"
 
-    confusion = ConfusionMatrix(num_classes, device=dev)
-    per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
-    samples = set(ev.samples)
-    sample_files: dict[str, bytes] = {}
-    start = time.monotonic()
-    with Progress(n, f"evaluate {expected or ckpt_path.name}", enabled=progress) as bar:
-        for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
-            idx = [int(i) for i in indices]
-            if raw_labels is None:
-                scores = predict_scores(
-                    model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-                    window=ev.window, stride=ev.stride, amp=amp,
-                )  # fmt: skip
-                preds, targets = [scores.argmax(1)], [labels]
-            else:
-                preds, targets = [], []
-                for row, i in enumerate(idx):  # raw images may differ in size: one at a time
-                    target = torch.from_numpy(raw_labels.read(i)).to(dev)
+        confusion = ConfusionMatrix(num_classes, device=dev)
+        per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
+        samples = set(ev.samples)
+        sample_files: dict[str, bytes] = {}
+        start = time.monotonic()
+        with Progress(n, f"evaluate {expected or ckpt_path.name}", enabled=progress) as bar:
+            for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
+                idx = [int(i) for i in indices]
+                if raw_labels is None:
                     scores = predict_scores(
-                        model, images[row : row + 1], scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-                        window=ev.window, stride=ev.stride, amp=amp, out_size=target.shape,
+                        model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
+                        window=ev.window, stride=ev.stride, amp=amp,
                     )  # fmt: skip
-                    preds.append(scores.argmax(1))
-                    targets.append(target.unsqueeze(0))
-            rows = []
-            for pred, target in zip(preds, targets, strict=True):
-                batch = batch_confusion(pred, target.to(pred.device), num_classes)
-                confusion.add_(batch.sum(0))
-                rows.append(batch.cpu().numpy())
-            per_image[idx] = np.concatenate(rows)
-            wanted = [(row, i) for row, i in enumerate(idx) if i in samples]
-            if wanted:
-                pred_rows = [p for batch in preds for p in batch]
-                gt_rows = [t for batch in targets for t in batch]
-                for row, i in wanted:
-                    stem = f"samples/{i:04d}_{names[i].replace('/', '_')}"
-                    sample_files[f"{stem}.png"] = _png(colorize(pred_rows[row].cpu().numpy()))
-                    sample_files[f"{stem}_input.png"] = _png(np.asarray(split.images[i]))
-                    sample_files[f"{stem}_gt.png"] = _png(colorize(gt_rows[row].cpu().numpy()))
-            bar.update(len(idx))
-    confusion.reduce_()
-    matrix = confusion.matrix.cpu().numpy()
-    result = compute_metrics(matrix, class_names_for(num_classes))
-    elapsed = time.monotonic() - start
+                    preds, targets = [scores.argmax(1)], [labels]
+                else:
+                    preds, targets = [], []
+                    for row, i in enumerate(idx):  # raw images may differ in size: one at a time
+                        target = torch.from_numpy(raw_labels.read(i)).to(dev)
+                        scores = predict_scores(
+                            model, images[row : row + 1], scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
+                            window=ev.window, stride=ev.stride, amp=amp, out_size=target.shape,
+                        )  # fmt: skip
+                        preds.append(scores.argmax(1))
+                        targets.append(target.unsqueeze(0))
+                rows = []
+                for pred, target in zip(preds, targets, strict=True):
+                    batch = batch_confusion(pred, target.to(pred.device), num_classes)
+                    confusion.add_(batch.sum(0))
+                    rows.append(batch.cpu().numpy())
+                per_image[idx] = np.concatenate(rows)
+                wanted = [(row, i) for row, i in enumerate(idx) if i in samples]
+                if wanted:
+                    pred_rows = [p for batch in preds for p in batch]
+                    gt_rows = [t for batch in targets for t in batch]
+                    for row, i in wanted:
+                        stem = f"samples/{i:04d}_{names[i].replace('/', '_')}"
+                        sample_files[f"{stem}.png"] = _png(colorize(pred_rows[row].cpu().numpy()))
+                        sample_files[f"{stem}_input.png"] = _png(np.asarray(split.images[i]))
+                        sample_files[f"{stem}_gt.png"] = _png(colorize(gt_rows[row].cpu().numpy()))
+                bar.update(len(idx))
+        confusion.reduce_()
+        matrix = confusion.matrix.cpu().numpy()
+        result = compute_metrics(matrix, class_names_for(num_classes))
+        elapsed = time.monotonic() - start
+        meter.images = n
+    cost = meter.result()
+    del cost["segments"]  # one segment: its numbers are the totals
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").unlink(missing_ok=True)  # its presence must keep meaning "all files are new"
@@ -270,6 +277,7 @@ def evaluate(
         "checkpoint": {"path": str(ckpt_path), "iteration": meta.get("iteration")},
         "iteration": meta.get("iteration"),
         "seconds": round(elapsed, 3),
+        "cost": cost,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
@@ -281,9 +289,10 @@ def evaluate(
         prefix = f"val_{tag}_" if tag else "val_"
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
         canonical = not tag and out_dir.resolve() == run_dir.resolve() and checkpoint is None
+        scores = {f"{prefix}{k}": metrics[k] for k in ("miou", "macc", "allacc") if not math.isnan(metrics[k])}
         log_to_run(
             run_dir,
-            metrics={f"{prefix}{k}": metrics[k] for k in ("miou", "macc", "allacc") if not math.isnan(metrics[k])},
+            metrics=scores | cost_metrics(cost, f"cost/eval_{tag}_" if tag else "cost/eval_"),
             artifacts=[out_dir / "metrics.json", out_dir / "per_class.csv"] if canonical else [],
             step=meta.get("iteration"),
             uri=cfg.tracking.uri,

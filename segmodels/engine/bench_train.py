@@ -1,0 +1,127 @@
+"""``segmodels bench-train``: training throughput with the speed features on and off, in one process.
+
+Both variants run the training step of :mod:`segmodels.engine.train` (same model, same
+initial weights, same batches) on random data already on the device, so the numbers measure
+the step itself and not the data pipeline. "Off" means float32, contiguous (NCHW) tensors, no
+cudnn.benchmark/TF32, a per-tensor SGD and a loss read back after every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from segmodels.config import StudyConfig, load_config
+from segmodels.engine.train import SpeedSettings, Stepper, build_optimizer, speed_settings
+
+__all__ = ["bench_train", "main"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
+    from segmodels.models import build_model, parse_model_name
+
+    backbone, head = parse_model_name(model_name)
+    torch.manual_seed(0)  # both variants start from the same weights
+    model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
+                        aux=cfg.model.aux, pretrained=None).to(device).train()
+    images, labels = batch
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.train, fused=speed.fused_optimizer, foreach=speed.foreach)
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype == torch.float16)
+    net = torch.compile(model) if speed.compile else model
+    step = Stepper(net, optimizer, scaler, cfg.train, amp_dtype=speed.amp_dtype, device_type=device.type)
+    return step, images, labels
+
+
+def _timed(speed: SpeedSettings, setup: tuple, device: torch.device, iters: int) -> float:
+    """images/s over ``iters`` steps; the "off" variant reads the loss after every step."""
+    step, images, labels = setup
+    speed.apply_backend_flags()
+    _sync(device)
+    start = time.perf_counter()
+    total = torch.zeros((), device=device)
+    for _ in range(iters):
+        loss, _ = step(images, labels, 1e-4)
+        if speed.sync_every_step:
+            float(loss.item())
+        else:
+            total += loss
+    float(total.item())  # waits for the last step
+    _sync(device)
+    return iters * images.shape[0] / (time.perf_counter() - start)
+
+
+def bench_train(cfg: StudyConfig, model_name: str, *, device: torch.device, crop: tuple[int, int], batch_size: int,
+                iters: int = 20, warmup: int = 5, rounds: int = 3) -> dict[str, Any]:
+    """images/s of the training step with the config's speed features (``on``) and without (``off``).
+
+    Both variants are built first, warmed up, then timed in alternating rounds (off, on, off, on, …)
+    so that a machine busy with other work slows both alike; the median round is reported.
+    """
+    if iters < 1 or warmup < 0 or batch_size < 1 or rounds < 1:
+        raise ValueError(f"need iters, batch, rounds >= 1 and warmup >= 0; got {iters}, {batch_size}, {rounds}, "
+                         f"{warmup}")
+    gen = torch.Generator().manual_seed(0)
+    h, w = crop
+    images = torch.randn(batch_size, 3, h, w, generator=gen).to(device)
+    labels = torch.randint(0, cfg.model.num_classes, (batch_size, h, w), generator=gen).to(device)
+    settings = {"off": speed_settings(cfg.train, device, off=True), "on": speed_settings(cfg.train, device)}
+    setups = {name: _setup(cfg, model_name, s, (images, labels), device) for name, s in settings.items()}
+    for name, s in settings.items():
+        if warmup:
+            _timed(s, setups[name], device, warmup)
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, s in settings.items():
+            times[name].append(_timed(s, setups[name], device, iters))
+    rates = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "model": model_name, "crop": [h, w], "batch_size": batch_size, "iters": iters, "warmup": warmup,
+        "rounds": rounds, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "images_per_s": rates, "rounds_images_per_s": times, "speedup": rates["on"] / rates["off"],
+        "settings": {k: {f: str(v) for f, v in asdict(s).items()} for k, s in settings.items()},
+    }
+
+
+def _describe(s: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in s.items())
+
+
+def main(args: argparse.Namespace) -> int:
+    from segmodels.devices import resolve_device
+
+    cfg = load_config(args.config) if args.config else StudyConfig()
+    if args.compile:
+        cfg.train.compile = True
+    if args.output_stride:
+        cfg.model.output_stride = args.output_stride
+    crop = tuple(args.crop) if args.crop else tuple(cfg.train.crop_size)
+    device = resolve_device(args.device)
+    result = bench_train(cfg, args.model, device=device, crop=crop, batch_size=args.batch or cfg.train.batch_size,
+                         iters=args.iters, warmup=args.warmup, rounds=args.rounds)
+    rates = result["images_per_s"]
+    print(f"bench-train {args.model}, crop {crop[0]}x{crop[1]}, batch {result['batch_size']}, median of {args.rounds} "
+          f"rounds of {args.iters} iterations "
+          f"on {result['device']} (torch {result['torch']}, {result['threads']} threads)")
+    print(f"  speed features on : {rates['on']:9.2f} images/s  [{_describe(result['settings']['on'])}]")
+    print(f"  speed features off: {rates['off']:9.2f} images/s  [{_describe(result['settings']['off'])}]")
+    print(f"  ratio on/off      : {result['speedup']:9.3f}x")
+    if args.json:
+        from segmodels.atomic import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
+    return 0

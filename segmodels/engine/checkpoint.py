@@ -1,0 +1,232 @@
+"""The state of a run folder: final weights (``checkpoint.pt``), resume state (``last.pt``), training log.
+
+Checkpoints hold only tensors and plain Python types, so ``torch.load(path, weights_only=True)``
+reads them: random-generator states are converted to tensors and lists here. Every file is
+written atomically (temporary file in the same folder, fsync, ``os.replace``), so a job killed at
+any instant leaves either the old file or the new one, never half of one. The training log
+grows in ``train_log.partial.csv`` and is renamed to ``train_log.csv`` when training ends; a
+resumed run first drops the rows past the iteration of ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from segmodels.atomic import write_atomic
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RESUME_FORMAT",
+    "TrainLog",
+    "clear_run_state",
+    "config_differences",
+    "get_rng_state",
+    "load_checkpoint",
+    "load_model_from_checkpoint",
+    "load_resume_state",
+    "save_atomic",
+    "set_rng_state",
+]
+
+CHECKPOINT_FORMAT = 1
+RESUME_FORMAT = 1
+
+# Keys that change neither the weights nor the batches a run sees: a resumed run may differ in these.
+_RESUME_NEUTRAL = {
+    "train.log_every",
+    "train.val_every",
+    "train.ckpt_every",
+    "train.device",
+    "train.compile",
+    "train.channels_last",
+    "train.deterministic",
+}
+_RESUME_SECTIONS = ("train.", "model.", "run.")
+_RESUME_DATA_KEYS = {"data.dataset", "data.size"}
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj, path)`` through a temporary file beside ``path``, fsync and rename."""
+    return write_atomic(path, lambda fh: torch.save(obj, fh))
+
+
+# --- random generators -------------------------------------------------------------------------
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every generator a training step may draw from, as tensors and plain types."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "internal": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    nps = state["numpy"]
+    np.random.set_state(
+        ("MT19937", nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"], nps["cached_gaussian"])
+    )
+    pys = state["python"]
+    random.setstate((pys["version"], tuple(int(v) for v in pys["internal"].tolist()), pys["gauss_next"]))
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def _load(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: name it
+        raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: not a {what} (top level is {type(obj).__name__}, expected a dict)")
+    return obj
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a final checkpoint (``checkpoint.pt`` or a run folder holding one) and check its format."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    ckpt = _load(path, "checkpoint")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+    missing = [k for k in ("model", "backbone", "head", "num_classes", "output_stride", "aux") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def load_model_from_checkpoint(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    expect_backbone: str | None = None,
+    expect_head: str | None = None,
+    expect_num_classes: int | None = None,
+) -> nn.Module:
+    """Build the model a checkpoint describes and load its weights (eval mode, on ``device``)."""
+    from segmodels.models import build_model
+
+    ckpt = load_checkpoint(path)
+    for key, expected in (("backbone", expect_backbone), ("head", expect_head), ("num_classes", expect_num_classes)):
+        if expected is not None and ckpt[key] != expected:
+            raise ValueError(f"{path}: checkpoint has {key}={ckpt[key]!r}, expected {expected!r}")
+    model = build_model(
+        ckpt["backbone"],
+        ckpt["head"],
+        num_classes=ckpt["num_classes"],
+        output_stride=ckpt["output_stride"],
+        aux=ckpt["aux"],
+        pretrained=None,
+    )
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit {ckpt['backbone']}-{ckpt['head']}: {exc}") from exc
+    return model.to(device).eval()
+
+
+def load_resume_state(path: str | Path) -> dict[str, Any]:
+    """Read ``last.pt``; a file of another format raises ValueError naming it."""
+    path = Path(path)
+    state = _load(path, "resume state")
+    if state.get("format") != RESUME_FORMAT or "iteration" not in state or "model" not in state:
+        raise ValueError(f"{path}: not a resume state of format {RESUME_FORMAT}; remove it or pass --restart")
+    return state
+
+
+def _resume_relevant(flat: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in flat.items()
+        if (k.startswith(_RESUME_SECTIONS) or k in _RESUME_DATA_KEYS) and k not in _RESUME_NEUTRAL
+    }
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Training-relevant keys whose values differ, as ``key: saved -> current`` lines (flat dicts in)."""
+    old, new = _resume_relevant(saved), _resume_relevant(current)
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            out.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return out
+
+
+# --- the run folder ----------------------------------------------------------------------------
+
+
+def clear_run_state(out: Path) -> None:
+    """Forget a folder's previous training (``--restart``): resume state, outputs, MLflow run id."""
+    from segmodels.tracking import OFFLINE_FILE, RUN_ID_FILE
+
+    for name in ("last.pt", "train_log.partial.csv", "train_log.csv", "checkpoint.pt", RUN_ID_FILE):
+        (out / name).unlink(missing_ok=True)
+    if (out / OFFLINE_FILE).is_file():  # the abandoned run's unsent records: kept aside, not mixed in
+        aside = out / f"mlflow_offline.restarted-{int(time.time())}.jsonl"
+        shutil.move(out / OFFLINE_FILE, aside)
+        warnings.warn(f"--restart: unsent MLflow records of the previous run moved to {aside}", stacklevel=2)
+
+
+class TrainLog:
+    """Rows appended (and fsynced) to ``train_log.partial.csv``; ``finish()`` renames it to ``train_log.csv``."""
+
+    def __init__(self, out: Path, columns: Sequence[str], *, resume_iteration: int = 0) -> None:
+        self.columns = list(columns)
+        self.partial, self.final = out / "train_log.partial.csv", out / "train_log.csv"
+        source = self.partial if self.partial.is_file() else self.final
+        rows = []
+        if resume_iteration > 0 and source.is_file():
+            with source.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) <= resume_iteration]
+        write_atomic(self.partial, lambda fh: fh.write(self._format(rows, header=True).encode()))
+        self._fh = self.partial.open("a", newline="")
+
+    def _format(self, rows: list[dict], header: bool = False) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.columns, extrasaction="ignore", lineterminator="\n")
+        if header:
+            writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+    def write(self, iteration: int, row: Mapping[str, float]) -> None:
+        self._fh.write(self._format([{**row, "iteration": iteration}]))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def finish(self) -> None:
+        self._fh.close()
+        os.replace(self.partial, self.final)

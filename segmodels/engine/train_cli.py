@@ -1,0 +1,155 @@
+"""``segmodels train``, ``segmodels bench-train`` and ``segmodels mlflow-sync`` (argparse only; heavy imports inside)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COMMANDS", "parse_overrides"]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=0.02", "model.pretrained=null"]`` → ``{"train.lr": 0.02, "model.pretrained": None}`` (YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE (e.g. train.lr=0.02), got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not a YAML scalar or list ({exc})") from exc
+    return out
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    p.add_argument("--model", required=True, help="model to train, {backbone}-{head}, e.g. resnet18-ppm")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. results/study/resnet18-ppm/seed0")
+    p.add_argument("--data", type=Path, help="packed dataset folder (default data/packed/{data.dataset})")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, value read as YAML (e.g. --set train.lr=0.02); repeatable",
+    )
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: train.device of the config)")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the folder's resume state (last.pt, logs, MLflow run id) and train from scratch",
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import signal
+
+    from segmodels.config import load_config
+
+    overrides = parse_overrides(args.overrides)
+    if args.device:
+        overrides["train.device"] = args.device
+    cfg = load_config(args.config, overrides)
+    if cfg.train.deterministic:
+        # Before torch starts its thread pools: a pool that shrinks under load changes summation order.
+        for var in ("OMP_DYNAMIC", "MKL_DYNAMIC"):
+            os.environ.setdefault(var, "FALSE")
+
+    def _terminate(signum: int, frame: Any) -> None:  # Snakemake and SLURM stop jobs with SIGTERM
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminate)
+    from segmodels.engine.train import NonFiniteLossError, train
+
+    try:
+        result = train(cfg, args.model, seed=args.seed, out=args.out, data_dir=args.data, restart=args.restart)
+    except NonFiniteLossError as exc:
+        print(f"segmodels train: {exc}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
+    if result.val:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
+        print(f"{args.model} seed {args.seed}: {result.iteration} iterations, {scores}")
+    print(f"wrote {Path(args.out) / 'checkpoint.pt'}")
+    return 0
+
+
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="resnet18-ppm", help="{backbone}-{head} (default resnet18-ppm)")
+    p.add_argument("--config", type=Path, help="study config whose train/model sections to use (default: built-in)")
+    p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="crop [height width] (default 512 1024)")
+    p.add_argument("--batch", type=int, help="batch size (default: train.batch_size)")
+    p.add_argument("--iters", type=int, default=20, help="timed iterations per round (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed iterations per variant before timing (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds per variant; median shown (default 3)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--compile", action="store_true", help="also torch.compile the model in the fast variant")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="default: model.output_stride")
+    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from segmodels.engine.bench_train import main
+
+    return main(args)
+
+
+def _add_sync(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders with mlflow_offline.jsonl")
+    p.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    p.add_argument("--config", type=Path, help="take the tracking URI from this study config's tracking.uri")
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from segmodels.tracking import OFFLINE_FILE, sync_offline, tracking_uri
+
+    uri = args.uri
+    if uri is None and args.config is not None:
+        from segmodels.config import load_config
+
+        uri = load_config(args.config).tracking.uri
+    uri = args.uri or tracking_uri(uri)
+    for run_dir in args.run_dirs:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run folder not found: {run_dir}")
+    status = 0
+    for run_dir in args.run_dirs:
+        if not (run_dir / OFFLINE_FILE).is_file():
+            print(f"{run_dir}: nothing to push")
+            continue
+        try:
+            run_id = sync_offline(run_dir, uri)
+        except Exception as exc:  # one unreachable store or torn file must not stop the others
+            print(f"{run_dir}: not pushed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(f"{run_dir}: pushed to run {run_id} at {uri}")
+    return status
+
+
+COMMANDS = {
+    "train": (
+        "Train one model and seed into a run folder (resumes after a kill; DDP under "
+        "'torchrun --nproc_per_node N --no-python segmodels train ...').",
+        _add_train,
+        _run_train,
+    ),
+    "bench-train": (
+        "Training throughput (images/s) with every speed feature on, and off, in one run.",
+        _add_bench,
+        _run_bench,
+    ),
+    "mlflow-sync": (
+        "Push the MLflow records that runs kept locally (mlflow_offline.jsonl) while the server was unreachable.",
+        _add_sync,
+        _run_sync,
+    ),
+}
