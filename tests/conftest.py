@@ -125,3 +125,15 @@ def unreachable_mlflow(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     return uri
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run torch on one thread for a module: tiny inputs gain nothing from intra-op threads, and on a
+    busy machine OpenMP's spinning threads slow such tests down tenfold. Restores the setting after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,14 +14,7 @@ from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.models import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny inputs gain nothing from intra-op threads, and on a busy machine waiting threads cost seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

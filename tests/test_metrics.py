@@ -11,14 +11,7 @@ from PIL import Image
 
 from segmodels.metrics import ConfusionMatrix, batch_confusion, compute_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny inputs gain nothing from intra-op threads, and on a busy machine waiting threads cost seconds.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 NAMES4 = ["a", "b", "c", "d"]

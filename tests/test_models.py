@@ -31,14 +31,7 @@ SIZE = 64  # input height and width
 BATCH = 2  # BatchNorm in the pooled branches needs more than one value per channel in training
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # At 64×64 a second thread gains little, and on a CPU shared with other jobs OpenMP's spinning
-    # threads slow these tests down tenfold; restore the previous setting afterwards.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nparams(module: nn.Module) -> int:
