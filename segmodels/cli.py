@@ -22,6 +22,7 @@ _AREAS = (
     "segmodels.engine.train_cli",
     "segmodels.engine.eval_cli",
     "segmodels.study_cli",
+    "segmodels.stats_cli",
     "segmodels.report_cli",
 )
 

@@ -22,6 +22,7 @@ __all__ = [
     "DataConfig",
     "EvaluateConfig",
     "ModelConfig",
+    "StatsConfig",
     "StudyConfig",
     "SynthConfig",
     "TrackingConfig",
@@ -132,6 +133,13 @@ class TrackingConfig:
 
 
 @dataclass
+class StatsConfig:
+    resamples: int = 1000  # bootstrap resamples of the validation images (segmodels.stats)
+    seed: int = 0  # one seed for every model, so all models see the same resampled image sets (paired)
+    confidence: float = 0.95  # level of the two-sided percentile intervals
+
+
+@dataclass
 class StudyConfig:
     experiment: str = "study"  # results/{experiment}/
     models: list[str] = field(default_factory=lambda: ["resnet18-ppm"])  # {backbone}-{head}
@@ -142,6 +150,7 @@ class StudyConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -217,6 +226,10 @@ def _validate(cfg: StudyConfig, where: str) -> None:
     ):
         if len(size) != 2 or min(size) <= 0:
             raise ConfigError(f"{where}: '{key}' must be [height, width] of positive integers, got {size}")
+    if cfg.stats.resamples < 1:
+        raise ConfigError(f"{where}: 'stats.resamples' must be a positive integer, got {cfg.stats.resamples}")
+    if not 0 < cfg.stats.confidence < 1:
+        raise ConfigError(f"{where}: 'stats.confidence' must lie strictly between 0 and 1, got {cfg.stats.confidence}")
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:

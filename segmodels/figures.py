@@ -4,7 +4,8 @@
 beside them that lists every figure (files, one-line caption, models shown) and every figure skipped
 because none of its inputs exist yet. The figures follow the earlier study's: predictions of each backbone
 and of each context module on the same validation images (its figures 1-3), mIoU against latency (its
-figure 4); plus per-class IoU, training curves and the best model's confusion matrix. Matplotlib is used
+figure 4); plus mIoU against training cost, the paired bootstrap intervals of the discussed mIoU
+differences, per-class IoU, training curves and the best model's confusion matrix. Matplotlib is used
 through ``Figure`` objects and the Agg canvas only (no pyplot state), seaborn for the heat maps.
 """
 
@@ -41,6 +42,8 @@ __all__ = [
     "fig_backbones",
     "fig_confusion",
     "fig_context_modules",
+    "fig_differences",
+    "fig_miou_cost",
     "fig_miou_latency",
     "fig_per_class",
     "fig_training",
@@ -230,6 +233,78 @@ def fig_miou_latency(study: Study) -> _Drawn | str:
     return _Drawn(fig, caption, list(points))
 
 
+def _miou_errors(study: Study, models: list[str]) -> tuple[np.ndarray | None, str]:
+    """Asymmetric error bars (2, n) from the bootstrap intervals when every model has one, else seed stds."""
+    v = study.value
+    if all(v(m, "miou_lo") is not None and v(m, "miou_hi") is not None for m in models):
+        lo = [v(m, "miou") - v(m, "miou_lo") for m in models]
+        hi = [v(m, "miou_hi") - v(m, "miou") for m in models]
+        level = f"{study.cfg.stats.confidence * 100:g}%"
+        return np.clip(np.array([lo, hi]), 0, None), f"{level} bootstrap interval over validation images"
+    stds = [v(m, "miou_std") if (v(m, "seeds") or 0) > 1 and v(m, "miou_std") is not None else 0.0 for m in models]
+    return (np.array([stds, stds]), "std over seeds") if any(stds) else (None, "no interval")
+
+
+def fig_miou_cost(study: Study) -> _Drawn | str:
+    """mIoU against the hours one training run took: GPU-hours where a GPU trained, else process CPU-hours."""
+    costs = {m: c for m in study.finished() if (c := study.train_cost(m)) and study.value(m, "miou") is not None}
+    if not costs:
+        return "no model has both an mIoU and a training cost (cost.json)"
+    import matplotlib as mpl
+
+    models = list(costs)
+    errors, what = _miou_errors(study, models)
+    fig = _new_figure(7.0, 4.4)
+    ax = fig.add_subplot()
+    colours = dict(zip(HEAD_LABELS, mpl.colormaps["tab10"].colors, strict=False))
+    markers = dict(zip(BACKBONE_LABELS, "osD^v", strict=True))
+    labels = []
+    for i, model in enumerate(models):
+        hours, unit = costs[model]
+        backbone, head = study.summary.at[model, "backbone"], study.summary.at[model, "head"]
+        err = None if errors is None else errors[:, i : i + 1]
+        ax.errorbar(hours, study.value(model, "miou"), yerr=err, fmt=markers.get(backbone, "o"), ms=7, capsize=3,
+                    color=colours.get(head, "k"), mfc="none" if unit == "CPU-h" else None)  # fmt: skip
+        labels.append((hours, study.value(model, "miou"), display_name(model)))
+    units = sorted({u for _, u in costs.values()})
+    hours = [h for h, _ in costs.values()]
+    if max(hours) / max(min(hours), 1e-12) > 8:
+        ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.15)
+    ax.set_xlabel(f"training cost of one run ({' or '.join(units)})")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    _place_labels(fig, ax, labels)
+    caption = f"mIoU against the cost of training one run ({', '.join(units)}); error bars: {what}."
+    if len(units) > 1:
+        caption += " Hollow markers: CPU-hours (trained without a GPU), not comparable with GPU-hours."
+    return _Drawn(fig, caption, models)
+
+
+def fig_differences(study: Study) -> _Drawn | str:
+    """The discussed mIoU differences a − b with their paired bootstrap intervals, against zero."""
+    rows = study.comparisons
+    if not rows:
+        return "no paired bootstrap comparison (no confusion_per_image.npy for two models of a discussed pair)"
+    fig = _new_figure(7.0, 1.0 + 0.32 * len(rows))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))[::-1]
+    for yi, c in zip(y, rows, strict=True):
+        colour = "tab:blue" if c.significant else "0.55"
+        ax.errorbar(c.diff, yi, xerr=[[max(c.diff - c.lo, 0)], [max(c.hi - c.diff, 0)]], fmt="o", color=colour,
+                    mfc=colour if c.significant else "white", capsize=3, ms=5)  # fmt: skip
+    ax.axvline(0, color="0.3", lw=0.8, ls="--")
+    ax.set_yticks(y, [f"{display_name(c.a)} − {display_name(c.b)}" for c in rows], fontsize=7)
+    ax.set_xlabel("mIoU difference (points)")
+    ax.grid(axis="x", alpha=0.3)
+    level = f"{study.cfg.stats.confidence * 100:g}%"
+    caption = (
+        f"Paired bootstrap mIoU differences (a − b) with {level} intervals over the validation images; filled blue: "
+        "the interval excludes zero (significant); hollow grey: not distinguishable."
+    )
+    return _Drawn(fig, caption, sorted({m for c in rows for m in (c.a, c.b)}))
+
+
 def _benchmark_size(study: Study, models: list[str]) -> list[int] | None:
     """The [height, width] the latencies were measured at, from the first latency.json that records it."""
     for model in models:
@@ -354,6 +429,8 @@ FIGURES: dict[str, Callable[[Study], _Drawn | str]] = {
     "backbones": fig_backbones,
     "context_modules": fig_context_modules,
     "miou_latency": fig_miou_latency,
+    "miou_cost": fig_miou_cost,
+    "differences": fig_differences,
     "per_class_iou": fig_per_class,
     "training_curves": fig_training,
     "confusion": fig_confusion,

@@ -1,6 +1,9 @@
 """The report's findings: sentences computed from the study's numbers, never typed in.
 
 Each finding names the numbers it is computed from; when an input is missing it says which instead.
+A difference between two models is called significant only when its paired bootstrap interval
+(:mod:`segmodels.stats`) excludes zero, and "not distinguishable" otherwise; without per-image
+matrices no interval exists and the finding says the difference was not tested.
 The earlier study's published table is kept here as printed, to compare against and to check its
 mIoU/speed column against its own formula (mIoU / latency in ms × 10).
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, pareto_front
+from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, pareto_front, read_metrics
 
 __all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings"]
 
@@ -40,15 +43,31 @@ def _need(study: Study, models: Sequence[str], keys: Sequence[str]) -> str | Non
     return f"Not available, inputs missing: {'; '.join(lacking)}." if lacking else None
 
 
+def _level(study: Study) -> str:
+    return f"{study.cfg.stats.confidence * 100:g}%"
+
+
+def _verdict(study: Study, a: str, b: str) -> str | None:
+    """``95% CI [+1.02, +2.31]: significant`` for the mIoU difference a − b, or None without an interval."""
+    c = study.comparison(a, b)
+    if c is None:
+        return None
+    word = "significant" if c.significant else "not distinguishable"
+    return f"{_level(study)} CI [{c.lo:+.2f}, {c.hi:+.2f}]: {word}"
+
+
 def _finding_mobilenet(study: Study) -> str:
     r50, mv2 = "resnet50-ppm", "mobilenetv2-ppm"
     if missing := _need(study, (r50, mv2), ("miou", "latency_ms")):
         return missing
     m50, m2 = study.value(r50, "miou"), study.value(mv2, "miou")
     l50, l2 = study.value(r50, "latency_ms"), study.value(mv2, "latency_ms")
+    verdict = _verdict(study, r50, mv2)
     return (
         f"MobileNetV2-PPM runs {l50 / l2:.2f}× faster than ResNet50-PPM ({l2:.1f} vs {l50:.1f} ms) for a drop of "
-        f"{m50 - m2:.2f} mIoU points ({m50:.2f} → {m2:.2f}, {(m50 - m2) / m50 * 100:.1f} % relative)."
+        f"{m50 - m2:.2f} mIoU points ({m50:.2f} → {m2:.2f}, {(m50 - m2) / m50 * 100:.1f} % relative"
+        + (f"; {verdict}" if verdict else "")
+        + ")."
     )
 
 
@@ -69,7 +88,9 @@ def _finding_depth(study: Study) -> str:
         cost = study.value(mb, "latency_ms") / study.value(ma, "latency_ms")
         extra = study.value(mb, "latency_ms") - study.value(ma, "latency_ms")
         per_ms = f", {gain / extra:+.3f} points per extra ms" if extra > 0 else ""
-        parts.append(f"{step}: {gain:+.2f} mIoU for {cost:.2f}× the latency{per_ms}")
+        verdict = _verdict(study, mb, ma)
+        verdict = f" ({verdict})" if verdict else ""
+        parts.append(f"{step}: {gain:+.2f} mIoU{verdict} for {cost:.2f}× the latency{per_ms}")
     return "; ".join(parts) + "."
 
 
@@ -83,11 +104,27 @@ def _finding_context(study: Study) -> str:
     stds = [study.value(m, "miou_std") for m in ranked[:2] if (study.value(m, "seeds") or 0) > 1]
     if len(stds) == 2 and None not in stds:
         spread = max(stds)
-        verdict = ("within" if margin <= spread else "beyond") + f" the seed-to-seed standard deviation ({spread:.2f})"
+        seeds = ("within" if margin <= spread else "beyond") + f" the seed-to-seed standard deviation ({spread:.2f})"
     else:
-        verdict = "from a single seed, so not tested against seed-to-seed variation"
+        seeds = "from a single seed, so not tested against seed-to-seed variation"
+    interval = _verdict(study, ranked[0], ranked[1])
     text = f"Best context module on ResNet18: {HEAD_LABELS[ranked[0].partition('-')[2]]} ({order}); "
-    text += f"its lead over the runner-up is {margin:.2f} points, {verdict}."
+    if interval is None:
+        text += f"its lead over the runner-up is {margin:.2f} points, {seeds}."
+    else:
+        text += f"its lead over the runner-up is {margin:.2f} points ({interval}), {seeds}."
+        pairs = [study.comparison(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1 :]]
+        pairs = [c for c in pairs if c is not None]
+        apart = [f"{HEAD_LABELS[c.a.partition('-')[2]]} > {HEAD_LABELS[c.b.partition('-')[2]]}"
+                 for c in pairs if c.significant]  # fmt: skip
+        if len(pairs) > 1:
+            text += (
+                f" Of the {len(pairs)} pairs of modules, {len(apart)} {'differs' if len(apart) == 1 else 'differ'} "
+                "significantly"
+                + (f" ({', '.join(apart)})" if apart else "")
+                + ("; the others are not distinguishable" if len(apart) < len(pairs) else "")
+                + "."
+            )
     if "resnet18-fcn" in models and ranked[0] != "resnet18-fcn":
         gain = study.value(ranked[0], "miou") - study.value("resnet18-fcn", "miou")
         text += f" Over the plain FCN head (no context module) it gains {gain:+.2f} points."
@@ -133,6 +170,8 @@ def _finding_mobilenetv3(study: Study) -> str:
     else:
         text += ", slower and less accurate"
     text += "." + _cost_clause(study, v3, v2, rl)
+    if verdict := _verdict(study, v3, v2):
+        text += f" The mIoU difference has the {verdict}."
     points = {m: (v(m, "latency_ms"), v(m, "miou")) for m in study.summary.index if v(m, "latency_ms") and v(m, "miou")}
     text += f" It {'lies on' if v3 in pareto_front(points) else 'is off'} the study's mIoU-latency Pareto front"
     published, earlier_v2 = EARLIER_STUDY[v3]["miou"], EARLIER_STUDY[v2]["miou"]
@@ -177,6 +216,80 @@ def _finding_formula() -> str:
     )
 
 
+def _num_images(study: Study) -> int | None:
+    for model in study.finished():
+        for run in study.runs(model):
+            metrics = read_metrics(run / "metrics.json")
+            if metrics and isinstance(metrics.get("num_images"), int):
+                return metrics["num_images"]
+    return None
+
+
+def _finding_uncertainty(study: Study) -> str:
+    v = study.value
+    bounded = [m for m in study.finished() if v(m, "miou_lo") is not None and v(m, "miou_hi") is not None]
+    if not bounded:
+        return ("Not available: no run has per-image confusion matrices (confusion_per_image.npy, written by "
+                "'segmodels evaluate'), so no score carries an interval and no difference was tested.")  # fmt: skip
+    st = study.cfg.stats
+    n = _num_images(study)
+    widths = {m: (v(m, "miou_hi") - v(m, "miou_lo")) / 2 for m in bounded}
+    widest = max(widths, key=widths.get)
+    text = (
+        f"Intervals are {_level(study)} percentile bootstrap intervals over the "
+        + (f"{n} " if n else "")
+        + f"validation images ({st.resamples} resamples, seed {st.seed}, the same resampled image sets for every "
+        f"model, so differences are paired); mIoU half-widths reach ±{widths[widest]:.2f} points "
+        f"({display_name(widest)})."
+    )
+    seeded = [m for m in bounded if (v(m, "seeds") or 0) > 1 and v(m, "miou_std") is not None]
+    seeded = [m for m in seeded if v(m, "miou_boot_std") is not None]
+    if not seeded:
+        return text + (" Each model has one training seed, so only the choice of images is measured; the "
+                       "seed-to-seed variation, not measured here, adds to it.")  # fmt: skip
+    by_seed = [m for m in seeded if v(m, "miou_std") > v(m, "miou_boot_std")]
+    by_images = [m for m in seeded if m not in by_seed]
+
+    def listed(models: list[str]) -> str:
+        return ", ".join(f"{display_name(m)} ({v(m, 'miou_std'):.2f} vs {v(m, 'miou_boot_std'):.2f})" for m in models)
+
+    text += " Seed-to-seed standard deviation against the image-sampling standard deviation of the mIoU: "
+    parts = []
+    if by_seed:
+        parts.append(f"the training seed dominates for {listed(by_seed)}")
+    if by_images:
+        parts.append(f"the choice of images dominates for {listed(by_images)}")
+    text += "; ".join(parts) + "."
+    if by_seed:
+        text += " Where the seed dominates, the intervals (images only) understate the uncertainty of a difference."
+    return text
+
+
+def _finding_cost(study: Study) -> str:
+    costs = {m: c for m in study.finished() if (c := study.train_cost(m)) is not None}
+    if not costs:
+        return "Not available: no run folder holds a cost.json (written by training)."
+    units = sorted({unit for _, unit in costs.values()})
+    cheap, dear = min(costs, key=lambda m: costs[m][0]), max(costs, key=lambda m: costs[m][0])
+    total = sum(h * (study.value(m, "seeds") or 1) for m, (h, _) in costs.items())
+    text = (
+        f"Training one run took from {costs[cheap][0]:.3g} {costs[cheap][1]} ({display_name(cheap)}) to "
+        f"{costs[dear][0]:.3g} {costs[dear][1]} ({display_name(dear)})"
+    )
+    text += f"; {total:.3g} {units[0]} for all {len(costs)} models' runs" if len(units) == 1 else ""
+    energies = {m: e for m in costs if (e := study.value(m, "energy_wh")) is not None}
+    if energies:
+        spent = sum(e * (study.value(m, "seeds") or 1) for m, e in energies.items())
+        text += f", {spent / 1000:.3g} kWh of GPU energy measured for {len(energies)} of them"
+    else:
+        text += "; GPU energy was not measured (no NVML)"
+    if len(units) > 1:
+        text += ". Units differ (GPU-hours where a GPU trained, CPU-hours elsewhere), so they do not compare"
+    devices = sorted({str(study.summary.at[m, "train_device"]) for m in costs if "train_device" in study.summary
+                      and isinstance(study.summary.at[m, "train_device"], str)})  # fmt: skip
+    return text + (f" (trained on {', '.join(devices)})." if devices else ".")
+
+
 def findings(study: Study) -> list[dict[str, str]]:
     """The findings, each a title and one sentence or two computed from the numbers."""
     return [
@@ -184,6 +297,8 @@ def findings(study: Study) -> list[dict[str, str]]:
         {"title": "Depth (PPM head)", "text": _finding_depth(study)},
         {"title": "Context modules", "text": _finding_context(study)},
         {"title": "MobileNetV3", "text": _finding_mobilenetv3(study)},
+        {"title": "How sure", "text": _finding_uncertainty(study)},
+        {"title": "Training cost", "text": _finding_cost(study)},
         {"title": "The earlier study", "text": _finding_earlier(study)},
         {"title": "mIoU/speed column", "text": _finding_formula()},
     ]

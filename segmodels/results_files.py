@@ -1,5 +1,9 @@
 """Reading a study's results files: one small function per file type, and the study as one object.
 
+The study also holds the paired bootstrap comparisons of :mod:`segmodels.stats`: read from
+``comparisons.csv`` (``segmodels compare``) when present, else bootstrapped in memory from the runs'
+``confusion_per_image.npy`` (a note says so).
+
 Every figure and the report read results through here, so a change in a producer's file format
 (``segmodels/engine/evaluate.py``, ``benchmark.py``, ``train.py``, ``segmodels/summary.py``) is a change in
 one ``read_*`` function. A missing file reads as None, never as an error: a partial study is normal.
@@ -19,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from segmodels.config import StudyConfig
+from segmodels.stats import COMPARISON_COLUMNS, Comparison
 
 __all__ = [
     "BACKBONE_LABELS",
@@ -28,6 +33,7 @@ __all__ = [
     "display_name",
     "load_study",
     "pareto_front",
+    "read_comparisons",
     "read_confusion",
     "read_latency",
     "read_metrics",
@@ -94,6 +100,22 @@ def read_confusion(path: Path) -> np.ndarray | None:
     return matrix
 
 
+def read_comparisons(path: Path) -> list[Comparison] | None:
+    """comparisons.csv (``segmodels compare``) as :class:`~segmodels.stats.Comparison` objects, or None."""
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    missing = [c for c in COMPARISON_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: column '{missing[0]}' is missing (columns found: {', '.join(table.columns)})")
+    return [
+        Comparison(
+            str(r.a), str(r.b), float(r.diff), float(r.lo), float(r.hi), str(r.group), int(r.seeds_a), int(r.seeds_b)
+        )  # fmt: skip
+        for r in table.itertuples()
+    ]
+
+
 def read_latency(path: Path) -> dict[str, Any] | None:
     """latency.json (``segmodels benchmark``), or None when absent."""
     return json.loads(path.read_text()) if path.is_file() else None
@@ -142,6 +164,16 @@ class Study:
     root: Path  # results/{experiment}
     summary: pd.DataFrame  # indexed by model, in the config's order; status missing where nothing finished
     notes: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)  # paired bootstrap of mIoU differences
+
+    def comparison(self, a: str, b: str) -> Comparison | None:
+        """The mIoU difference a − b with its interval (a stored b − a is flipped), or None."""
+        for c in self.comparisons:
+            if (c.a, c.b) == (a, b):
+                return c
+            if (c.a, c.b) == (b, a):
+                return c.flipped()
+        return None
 
     def runs(self, model: str) -> list[Path]:
         """The model's evaluated run folders (metrics.json present), in the config's seed order."""
@@ -157,6 +189,15 @@ class Study:
             return []
         column = self.summary["device"] if models is None else self.summary.loc[models, "device"]
         return sorted({str(d) for d in column.dropna()})
+
+    def train_cost(self, model: str) -> tuple[float, str] | None:
+        """Hours to train one run of ``model``: (GPU-hours, "GPU-h") when it trained on a GPU, else
+        (process CPU-hours, "CPU-h"); None when no cost.json was recorded."""
+        gpu = self.value(model, "train_gpu_hours")
+        if gpu is not None:
+            return gpu, "GPU-h"
+        cpu = self.value(model, "train_cpu_hours")
+        return (cpu, "CPU-h") if cpu is not None else None
 
     def value(self, model: str, column: str) -> float | None:
         """A finite number of the summary, or None (model absent, column absent, NaN)."""
@@ -180,7 +221,17 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     table["status"] = table["status"].fillna("missing")
     table["backbone"] = [m.partition("-")[0] for m in table.index]
     table["head"] = [m.partition("-")[2] for m in table.index]
-    return Study(cfg=cfg, root=root, summary=table, notes=notes)
+    comparisons = read_comparisons(root / "comparisons.csv")
+    if comparisons is not None:  # a file of a larger study: only the pairs of this config's models
+        comparisons = [c for c in comparisons if c.a in cfg.models and c.b in cfg.models]
+    else:
+        from segmodels.stats import bootstrap_study, compare, study_pairs
+
+        boots, _ = bootstrap_study(cfg, Path(results))
+        comparisons = [compare(boots, a, b, confidence=cfg.stats.confidence, group=g) for g, a, b in study_pairs(boots)]
+        if comparisons:
+            notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
+    return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons)
 
 
 def class_iou(study: Study, model: str) -> np.ndarray | None:

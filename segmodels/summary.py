@@ -1,10 +1,21 @@
-"""One row per model: accuracy (mean ± std over seeds), latency, size, and where each number came from."""
+"""One row per model: accuracy (mean ± std over seeds, with bootstrap intervals), latency, size, training
+cost, and where each number came from.
+
+Intervals (``miou_lo``/``miou_hi``, ``macc_…``, ``allacc_…``, percent) are the paired percentile bootstrap of
+:mod:`segmodels.stats` over the validation images, with the config's ``stats`` section, from each run's
+``confusion_per_image.npy``; ``miou_boot_std`` is the image-sampling standard deviation of the mIoU, to
+set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
+``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
+``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
+final weights were trained on, ``energy_wh`` GPU energy where NVML measured it, ``eval_hours``.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +28,15 @@ COLUMNS = [
     "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std",
     "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
     "params_m", "gflops", "device", "mlflow_run_ids",
+    "miou_lo", "miou_hi", "macc_lo", "macc_hi", "allacc_lo", "allacc_hi", "miou_boot_std",
+    "train_hours", "train_gpu_hours", "train_cpu_hours", "train_device", "train_images", "energy_wh", "eval_hours",
 ]  # fmt: skip
+# cost.json / metrics.json "cost" key → summary column (means over seeds)
+_COST_KEYS = {
+    "train": {"wall_hours": "train_hours", "gpu_hours": "train_gpu_hours", "cpu_hours": "train_cpu_hours",
+              "images": "train_images", "energy_wh": "energy_wh"},
+    "eval": {"wall_hours": "eval_hours"},
+}  # fmt: skip
 
 
 def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
@@ -57,7 +76,16 @@ def collect_run(path: Path) -> dict[str, Any]:
     run_id = path / "mlflow_run_id"
     if run_id.is_file():
         row["mlflow_run_id"] = run_id.read_text().strip()
+    for job, cost in (("train", _read_json(path / "cost.json")), ("eval", (metrics or {}).get("cost"))):
+        if isinstance(cost, dict):
+            row.update({col: cost[key] for key, col in _COST_KEYS[job].items() if _number(cost.get(key))})
+            if job == "train" and cost.get("device"):
+                row["train_device"] = str(cost["device"])
     return row
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -71,7 +99,11 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
     import pandas as pd
 
     from segmodels.atomic import write_text_atomic
+    from segmodels.stats import bootstrap_study
 
+    boots, notes = bootstrap_study(cfg, Path(results))
+    for note in notes:
+        warnings.warn(f"summary: {note}", RuntimeWarning, stacklevel=2)
     rows = []
     for model in cfg.models:
         backbone, _, head = model.partition("-")
@@ -92,6 +124,14 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
             # The earlier study's column: mIoU (%) / latency (ms) × 10, computed, never copied.
             row["miou_per_speed"] = row["miou"] / row["latency_ms"] * 10
         row["mlflow_run_ids"] = " ".join(r["mlflow_run_id"] for r in runs if "mlflow_run_id" in r)
+        if model in boots:
+            for key, interval in boots[model].interval.items():
+                row[f"{key}_lo"], row[f"{key}_hi"] = interval.lo, interval.hi
+            row["miou_boot_std"] = boots[model].boot_std["miou"]
+        for col in [c for cols in _COST_KEYS.values() for c in cols.values()]:
+            values = [r[col] for r in runs if col in r]
+            row[col] = statistics.fmean(values) if values else None
+        row["train_device"] = next((r["train_device"] for r in runs if "train_device" in r), None)
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
     if out is not None:

@@ -160,6 +160,9 @@ def test_evaluate_run_writes_everything_and_logs_to_mlflow(tmp_path, packed, mon
     assert saved["model"] == "mobilenetv3-fcn" and saved["num_images"] == 3
     assert saved["settings"]["flip"] is False and saved["settings"]["resolution"] == [32, 64]
     assert saved["device"]["type"] == "cpu"
+    cost = saved["cost"]  # what the evaluation cost: on the CPU, time only
+    assert cost["job"] == "evaluate" and cost["images"] == 3 and cost["device_type"] == "cpu"
+    assert cost["wall_s"] > 0 and cost["gpu_hours"] is None and cost["energy_wh"] is None
     # The confusion matrix is what an independent forward pass gives.
     split_labels = np.load(packed / "packed" / "val" / "labels.npy")
     images = torch.from_numpy(np.load(packed / "packed" / "val" / "images.npy"))
@@ -173,6 +176,7 @@ def test_evaluate_run_writes_everything_and_logs_to_mlflow(tmp_path, packed, mon
     np.testing.assert_array_equal(confusion, expected.sum(0).numpy())
     assert confusion.sum() == (split_labels != 255).sum()
     recomputed = compute_metrics(confusion)
+    assert compute_metrics(per_image.sum(0))["miou"] == pytest.approx(saved["miou"])  # what the bootstrap resamples
     assert saved["miou"] == pytest.approx(recomputed["miou"]) and saved["absent"] == recomputed["absent"]
     nan_iou = [name for name, v in saved["per_class"].items() if v["iou"] is None]
     assert nan_iou == saved["absent"] and len(saved["absent"]) >= 10  # only 7 classes occur in these labels
@@ -196,6 +200,8 @@ def test_evaluate_run_writes_everything_and_logs_to_mlflow(tmp_path, packed, mon
     run_id = (run / "mlflow_run_id").read_text().strip()
     logged = MlflowClient(uri).get_run(run_id).data.metrics
     assert logged["val_miou"] == pytest.approx(saved["miou"])
+    assert logged["cost/eval_hours"] == pytest.approx(cost["wall_hours"]) and logged["cost/eval_images"] == 3
+    assert "cost/eval_gpu_hours" not in logged  # nothing logged for what was not measured
     assert logged["latency_ms"] == pytest.approx(latency["latency_ms"])
     assert logged["miou_per_speed"] == pytest.approx(saved["miou"] * 100 / latency["latency_ms"] * 10)
 

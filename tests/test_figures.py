@@ -17,6 +17,7 @@ from segmodels.data.labels import NUM_CLASSES, colorize
 from segmodels.figures import FIGURES, make_figures
 from segmodels.metrics import compute_metrics
 from segmodels.results_files import load_study, pareto_front, read_samples
+from segmodels.stats import bootstrap_study, comparisons_table
 from segmodels.summary import run_dir, summarize
 
 # model → (per-seed diagonal strength, per-seed latency ms, params M, GFLOPs); None: no results (missing).
@@ -26,10 +27,11 @@ FAKE_MODELS = {
     "resnet101-ppm": None,
     "mobilenetv2-ppm": ((4.5, 4.8), (22.0, 23.0), 3.5, 40.0),
     "mobilenetv3-ppm": ((3.6,), (24.5,), 3.2, 30.0),  # one seed of two: partial
-    "resnet18-aspp": ((5.5, 6.0), (38.0, 39.0), 14.2, 120.0),
+    "resnet18-aspp": ((6.2, 6.6), (38.0, 39.0), 14.2, 120.0),  # close to resnet18-ppm: not distinguishable
 }
 SAMPLES = [0, 2]
 ABSENT_CLASS = 16  # "train": in neither truth nor prediction, so its IoU is undefined (NaN)
+VAL_IMAGES = 16  # per-image confusion matrices of every run, for the bootstrap intervals
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -49,11 +51,18 @@ def _confusion(rng: np.random.Generator, strength: float) -> np.ndarray:
 def _write_run(folder: Path, model: str, seed: int, strength: float, latency: float, params: float, gflops: float):
     rng = np.random.default_rng(int(hashlib.md5(f"{model}/{seed}".encode()).hexdigest()[:8], 16))
     folder.mkdir(parents=True)
-    matrix = _confusion(rng, strength)
+    per_image = np.stack([_confusion(rng, strength) for _ in range(VAL_IMAGES)]).astype(np.int32)
+    matrix = per_image.sum(axis=0, dtype=np.int64)
     np.save(folder / "confusion.npy", matrix)
+    np.save(folder / "confusion_per_image.npy", per_image)
     m = compute_metrics(matrix)
     per_class = {n: {"iou": m["iou"][c], "acc": m["acc"][c]} for c, n in enumerate(m["class_names"])}
-    metrics = {"model": model, "miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "per_class": per_class}
+    hours = gflops / 400  # a fabricated but monotone training cost
+    cost = {"job": "train", "device_type": "cuda", "device": "Fake GPU 9000", "gpus": 1, "wall_hours": hours,
+            "gpu_hours": hours, "cpu_hours": hours * 1.5, "energy_wh": 300.0 * hours, "images": 1600}  # fmt: skip
+    (folder / "cost.json").write_text(json.dumps(cost))
+    metrics = {"model": model, "miou": m["miou"], "macc": m["macc"], "allacc": m["allacc"], "per_class": per_class,
+               "num_images": VAL_IMAGES, "cost": {"job": "evaluate", "wall_hours": hours / 50}}  # fmt: skip
     # The evaluator writes undefined scores as null (strict JSON).
     text = json.dumps(metrics).replace("NaN", "null")
     (folder / "metrics.json").write_text(text)
@@ -104,6 +113,8 @@ def fabricate_results(root: Path) -> tuple[StudyConfig, Path]:
         for seed, (strength, latency) in enumerate(zip(strengths, latencies, strict=True)):
             _write_run(run_dir(results, cfg, model, seed), model, seed, strength, latency, params, gflops)
     summarize(cfg, results, results / cfg.experiment / "summary.csv")
+    boots, _ = bootstrap_study(cfg, results)  # what `segmodels compare` writes
+    comparisons_table(boots, cfg.stats).to_csv(results / cfg.experiment / "comparisons.csv", index=False)
     (results / cfg.experiment / "mlflow_experiment_id").write_text("7\n")
     splits = {"train": {"count": 48, "source_sizes": {"1024×2048": 48}}, "val": {"count": 16}}
     manifest = {"dataset": "fabdata", "source": "synthetic", "size": [512, 1024], "splits": splits}
@@ -150,6 +161,14 @@ def test_figure_contents_follow_the_results(drawn):
     assert "ResNet50-PPM" in by_name["miou_latency"]["caption"]
     assert "validation mIoU" in by_name["training_curves"]["caption"]
     assert sorted(read_samples(run_dir(results, cfg, "resnet18-ppm", 0))) == SAMPLES
+    # mIoU against training cost: every finished model, GPU-hours, bootstrap error bars.
+    assert by_name["miou_cost"]["models"] == study.finished()
+    assert "(GPU-h)" in by_name["miou_cost"]["caption"] and "95% bootstrap interval" in by_name["miou_cost"]["caption"]
+    # The differences: the models of the discussed pairs, read from comparisons.csv.
+    assert [(c.a, c.b) for c in study.comparisons][:2] == [("resnet50-ppm", "resnet18-ppm"),
+                                                            ("resnet50-ppm", "mobilenetv2-ppm")]  # fmt: skip
+    assert by_name["differences"]["models"] == sorted({m for c in study.comparisons for m in (c.a, c.b)})
+    assert "resnet101-ppm" not in by_name["differences"]["models"]
 
 
 def test_pareto_front_drops_dominated_points():

@@ -16,6 +16,7 @@ from segmodels.findings import findings
 from segmodels.report import DEFAULT_TEMPLATE, report_data, write_report
 from segmodels.report_cli import COMMANDS
 from segmodels.results_files import BACKBONE_LABELS, Study, display_name
+from segmodels.stats import Comparison
 
 
 def _text(pdf) -> str:
@@ -74,10 +75,10 @@ def test_findings_are_computed_from_the_numbers(built):
 def test_pages_images_and_fonts(built):
     _, _, root, out, _ = built
     reader = PdfReader(out)
-    # Title and tables fill two pages, the six figures and the run ids two more (layout of report.typ).
-    assert len(reader.pages) == 4
+    # Title, findings and tables fill three pages, the eight figures and the run ids three more (report.typ).
+    assert len(reader.pages) == 6
     images = [img.name for page in reader.pages for img in page.images]
-    assert len(images) == 6  # one raster per figure
+    assert len(images) == 8  # one raster per figure
     fonts = {str(f["/BaseFont"]) for page in reader.pages for f in page["/Resources"]["/Font"].values()}
     assert all(re.search(r"Libertinus|DejaVu", f) for f in fonts), fonts  # Typst's embedded fonts only
     assert not list((out.parent).glob(".*.tmp"))
@@ -95,7 +96,7 @@ def test_best_values_are_marked(built):
     assert [r[0]["t"] for r in summary["rows"] if r[latency_col]["b"]] == ["MobileNetV2"]
 
 
-def _study(tmp_path, rows: dict[str, tuple]) -> Study:
+def _study(tmp_path, rows: dict[str, tuple], comparisons: list[Comparison] = ()) -> Study:
     """A Study over a summary table given as {model: (mIoU, latency ms, GFLOPs)}, one seed each."""
     summary = pd.DataFrame(
         {"status": "complete", "seeds": 1, "miou": [r[0] for r in rows.values()],
@@ -104,7 +105,8 @@ def _study(tmp_path, rows: dict[str, tuple]) -> Study:
     )  # fmt: skip
     summary["backbone"] = [m.partition("-")[0] for m in rows]
     summary["head"] = [m.partition("-")[2] for m in rows]
-    return Study(cfg=StudyConfig(experiment="old", models=list(rows)), root=tmp_path, summary=summary)
+    cfg = StudyConfig(experiment="old", models=list(rows))
+    return Study(cfg=cfg, root=tmp_path, summary=summary, comparisons=list(comparisons))
 
 
 def test_earlier_study_numbers_reproduce_its_claims(tmp_path):
@@ -136,6 +138,7 @@ def test_partial_study_without_figures_and_the_command(tmp_path):
     cfg_path = tmp_path / "study.yaml"
     cfg_path.write_text("experiment: fab\nmodels: [resnet18-ppm, resnet50-ppm, mobilenetv2-ppm]\nseeds: [0, 1]\n")
     _, results = fabricate_results(tmp_path)  # the config above keeps three of the fabricated models
+    (results / "fab" / "comparisons.csv").unlink()  # the intervals are then bootstrapped in memory
     parser = argparse.ArgumentParser()
     _, add_arguments, run = COMMANDS["report"]
     add_arguments(parser)
@@ -147,6 +150,7 @@ def test_partial_study_without_figures_and_the_command(tmp_path):
     assert run(args) == 0
     text = " ".join(_text(out).split())
     assert "figures.json not found" in text and "Missing (no results yet)" not in text
+    assert "comparisons.csv not found" in text and "the per-image matrices directly" in text  # Typst may hyphenate
     assert "MobileNetV3. Not available, inputs missing: MobileNetV3-PPM (not among this study's models)." in text
     assert len(PdfReader(out).pages) >= 1 and not any(p.images for p in PdfReader(out).pages)
 
@@ -158,3 +162,59 @@ def test_partial_study_without_figures_and_the_command(tmp_path):
     with pytest.raises(ValueError, match="broken.typ: Typst could not typeset"):
         run(args)
     assert out.read_bytes() == before
+
+
+EARLIER_ROWS = {"resnet18-ppm": (62.89, 34, None), "resnet50-ppm": (68.97, 79, None),
+                "resnet18-aspp": (62.09, 36, None), "resnet18-ocr": (61.86, 40, None)}  # fmt: skip
+
+
+def test_significance_wording_follows_the_interval(tmp_path):
+    """The earlier study's ranking with intervals: a difference is significant only when its interval excludes 0."""
+    close = [Comparison("resnet18-ppm", "resnet18-aspp", 0.80, -0.35, 1.95),
+             Comparison("resnet18-ppm", "resnet18-ocr", 1.03, 0.12, 1.90),
+             Comparison("resnet18-aspp", "resnet18-ocr", 0.23, -0.90, 1.31),
+             Comparison("resnet50-ppm", "resnet18-ppm", 6.08, 5.10, 7.02)]  # fmt: skip
+    by_title = {f["title"]: f["text"] for f in findings(_study(tmp_path, EARLIER_ROWS, close))}
+    context = by_title["Context modules"]
+    assert "lead over the runner-up is 0.80 points (95% CI [-0.35, +1.95]: not distinguishable)" in context
+    assert (
+        "Of the 3 pairs of modules, 1 differs significantly (PPM > OCR); the others are not distinguishable" in context
+    )
+    assert "ResNet18 → ResNet50: +6.08 mIoU (95% CI [+5.10, +7.02]: significant) for 2.32×" in by_title[
+        "Depth (PPM head)"]  # fmt: skip
+
+    # The same ranking with a clear lead: significant; stored the other way round, the comparison is flipped.
+    clear = [Comparison("resnet18-aspp", "resnet18-ppm", -0.80, -1.20, -0.41)]
+    context = findings(_study(tmp_path, EARLIER_ROWS, clear))[2]["text"]
+    assert "lead over the runner-up is 0.80 points (95% CI [+0.41, +1.20]: significant)" in context
+    assert "not distinguishable" not in context and "Of the" not in context  # one pair only: nothing to add
+
+    # Without per-image matrices nothing is tested, and the report says so rather than implying a verdict.
+    by_title = {f["title"]: f["text"] for f in findings(_study(tmp_path, EARLIER_ROWS))}
+    assert "significant" not in by_title["Context modules"] and "distinguishable" not in by_title["Context modules"]
+    assert by_title["How sure"].startswith("Not available: no run has per-image confusion matrices")
+    assert by_title["Training cost"] == "Not available: no run folder holds a cost.json (written by training)."
+
+
+def test_report_shows_intervals_verdicts_and_cost(built):
+    cfg, results, root, out, s = built
+    text = _text(out)
+    flat = " ".join(text.split())
+    study_comparisons = pd.read_csv(results / cfg.experiment / "comparisons.csv")
+    assert study_comparisons["significant"].any() and not study_comparisons["significant"].all()  # both cases
+    for row in study_comparisons.itertuples():
+        verdict = "significant" if row.significant else "not distinguishable"
+        pair = f"{display_name(row.a)} − {display_name(row.b)}"
+        line = next((ln for ln in text.splitlines() if pair in ln), None)
+        assert line is not None and f"{row.diff:+.2f}" in line and line.rstrip().endswith(verdict), (pair, line)
+    ppm_aspp = study_comparisons.set_index("pair").loc["resnet18-ppm vs resnet18-aspp"]
+    lead_word = "significant" if ppm_aspp["significant"] else "not distinguishable"
+    assert f"{abs(ppm_aspp['diff']):.2f} points (95% CI" in flat and f": {lead_word})" in flat
+    for model in ("resnet18-ppm", "resnet50-ppm"):
+        row = s.loc[model]
+        assert f"{row['miou_lo']:.2f}–{row['miou_hi']:.2f}" in text  # the summary's interval, in the tables
+        assert f"{row['train_gpu_hours']:.3g}" in text
+    assert "Train (GPU-h)" in text and "Scores with 95% intervals" in text and "Pairwise mIoU differences" in text
+    assert "the training seed dominates for ResNet18-PPM" in flat  # fabricated seeds differ more than images do
+    assert f"{s['train_gpu_hours'].min():.3g} GPU-h (MobileNetV3-PPM)" in flat
+    assert "kWh of GPU energy measured" in flat

@@ -379,7 +379,7 @@ def benchmark_run(
     write_text_atomic(out_path, json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out_path}")
     if log_mlflow and run_dir is not None:
-        from segmodels.tracking import log_to_run
+        from segmodels.tracking import log_to_run, tracking_uri
 
         metrics = {"gflops": result["gflops"], "params_m": result["params_m"]}
         if result["latency_ms"]:
@@ -394,6 +394,6 @@ def benchmark_run(
             metrics=metrics,
             tags={"benchmark_device": result["device"]["name"]},
             artifacts=[out_path],
-            uri=cfg.tracking.uri,
+            uri=tracking_uri(cfg.tracking.uri),
         )
     return result

@@ -283,7 +283,7 @@ def evaluate(
     write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
 
     if log_mlflow:
-        from segmodels.tracking import log_to_run
+        from segmodels.tracking import log_to_run, tracking_uri
 
         tag = settings["tag"]
         prefix = f"val_{tag}_" if tag else "val_"
@@ -295,7 +295,7 @@ def evaluate(
             metrics=scores | cost_metrics(cost, f"cost/eval_{tag}_" if tag else "cost/eval_"),
             artifacts=[out_dir / "metrics.json", out_dir / "per_class.csv"] if canonical else [],
             step=meta.get("iteration"),
-            uri=cfg.tracking.uri,
+            uri=tracking_uri(cfg.tracking.uri),
         )
     return metrics
 

@@ -17,7 +17,10 @@ Files in the run folder (``--out``):
 - resume state, never declared (Snakemake deletes declared outputs before a job and after a
   failure): ``last.pt``, ``train_log.partial.csv``, ``mlflow_run_id``, and ``mlflow_offline.jsonl``
   while the tracking server is unreachable;
-- ``config.yaml``: the resolved config of the run (also an MLflow artifact).
+- ``config.yaml``: the resolved config of the run (also an MLflow artifact);
+- ``cost.json``: wall, CPU and GPU hours, images and GPU energy where NVML reads it, summed over resumed
+  segments (:mod:`segmodels.cost`); also ``cost/train_*`` metrics and a ``cost.train_device`` tag of the
+  MLflow run.
 
 On a GPU: mixed precision (bf16 where supported, else fp16 with a gradient scaler), channels_last,
 cudnn.benchmark and TF32, a fused SGD, optional torch.compile; the host waits for the device only
@@ -323,6 +326,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
     raises :class:`NonFiniteLossError`; ``last.pt`` then keeps the last good state.
     """
+    from segmodels.cost import CostMeter, cost_metrics
     from segmodels.data.loader import PackedSplit, TrainLoader
     from segmodels.models import build_model, count_parameters
     from segmodels.tracking import RunLogger, git_commit, tracking_uri
@@ -409,8 +413,12 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             })
         loop = _Loop(cfg, stepper, plain, optimizer, scaler, info, out, params, device, logger)
+        meter = CostMeter("train", device=device, gpus=info.world_size if device.type == "cuda" else 0,
+                          path=out / "cost.json" if info.is_main else None, resume=start > 0)
         try:
-            val = loop.run(loader, val_split, start)
+            with meter:  # a killed run leaves its cost.json; the resumed run adds its own segment
+                val = loop.run(loader, val_split, start)
+                meter.images = t.iterations * t.batch_size  # what the final weights were trained on
             if info.is_main:
                 ckpt.save_atomic({
                     "format": ckpt.CHECKPOINT_FORMAT, "model": plain.state_dict(), "backbone": backbone, "head": head,
@@ -423,6 +431,9 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                 logger.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         if logger is not None:
+            cost = meter.result()
+            logger.log_metrics(cost_metrics(cost, "cost/train_"), step=t.iterations)
+            logger.set_tags({"cost.train_device": cost["device"]})
             for name in ("config.yaml", "train_log.csv") + (("checkpoint.pt",) if cfg.tracking.log_weights else ()):
                 logger.log_artifact(out / name)
             logger.end("FINISHED")

@@ -5,6 +5,7 @@ rule evaluate:
         "results/{exp}/{model}/seed{seed}/metrics.json",
         "results/{exp}/{model}/seed{seed}/per_class.csv",
         "results/{exp}/{model}/seed{seed}/confusion.npy",
+        "results/{exp}/{model}/seed{seed}/confusion_per_image.npy",
     log:
         "logs/{exp}/{model}/seed{seed}/evaluate.log",
     benchmark:

@@ -2,6 +2,7 @@ rule summarize:
     input:
         all_runs("results/{exp}/{model}/seed{seed}/metrics.json"),
         all_runs("results/{exp}/{model}/seed{seed}/latency.json"),
+        all_runs("results/{exp}/{model}/seed{seed}/confusion_per_image.npy"),
     output:
         SUMMARY,
     log:
@@ -10,15 +11,36 @@ rule summarize:
         f"logs/{EXP}/summarize.bench.tsv"
     params:
         config=CONFIG_FILE,
+        spec=section("stats"),
     conda:
         ENV
     shell:
         "segmodels summarize --config {params.config} --out {output} > {log} 2>&1"
 
 
+# Paired bootstrap over validation images: intervals for the differences the report discusses.
+rule compare:
+    input:
+        all_runs("results/{exp}/{model}/seed{seed}/confusion_per_image.npy"),
+    output:
+        COMPARISONS,
+    log:
+        f"logs/{EXP}/compare.log",
+    benchmark:
+        f"logs/{EXP}/compare.bench.tsv"
+    params:
+        config=CONFIG_FILE,
+        spec=section("stats"),
+    conda:
+        ENV
+    shell:
+        "segmodels compare --config {params.config} --out {output} > {log} 2>&1"
+
+
 rule figures:
     input:
         SUMMARY,
+        COMPARISONS,
     output:
         FIGURES,
     log:
@@ -36,6 +58,7 @@ rule figures:
 rule report:
     input:
         SUMMARY,
+        COMPARISONS,
         FIGURES,
         template=TEMPLATE,
     output:
