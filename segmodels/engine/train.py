@@ -375,6 +375,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
             scaler.load_state_dict(state["scaler"])
             ckpt.set_rng_state(state["rng"])
             start = int(state["iteration"])
+            if info.is_main:
+                print(f"resuming from {out / 'last.pt'} at iteration {start}", flush=True)
             if state["world_size"] != info.world_size and info.is_main:
                 warnings.warn(f"resuming with {info.world_size} processes where last.pt had {state['world_size']}: "
                               "the batches differ from an uninterrupted run", stacklevel=2)

@@ -15,10 +15,14 @@ rule train:
         config=CONFIG_FILE,
         run=run_folder,
         recipe=section("data", "model", "train"),
+        # More than one GPU for this job (e.g. the SLURM profile's set-resources): one process per GPU, DDP.
+        launch=lambda wildcards, resources: (
+            f"torchrun --standalone --nproc_per_node {resources.gpu} -m" if resources.gpu > 1 else ""
+        ),
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "segmodels train --config {params.config} --model {wildcards.model} --seed {wildcards.seed}"
+        "{params.launch} segmodels train --config {params.config} --model {wildcards.model} --seed {wildcards.seed}"
         " --out {params.run} > {log} 2>&1"
