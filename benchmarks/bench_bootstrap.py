@@ -9,17 +9,15 @@ seeds with all discussed pairs. Prints the median of ``--repeats`` runs of each,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 from segmodels.config import StatsConfig
+from segmodels.cost import cpu_name
 from segmodels.stats import (
     bootstrap_models,
     comparisons_table,
@@ -38,14 +36,6 @@ def _per_image(rng: np.random.Generator, images: int, classes: int, pixels: int)
     weights[:, np.arange(classes), np.arange(classes)] += rng.random((images, classes)) * 40
     weights /= weights.sum(axis=(1, 2), keepdims=True)
     return np.round(weights * pixels).astype(np.int32)
-
-
-def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -86,7 +76,7 @@ def main() -> None:
     ]
     print(f"paired bootstrap, {args.images} images × {args.classes} classes × {args.resamples} resamples "
           f"(median of {args.repeats})")  # fmt: skip
-    print(f"machine: {_cpu()}, {os.cpu_count()} CPUs, numpy {np.__version__}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, numpy {np.__version__}")
     for name, seconds in rows:
         print(f"  {name:<45} {seconds * 1000:9.1f} ms")
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COST_FORMAT", "CostMeter", "cost_metrics", "integrate_power", "read_cost"]
+__all__ = ["COST_FORMAT", "CostMeter", "cost_metrics", "cpu_name", "integrate_power", "read_cost"]
 
 COST_FORMAT = 1
 _HOUR = 3600.0
@@ -59,7 +59,8 @@ def _parse_device(device: Any) -> tuple[str, int]:
     return kind, int(index) if index.isdigit() else 0
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -261,7 +262,7 @@ class CostMeter:
         return {
             "started": self._started,
             "device_type": self.device_type,
-            "device": _gpu_name(self.index) if self.device_type == "cuda" else _cpu_name(),
+            "device": _gpu_name(self.index) if self.device_type == "cuda" else cpu_name(),
             "gpus": self.gpus,
             "wall_s": wall,
             "cpu_s": _os_cpu_seconds() - self._cpu0,

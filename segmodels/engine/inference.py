@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segmodels.cost import cpu_name
+
 __all__ = [
     "amp_dtype",
     "autocast",
@@ -204,20 +206,12 @@ def load_model(
     return model, meta
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """The device and library versions written beside every timing and every score."""
     info: dict[str, Any] = {
         "type": device.type,
-        "name": _cpu_name(),
-        "cpu": _cpu_name(),
+        "name": cpu_name(),
+        "cpu": cpu_name(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
