@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -17,11 +16,9 @@ from segmodels.atomic import write_bytes_atomic
 
 __all__ = [
     "Progress",
-    "atomic_write_bytes",
     "atomic_write_json",
     "default_workers",
     "encode_png",
-    "fsync_dir",
     "parallel_map",
 ]
 
@@ -37,23 +34,8 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
-    write_bytes_atomic(path, data)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 def encode_png(image: Any, compress_level: int = 6) -> bytes:

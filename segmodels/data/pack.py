@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segmodels.data._io import Progress, atomic_write_json, default_workers, fsync_dir, parallel_map
+from segmodels.atomic import fsync_dir
+from segmodels.data._io import Progress, atomic_write_json, default_workers, parallel_map
 from segmodels.data.cityscapes import CityscapesSource, Sample
 from segmodels.data.labels import CLASS_NAMES, ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
 

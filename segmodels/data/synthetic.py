@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segmodels.data._io import Progress, atomic_write_bytes, atomic_write_json, default_workers, encode_png
+from segmodels.atomic import write_bytes_atomic
+from segmodels.data._io import Progress, atomic_write_json, default_workers, encode_png
 from segmodels.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX
 
 __all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "image_ids"]
@@ -94,10 +95,10 @@ def _write_one(task: tuple[Path, SynthParams, str, int, str, str]) -> None:
     root, params, split, index, city, name = task
     image, label = render(params, split, index)
     paths = _paths(root, split, city, name, params.color)
-    atomic_write_bytes(paths[0], encode_png(Image.fromarray(image), 3))
-    atomic_write_bytes(paths[1], encode_png(Image.fromarray(label), 3))
+    write_bytes_atomic(paths[0], encode_png(Image.fromarray(image), 3))
+    write_bytes_atomic(paths[1], encode_png(Image.fromarray(label), 3))
     if params.color:
-        atomic_write_bytes(paths[2], encode_png(Image.fromarray(ID_PALETTE[label]), 3))
+        write_bytes_atomic(paths[2], encode_png(Image.fromarray(ID_PALETTE[label]), 3))
 
 
 def _read_record(root: Path) -> dict | None:
