@@ -15,6 +15,7 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pandas as pd
 
 from segmodels.config import StudyConfig
 from segmodels.stats import COMPARISON_COLUMNS, Comparison
+from segmodels.summary import read_json, summarize
 
 __all__ = [
     "BACKBONE_LABELS",
@@ -63,15 +65,20 @@ def display_name(model: str) -> str:
 # --- readers: one per file type -------------------------------------------------------------------------------
 
 
-def read_summary(path: Path) -> pd.DataFrame | None:
-    """summary.csv (``segmodels summarize``), or None when absent."""
+def _read_csv(path: Path, required: Sequence[str], **kwargs: Any) -> pd.DataFrame | None:
+    """A CSV holding at least the ``required`` columns, or None when absent."""
     if not path.is_file():
         return None
-    table = pd.read_csv(path, dtype={"mlflow_run_ids": str, "device": str})
-    missing = [c for c in SUMMARY_COLUMNS if c not in table.columns]
+    table = pd.read_csv(path, **kwargs)
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: column '{missing[0]}' is missing (columns found: {', '.join(table.columns)})")
     return table
+
+
+def read_summary(path: Path) -> pd.DataFrame | None:
+    """summary.csv (``segmodels summarize``), or None when absent."""
+    return _read_csv(path, SUMMARY_COLUMNS, dtype={"mlflow_run_ids": str, "device": str})
 
 
 def read_metrics(path: Path) -> dict[str, Any] | None:
@@ -102,12 +109,9 @@ def read_confusion(path: Path) -> np.ndarray | None:
 
 def read_comparisons(path: Path) -> list[Comparison] | None:
     """comparisons.csv (``segmodels compare``) as :class:`~segmodels.stats.Comparison` objects, or None."""
-    if not path.is_file():
+    table = _read_csv(path, COMPARISON_COLUMNS)
+    if table is None:
         return None
-    table = pd.read_csv(path)
-    missing = [c for c in COMPARISON_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: column '{missing[0]}' is missing (columns found: {', '.join(table.columns)})")
     return [
         Comparison(
             str(r.a), str(r.b), float(r.diff), float(r.lo), float(r.hi), str(r.group), int(r.seeds_a), int(r.seeds_b)
@@ -118,7 +122,7 @@ def read_comparisons(path: Path) -> list[Comparison] | None:
 
 def read_latency(path: Path) -> dict[str, Any] | None:
     """latency.json (``segmodels benchmark``), or None when absent."""
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path)
 
 
 def read_train_log(run: Path) -> pd.DataFrame | None:
@@ -213,8 +217,6 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     notes = []
     table = read_summary(root / "summary.csv")
     if table is None:
-        from segmodels.summary import summarize
-
         notes.append(f"{root / 'summary.csv'} not found: summarised the run folders directly")
         table = summarize(cfg, Path(results))
     table = table.drop_duplicates("model").set_index("model").reindex(list(cfg.models))

@@ -21,7 +21,7 @@ from typing import Any
 
 from segmodels.config import StudyConfig
 
-__all__ = ["COLUMNS", "collect_run", "publish", "run_dir", "summarize"]
+__all__ = ["COLUMNS", "collect_run", "publish", "read_json", "run_dir", "summarize"]
 
 COLUMNS = [
     "model", "backbone", "head", "seeds", "status",
@@ -43,7 +43,7 @@ def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
     return Path(results) / cfg.experiment / model / f"seed{seed}"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     with path.open() as fh:
@@ -62,10 +62,10 @@ def _primary_latency(latency: dict[str, Any]) -> tuple[str, dict[str, Any]] | No
 def collect_run(path: Path) -> dict[str, Any]:
     """The numbers of one trained model and seed; missing files give missing keys."""
     row: dict[str, Any] = {}
-    metrics = _read_json(path / "metrics.json")
+    metrics = read_json(path / "metrics.json")
     if metrics and metrics.get("miou") is not None:  # None: nothing was labelled, no score
         row.update(miou=metrics["miou"], macc=metrics["macc"], allacc=metrics["allacc"])
-    latency = _read_json(path / "latency.json")
+    latency = read_json(path / "latency.json")
     if latency:
         primary = _primary_latency(latency)
         if primary:
@@ -76,7 +76,7 @@ def collect_run(path: Path) -> dict[str, Any]:
     run_id = path / "mlflow_run_id"
     if run_id.is_file():
         row["mlflow_run_id"] = run_id.read_text().strip()
-    for job, cost in (("train", _read_json(path / "cost.json")), ("eval", (metrics or {}).get("cost"))):
+    for job, cost in (("train", read_json(path / "cost.json")), ("eval", (metrics or {}).get("cost"))):
         if isinstance(cost, dict):
             row.update({col: cost[key] for key, col in _COST_KEYS[job].items() if _number(cost.get(key))})
             if job == "train" and cost.get("device"):
