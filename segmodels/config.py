@@ -3,6 +3,8 @@
 ``load_config(path)`` reads the YAML, rejects unknown keys and wrong types with a
 message that names the file and the dotted key (``train.lr``), and returns a
 :class:`StudyConfig`. Sizes are ``[height, width]`` everywhere, as in torch.
+The experiment matrix (``models`` with per-model overrides, ``axes``) is expanded
+and checked by :mod:`segmodels.matrix`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ __all__ = [
     "flatten",
     "from_dict",
     "load_config",
+    "study_from_dict",
     "study_schema",
+    "validate_config",
 ]
 
 
@@ -142,7 +146,9 @@ class StatsConfig:
 @dataclass
 class StudyConfig:
     experiment: str = "study"  # results/{experiment}/
-    models: list[str] = field(default_factory=lambda: ["resnet18-ppm"])  # {backbone}-{head}
+    # {backbone}-{head}[_tag...], or {name: {dotted.key: value}} with overrides of the run-level sections
+    models: list[str | dict[str, dict[str, Any]]] = field(default_factory=lambda: ["resnet18-ppm"])
+    axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted key → values, crossed with every model entry
     seeds: list[int] = field(default_factory=lambda: [0])
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,8 +163,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _is_mapping_type(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict or dataclasses.is_dataclass(tp)
+
+
 def _check(value: Any, tp: Any, key: str, where: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    if tp is Any:
+        return value
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -171,8 +183,16 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
             try:
                 return _check(value, arg, key, where)
             except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
+                errors.append((isinstance(value, dict) == _is_mapping_type(arg), str(exc)))
+        matching = [message for same_shape, message in errors if same_shape]  # a mapping's error, for a mapping
+        raise ConfigError((matching or [message for _, message in errors])[0])
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {
+            _check(k, key_tp, f"{key} key", where): _check(v, value_tp, f"{key}.{k}", where) for k, v in value.items()
+        }
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -202,18 +222,8 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str = "config", prefix:
     return cls(**kwargs)
 
 
-def _validate(cfg: StudyConfig, where: str) -> None:
-    from segmodels.models import BACKBONES, HEADS  # light: the registry only
-
-    if not cfg.models:
-        raise ConfigError(f"{where}: 'models' is empty; list at least one {{backbone}}-{{head}}")
-    for name in cfg.models:
-        backbone, _, head = name.partition("-")
-        if backbone not in BACKBONES or head not in HEADS:
-            raise ConfigError(
-                f"{where}: model '{name}' is not {{backbone}}-{{head}}; "
-                f"backbones: {', '.join(BACKBONES)}; heads: {', '.join(HEADS)}"
-            )
+def validate_config(cfg: StudyConfig, where: str) -> None:
+    """Value checks beyond types (the model entries are checked by :func:`segmodels.matrix.expand_runs`)."""
     if cfg.data.source not in ("synthetic", "cityscapes"):
         raise ConfigError(f"{where}: 'data.source' must be synthetic or cityscapes, got {cfg.data.source!r}")
     if cfg.model.output_stride not in (8, 16, 32):
@@ -250,8 +260,16 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    cfg = from_dict(StudyConfig, data, where=str(path))
-    _validate(cfg, str(path))
+    return study_from_dict(data, where=str(path))
+
+
+def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConfig:
+    """A study config from its parsed YAML, validated, every run of its matrix included."""
+    from segmodels.matrix import expand_runs  # the matrix builds on this module
+
+    cfg = from_dict(StudyConfig, data, where=where)
+    validate_config(cfg, where)
+    expand_runs(cfg, where=where)
     return cfg
 
 
@@ -271,7 +289,11 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _json_schema(tp: Any) -> dict[str, Any]:
+    if tp is Any:
+        return {}
     origin = typing.get_origin(tp)
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _json_schema(typing.get_args(tp)[1])}
     if origin in (typing.Union, types.UnionType):
         return {"anyOf": [_json_schema(arg) for arg in typing.get_args(tp)]}
     if origin is list:
@@ -289,17 +311,27 @@ def _json_schema(tp: Any) -> dict[str, Any]:
 
 def study_schema() -> dict[str, Any]:
     """JSON schema of a study config, derived from the dataclasses (config/schema.yaml is this, written out)."""
-    from segmodels.models import BACKBONES, HEADS
+    from segmodels.matrix import RUN_SECTIONS, name_pattern
 
     schema = _json_schema(StudyConfig)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["description"] = "A segbench study: generated by `segmodels schema` from segmodels/config.py."
     schema["required"] = ["experiment", "models"]
     schema["properties"]["models"]["items"] = {
-        "type": "string",
-        "pattern": f"^({'|'.join(BACKBONES)})-({'|'.join(HEADS)})$",
+        "anyOf": [
+            {"type": "string", "pattern": name_pattern()},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "patternProperties": {name_pattern(): {"type": "object"}},
+                "additionalProperties": False,
+            },
+        ]
     }
     schema["properties"]["models"]["minItems"] = 1
+    schema["properties"]["axes"]["propertyNames"] = {"pattern": rf"^({'|'.join(RUN_SECTIONS)})\.[a-z_]+$"}
+    schema["properties"]["axes"]["additionalProperties"]["minItems"] = 1
     schema["properties"]["data"]["properties"]["source"]["enum"] = ["synthetic", "cityscapes"]
     schema["properties"]["model"]["properties"]["output_stride"]["enum"] = [8, 16, 32]
     return schema

@@ -114,12 +114,12 @@ def _comparison(study: Study, models: list[str], what: str, max_rows: int = 3) -
 
 
 def fig_backbones(study: Study) -> _Drawn | str:
-    models = [m for m in (f"{b}-ppm" for b in BACKBONE_LABELS) if m in study.summary.index]
+    models = [m for m in (study.reference_run(f"{b}-ppm") for b in BACKBONE_LABELS) if m in study.summary.index]
     return _comparison(study, models, "Backbones under PSPNet's PPM") if models else "no PPM model configured"
 
 
 def fig_context_modules(study: Study) -> _Drawn | str:
-    models = [m for m in (f"resnet18-{h}" for h in HEAD_LABELS) if m in study.summary.index]
+    models = [m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if m in study.summary.index]
     return _comparison(study, models, "Context modules on ResNet18") if models else "no ResNet18 model configured"
 
 

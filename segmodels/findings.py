@@ -1,6 +1,8 @@
 """The report's findings: sentences computed from the study's numbers, never typed in.
 
 Each finding names the numbers it is computed from; when an input is missing it says which instead.
+The comparisons of fixed models (ResNet50-PPM against MobileNetV2-PPM, ...) use the plain runs, or the runs of
+the study's reference variant when it has no plain run (:attr:`segmodels.results_files.Study.reference`).
 A difference between two models is called significant only when its paired bootstrap interval
 (:mod:`segmodels.stats`) excludes zero, and "not distinguishable" otherwise; without per-image
 matrices no interval exists and the finding says the difference was not tested.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from segmodels.matrix import arch_of
 from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, pareto_front, read_metrics
 
 __all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings"]
@@ -57,7 +60,7 @@ def _verdict(study: Study, a: str, b: str) -> str | None:
 
 
 def _finding_mobilenet(study: Study) -> str:
-    r50, mv2 = "resnet50-ppm", "mobilenetv2-ppm"
+    r50, mv2 = study.reference_run("resnet50-ppm"), study.reference_run("mobilenetv2-ppm")
     if missing := _need(study, (r50, mv2), ("miou", "latency_ms")):
         return missing
     m50, m2 = study.value(r50, "miou"), study.value(mv2, "miou")
@@ -74,7 +77,7 @@ def _finding_mobilenet(study: Study) -> str:
 def _finding_depth(study: Study) -> str:
     parts = []
     for a, b in (("resnet18", "resnet50"), ("resnet50", "resnet101")):
-        ma, mb = f"{a}-ppm", f"{b}-ppm"
+        ma, mb = study.reference_run(f"{a}-ppm"), study.reference_run(f"{b}-ppm")
         step = f"{BACKBONE_LABELS[a]} → {BACKBONE_LABELS[b]}"
         if _need(study, (ma, mb), ("miou", "latency_ms")):
             absent = [
@@ -95,11 +98,13 @@ def _finding_depth(study: Study) -> str:
 
 
 def _finding_context(study: Study) -> str:
-    models = [m for m in (f"resnet18-{h}" for h in HEAD_LABELS) if study.value(m, "miou") is not None]
+    models = [
+        m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if study.value(m, "miou") is not None
+    ]
     if len(models) < 2:
         return "Not available: fewer than two ResNet18 context modules have results."
     ranked = sorted(models, key=lambda m: -study.value(m, "miou"))
-    order = " > ".join(f"{HEAD_LABELS[m.partition('-')[2]]} {study.value(m, 'miou'):.2f}" for m in ranked)
+    order = " > ".join(f"{HEAD_LABELS[arch_of(m)[1]]} {study.value(m, 'miou'):.2f}" for m in ranked)
     margin = study.value(ranked[0], "miou") - study.value(ranked[1], "miou")
     stds = [study.value(m, "miou_std") for m in ranked[:2] if (study.value(m, "seeds") or 0) > 1]
     if len(stds) == 2 and None not in stds:
@@ -108,14 +113,14 @@ def _finding_context(study: Study) -> str:
     else:
         seeds = "from a single seed, so not tested against seed-to-seed variation"
     interval = _verdict(study, ranked[0], ranked[1])
-    text = f"Best context module on ResNet18: {HEAD_LABELS[ranked[0].partition('-')[2]]} ({order}); "
+    text = f"Best context module on ResNet18: {HEAD_LABELS[arch_of(ranked[0])[1]]} ({order}); "
     if interval is None:
         text += f"its lead over the runner-up is {margin:.2f} points, {seeds}."
     else:
         text += f"its lead over the runner-up is {margin:.2f} points ({interval}), {seeds}."
         pairs = [study.comparison(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1 :]]
         pairs = [c for c in pairs if c is not None]
-        apart = [f"{HEAD_LABELS[c.a.partition('-')[2]]} > {HEAD_LABELS[c.b.partition('-')[2]]}"
+        apart = [f"{HEAD_LABELS[arch_of(c.a)[1]]} > {HEAD_LABELS[arch_of(c.b)[1]]}"
                  for c in pairs if c.significant]  # fmt: skip
         if len(pairs) > 1:
             text += (
@@ -125,12 +130,13 @@ def _finding_context(study: Study) -> str:
                 + ("; the others are not distinguishable" if len(apart) < len(pairs) else "")
                 + "."
             )
-    if "resnet18-fcn" in models and ranked[0] != "resnet18-fcn":
-        gain = study.value(ranked[0], "miou") - study.value("resnet18-fcn", "miou")
+    fcn = study.reference_run("resnet18-fcn")
+    if fcn in models and ranked[0] != fcn:
+        gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")
         text += f" Over the plain FCN head (no context module) it gains {gain:+.2f} points."
     earlier = sorted((m for m in EARLIER_STUDY if m.startswith("resnet18-")), key=lambda m: -EARLIER_STUDY[m]["miou"])
     text += " The earlier study ranked " + " > ".join(
-        f"{HEAD_LABELS[m.partition('-')[2]]} {EARLIER_STUDY[m]['miou']:.2f}" for m in earlier
+        f"{HEAD_LABELS[arch_of(m)[1]]} {EARLIER_STUDY[m]['miou']:.2f}" for m in earlier
     )
     return text + "."
 
@@ -154,7 +160,7 @@ def _cost_clause(study: Study, v3: str, v2: str, rl: float) -> str:
 
 
 def _finding_mobilenetv3(study: Study) -> str:
-    v3, v2 = "mobilenetv3-ppm", "mobilenetv2-ppm"
+    v3, v2 = study.reference_run("mobilenetv3-ppm"), study.reference_run("mobilenetv2-ppm")
     if missing := _need(study, (v3, v2), ("miou", "latency_ms")):
         return missing
     v = study.value
@@ -174,7 +180,7 @@ def _finding_mobilenetv3(study: Study) -> str:
         text += f" The mIoU difference has the {verdict}."
     points = {m: (v(m, "latency_ms"), v(m, "miou")) for m in study.summary.index if v(m, "latency_ms") and v(m, "miou")}
     text += f" It {'lies on' if v3 in pareto_front(points) else 'is off'} the study's mIoU-latency Pareto front"
-    published, earlier_v2 = EARLIER_STUDY[v3]["miou"], EARLIER_STUDY[v2]["miou"]
+    published, earlier_v2 = EARLIER_STUDY["mobilenetv3-ppm"]["miou"], EARLIER_STUDY["mobilenetv2-ppm"]["miou"]
     return (
         text
         + f"; the earlier study's MobileNetV3 gave {published:.2f} mIoU against its MobileNetV2's {earlier_v2:.2f}."
@@ -182,11 +188,14 @@ def _finding_mobilenetv3(study: Study) -> str:
 
 
 def _finding_earlier(study: Study) -> str:
-    shared = [m for m in EARLIER_STUDY if study.value(m, "miou") is not None]
+    shared = [m for m in EARLIER_STUDY if study.value(study.reference_run(m), "miou") is not None]
     if not shared:
         return "Not available: no model of the earlier study's table has results here."
-    diffs = ", ".join(f"{display_name(m)} {study.value(m, 'miou') - EARLIER_STUDY[m]['miou']:+.2f}" for m in shared)
-    devices = study.devices(shared) or ["an unrecorded device"]
+    diffs = ", ".join(
+        f"{display_name(m)} {study.value(study.reference_run(m), 'miou') - EARLIER_STUDY[m]['miou']:+.2f}"
+        for m in shared
+    )
+    devices = study.devices([study.reference_run(m) for m in shared]) or ["an unrecorded device"]
     text = (
         f"Against the earlier study (a different run on {EARLIER_DEVICE}; this run: {', '.join(devices)}, "
         f"data '{study.cfg.data.dataset}'), mIoU differs by: {diffs} points."

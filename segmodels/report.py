@@ -24,6 +24,7 @@ from typing import Any
 
 from segmodels.config import StudyConfig
 from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY, findings
+from segmodels.matrix import arch_of, variant_of
 from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name, load_study
 
 __all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]
@@ -125,7 +126,10 @@ def _metric_table(study: Study, models: list[str], title: str, first: list[tuple
 
 def _tables(study: Study) -> list[dict[str, Any]]:
     models = list(study.summary.index)
-    names = [(BACKBONE_LABELS.get(b, b), HEAD_LABELS.get(h, h)) for b, h in (m.partition("-")[::2] for m in models)]
+    names = [(BACKBONE_LABELS.get(b, b), HEAD_LABELS.get(h, h)) for b, h in (arch_of(m) for m in models)]
+    first = [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])]
+    if any(variant_of(m) for m in models):
+        first.append(("Variant", [variant_of(m).replace("_", " ") for m in models]))
     speed_note = (
         "mIoU, mAcc, allAcc in %, mean ± std over seeds; CI: bootstrap interval of the mIoU over validation images; "
         "latency: median, batch 1; mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process "
@@ -136,20 +140,20 @@ def _tables(study: Study) -> list[dict[str, Any]]:
             study,
             models,
             "Performance summary",
-            [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])],
+            first,
             speed_note,
         )
     ]
-    context = [m for m in (f"resnet18-{h}" for h in HEAD_LABELS) if m in models]
+    context = [m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if m in models]
     if context:
-        heads = [HEAD_LABELS[m.partition("-")[2]] for m in context]
+        heads = [HEAD_LABELS[arch_of(m)[1]] for m in context]
         tables.append(_metric_table(study, context, "Context modules on ResNet18", [("Module", heads)], speed_note))
-    backbones = [m for m in (f"{b}-ppm" for b in BACKBONE_LABELS) if m in models]
+    backbones = [m for m in (study.reference_run(f"{b}-ppm") for b in BACKBONE_LABELS) if m in models]
     if backbones:
-        ref = study.value("resnet50-ppm", "latency_ms")
+        ref = study.value(study.reference_run("resnet50-ppm"), "latency_ms")
         v = study.value
         columns = [
-            _text([BACKBONE_LABELS[m.partition("-")[0]] for m in backbones]),
+            _text([BACKBONE_LABELS[arch_of(m)[0]] for m in backbones]),
             _column([v(m, "latency_ms") for m in backbones], 1, "min"),
             _column([v(m, "latency_p90_ms") for m in backbones], 1, "min"),
             _column([v(m, "fps") for m in backbones], 1, "max"),
@@ -184,8 +188,9 @@ def _tables(study: Study) -> list[dict[str, Any]]:
 
 
 def _short(model: str) -> str:
-    backbone, _, head = model.partition("-")
-    return f"{_SHORT.get(backbone, backbone)} {HEAD_LABELS.get(head, head)}"
+    pair, _, variant = model.partition("_")
+    backbone, _, head = pair.partition("-")
+    return " ".join([_SHORT.get(backbone, backbone), HEAD_LABELS.get(head, head), *variant.split("_")]).strip()
 
 
 def _per_class_table(study: Study) -> dict[str, Any]:
@@ -208,7 +213,8 @@ def _per_class_table(study: Study) -> dict[str, Any]:
 
 
 def _earlier_table(study: Study) -> dict[str, Any]:
-    models = [m for m in EARLIER_STUDY if m in study.summary.index] or list(EARLIER_STUDY)
+    models = [m for m in EARLIER_STUDY if study.reference_run(m) in study.summary.index] or list(EARLIER_STUDY)
+    ours = [study.reference_run(m) for m in models]
     pub = [EARLIER_STUDY[m] for m in models]
     recomputed = [p["miou"] / p["latency_ms"] * 10 if "latency_ms" in p else None for p in pub]
     columns = [
@@ -217,9 +223,9 @@ def _earlier_table(study: Study) -> dict[str, Any]:
         _column([p.get("latency_ms") for p in pub], 0, None),
         _column([p.get("miou_per_speed") for p in pub], 2, None),
         _column(recomputed, 2, None),
-        _column([study.value(m, "miou") for m in models], 2, None),
-        _column([study.value(m, "latency_ms") for m in models], 1, None),
-        _column([study.value(m, "miou_per_speed") for m in models], 2, None),
+        _column([study.value(m, "miou") for m in ours], 2, None),
+        _column([study.value(m, "latency_ms") for m in ours], 1, None),
+        _column([study.value(m, "miou_per_speed") for m in ours], 2, None),
     ]
     header = ["Model", "mIoU", "ms", "mIoU/speed printed", "mIoU/speed recomputed", "mIoU", "ms", "mIoU/speed"]
     note = (

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from segmodels.config import StudyConfig
+from segmodels.matrix import arch_of, reference_variant, run_names, variant_of, with_variant
 from segmodels.stats import COMPARISON_COLUMNS, Comparison
 from segmodels.summary import read_json, summarize
 
@@ -57,9 +58,11 @@ _SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")  # samples/{index:04d}_
 
 
 def display_name(model: str) -> str:
-    """``resnet50-ppm`` → ``ResNet50-PPM``."""
-    backbone, _, head = model.partition("-")
-    return f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
+    """``resnet50-ppm`` → ``ResNet50-PPM``; a variant keeps its tags, ``resnet18-ppm_os16`` → ``ResNet18-PPM os16``."""
+    pair, _, variant = model.partition("_")
+    backbone, _, head = pair.partition("-")
+    name = f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
+    return f"{name} {variant.replace('_', ' ')}" if variant else name
 
 
 # --- readers: one per file type -------------------------------------------------------------------------------
@@ -162,13 +165,18 @@ def _nan(value: Any) -> float:
 
 @dataclass
 class Study:
-    """A study's results: the summary table (one row per configured model) and its run folders."""
+    """A study's results: the summary table (one row per run of the matrix) and its run folders."""
 
     cfg: StudyConfig
     root: Path  # results/{experiment}
-    summary: pd.DataFrame  # indexed by model, in the config's order; status missing where nothing finished
+    summary: pd.DataFrame  # indexed by run name, in the matrix's order; status missing where nothing finished
     notes: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)  # paired bootstrap of mIoU differences
+    reference: str = ""  # the variant the fixed comparisons draw from; "" for the plain runs
+
+    def reference_run(self, pair: str) -> str:
+        """The run of ``pair`` ({backbone}-{head}) that the backbone and context-module comparisons use."""
+        return with_variant(pair, self.reference)
 
     def comparison(self, a: str, b: str) -> Comparison | None:
         """The mIoU difference a − b with its interval (a stored b − a is flipped), or None."""
@@ -219,13 +227,19 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     if table is None:
         notes.append(f"{root / 'summary.csv'} not found: summarised the run folders directly")
         table = summarize(cfg, Path(results))
-    table = table.drop_duplicates("model").set_index("model").reindex(list(cfg.models))
+    names = run_names(cfg)
+    table = table.drop_duplicates("model").set_index("model").reindex(names)
     table["status"] = table["status"].fillna("missing")
-    table["backbone"] = [m.partition("-")[0] for m in table.index]
-    table["head"] = [m.partition("-")[2] for m in table.index]
+    table["backbone"] = [arch_of(m)[0] for m in table.index]
+    table["head"] = [arch_of(m)[1] for m in table.index]
+    table["variant"] = [variant_of(m) for m in table.index]
+    reference = reference_variant(names)
+    if reference:
+        notes.append(f"no plain {{backbone}}-{{head}} run: the backbone and context-module comparisons use the "
+                     f"runs of variant '{reference}'")  # fmt: skip
     comparisons = read_comparisons(root / "comparisons.csv")
-    if comparisons is not None:  # a file of a larger study: only the pairs of this config's models
-        comparisons = [c for c in comparisons if c.a in cfg.models and c.b in cfg.models]
+    if comparisons is not None:  # a file of a larger study: only the pairs of this config's runs
+        comparisons = [c for c in comparisons if c.a in names and c.b in names]
     else:
         from segmodels.stats import bootstrap_study, compare, study_pairs
 
@@ -233,7 +247,7 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
         comparisons = [compare(boots, a, b, confidence=cfg.stats.confidence, group=g) for g, a, b in study_pairs(boots)]
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
-    return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons)
+    return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)
 
 
 def class_iou(study: Study, model: str) -> np.ndarray | None:

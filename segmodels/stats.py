@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from segmodels.config import StatsConfig, StudyConfig
+from segmodels.matrix import pair_of, reference_variant, run_names, variant_of, with_variant
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -72,13 +73,18 @@ _HEADS = ("ppm", "aspp", "ocr", "fcn")
 
 
 def study_pairs(models: Sequence[str]) -> list[tuple[str, str, str]]:
-    """The discussed pairs among ``models``: backbones under PPM, context modules on ResNet18, MobileNetV3
-    against MobileNetV2; each as (group, a, b)."""
+    """The discussed pairs among the runs ``models``: backbones under PPM, context modules on ResNet18,
+    MobileNetV3 against MobileNetV2, all among the plain runs (else among the runs of the first run's variant,
+    :func:`segmodels.matrix.reference_variant`); then each other variant against its architecture there.
+    Each as (group, a, b)."""
     present = set(models)
+    ref = reference_variant(models)
     pairs = [("backbones (PPM)", a, b) for a, b in _BACKBONE_PAIRS]
     heads = [f"resnet18-{h}" for h in _HEADS]
     pairs += [("context modules (ResNet18)", a, b) for a, b in itertools.combinations(heads, 2)]
     pairs.append(("MobileNetV3", "mobilenetv3-ppm", "mobilenetv2-ppm"))
+    pairs = [(g, with_variant(a, ref), with_variant(b, ref)) for g, a, b in pairs]
+    pairs += [("variants", m, with_variant(pair_of(m), ref)) for m in models if variant_of(m) != ref]
     return [(g, a, b) for g, a, b in pairs if a in present and b in present]
 
 
@@ -285,7 +291,7 @@ def comparisons_table(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | No
 
 
 def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, ModelBootstrap], list[str]]:
-    """Bootstrap every model of ``cfg`` from its run folders under ``results/{experiment}``, with ``cfg.stats``.
+    """Bootstrap every run of ``cfg`` from its run folders under ``results/{experiment}``, with ``cfg.stats``.
 
     A model is bootstrapped when every evaluated seed (``metrics.json`` present) has its
     ``confusion_per_image.npy``, so the estimate is the same seed mean as the summary's; the others are
@@ -294,7 +300,7 @@ def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, Mo
     root = Path(results) / cfg.experiment
     per_image: dict[str, list[np.ndarray]] = {}
     notes = []
-    for model in cfg.models:
+    for model in run_names(cfg):
         runs = [root / model / f"seed{seed}" for seed in cfg.seeds]
         evaluated = [r for r in runs if (r / "metrics.json").is_file()]
         lacking = [r for r in evaluated if not (r / "confusion_per_image.npy").is_file()]

@@ -1,5 +1,6 @@
-"""One row per model: accuracy (mean ± std over seeds, with bootstrap intervals), latency, size, training
-cost, and where each number came from.
+"""One row per run of the matrix: accuracy (mean ± std over seeds, with bootstrap intervals), latency, size,
+training cost, and where each number came from. ``model`` is the run name, ``backbone`` and ``head`` its
+architecture, ``variant`` its ``_tag`` part (empty for a plain {backbone}-{head}).
 
 Intervals (``miou_lo``/``miou_hi``, ``macc_…``, ``allacc_…``, percent) are the paired percentile bootstrap of
 :mod:`segmodels.stats` over the validation images, with the config's ``stats`` section, from each run's
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from segmodels.config import StudyConfig
+from segmodels.matrix import expand_runs, run_names
 
 __all__ = ["COLUMNS", "collect_run", "publish", "read_json", "run_dir", "summarize"]
 
 COLUMNS = [
-    "model", "backbone", "head", "seeds", "status",
+    "model", "backbone", "head", "variant", "seeds", "status",
     "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std",
     "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
     "params_m", "gflops", "device", "mlflow_run_ids",
@@ -95,7 +97,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
-    """Build the summary table for every model of ``cfg``; write it atomically to ``out`` when given."""
+    """Build the summary table for every run of ``cfg``; write it atomically to ``out`` when given."""
     import pandas as pd
 
     from segmodels.atomic import write_text_atomic
@@ -105,11 +107,12 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
     for note in notes:
         warnings.warn(f"summary: {note}", RuntimeWarning, stacklevel=2)
     rows = []
-    for model in cfg.models:
-        backbone, _, head = model.partition("-")
+    for spec in expand_runs(cfg):
+        model = spec.name
         runs = [collect_run(run_dir(results, cfg, model, seed)) for seed in cfg.seeds]
         done = [r for r in runs if "miou" in r]
-        row: dict[str, Any] = {"model": model, "backbone": backbone, "head": head, "seeds": len(done)}
+        row: dict[str, Any] = {"model": model, "backbone": spec.arch[0], "head": spec.arch[1],
+                               "variant": spec.variant, "seeds": len(done)}  # fmt: skip
         row["status"] = "missing" if not done else ("complete" if len(done) == len(runs) else "partial")
         for key in ("miou", "macc", "allacc"):
             row[key], row[f"{key}_std"] = _mean_std([r[key] * 100 for r in done])
@@ -163,7 +166,7 @@ def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: P
     ).start()
     table = summarize(cfg, results)
     done = table[table["status"] != "missing"]
-    logger.log_params({"study": cfg.experiment, "models": ",".join(cfg.models)})
+    logger.log_params({"study": cfg.experiment, "models": ",".join(run_names(cfg))})
     if len(done):
         best = done.loc[done["miou"].idxmax()]
         logger.log_metrics({"best_miou": float(best["miou"]), "models_complete": float(len(done))}, step=0)

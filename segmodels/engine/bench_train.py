@@ -29,9 +29,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
-    from segmodels.models import build_model, parse_model_name
+    from segmodels.matrix import arch_of
+    from segmodels.models import build_model
 
-    backbone, head = parse_model_name(model_name)
+    backbone, head = arch_of(model_name)
     torch.manual_seed(0)  # both variants start from the same weights
     model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
                         aux=cfg.model.aux, pretrained=None).to(device).train()
@@ -103,8 +104,9 @@ def _describe(s: dict[str, str]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from segmodels.devices import resolve_device
+    from segmodels.matrix import run_config
 
-    cfg = load_config(args.config) if args.config else StudyConfig()
+    cfg = run_config(load_config(args.config) if args.config else StudyConfig(), args.model)
     if args.compile:
         cfg.train.compile = True
     if args.output_stride:

@@ -316,13 +316,25 @@ def benchmark_run(
     """Benchmark a run folder's checkpoint (writes ``{run_dir}/latency.json``), or with ``model_name`` and no run
     folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
 
-    ``cfg`` is a StudyConfig (its ``benchmark`` and ``model`` sections give the defaults). Explicit
-    ``repeats``/``warmup`` are used as given; the config's are capped by ``cpu_repeats``/``cpu_warmup`` on the CPU.
+    ``cfg`` is a StudyConfig: the ``benchmark`` and ``model`` sections of the run (the one the checkpoint records,
+    or ``model_name``; :func:`segmodels.matrix.run_config`) give the defaults, and latency.json's ``model`` is
+    that run's name. Explicit ``repeats``/``warmup`` are used as given; the config's are capped by
+    ``cpu_repeats``/``cpu_warmup`` on the CPU.
     """
     from segmodels.atomic import write_text_atomic
     from segmodels.devices import resolve_device
     from segmodels.engine.evaluate import json_safe
+    from segmodels.engine.inference import recorded_run
+    from segmodels.matrix import arch_of, run_config
 
+    if run_dir is None and model_name is None:
+        raise ValueError("give a run folder (--run) or a model name (--model)")
+    run_dir = Path(run_dir) if run_dir is not None else None
+    checkpoint = run_dir / "checkpoint.pt" if run_dir is not None else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    name = recorded_run(checkpoint) if checkpoint is not None else model_name
+    cfg = run_config(cfg, name)
     bc = cfg.benchmark
     size = list(size or bc.size)
     if len(size) != 2 or min(size) <= 0:
@@ -330,17 +342,11 @@ def benchmark_run(
     modes = list(modes or bc.modes)
     for m in modes:
         parse_mode(m)
-    if run_dir is None and model_name is None:
-        raise ValueError("give a run folder (--run) or a model name (--model)")
-    run_dir = Path(run_dir) if run_dir is not None else None
     out_path = Path(out) if out is not None else (run_dir / "latency.json" if run_dir else None)
     if out_path is None:
         raise ValueError("--out is needed when benchmarking a model without a run folder")
     if out_path.suffix != ".json":
         out_path = out_path / "latency.json"
-    checkpoint = run_dir / "checkpoint.pt" if run_dir is not None else None
-    if checkpoint is not None and not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
 
     dev = resolve_device(device or bc.device)
     if repeats is None:
@@ -353,16 +359,14 @@ def benchmark_run(
 
         expected = model_name or model_name_from_path(run_dir)
         model, meta = load_model(checkpoint, device=torch.device("cpu"), expect_model=expected)
-        name = f"{meta['backbone']}-{meta['head']}"
     else:
-        from segmodels.models import build_model, parse_model_name
+        from segmodels.models import build_model
 
-        backbone, head = parse_model_name(model_name)
+        backbone, head = arch_of(model_name)
         model = build_model(
             backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
             aux=cfg.model.aux, pretrained=None,
         )  # fmt: skip
-        name = model_name
     print(f"benchmark {name}: {size[0]}x{size[1]}, batch {bc.batch_size}, modes {', '.join(modes)}, on {dev}")
     result = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "iteration": meta.get("iteration")}
     result |= benchmark_model(

@@ -18,7 +18,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="study config (YAML); its 'evaluate' section")
     p.add_argument("--run", type=Path, required=True, help="run folder, results/{experiment}/{model}/seed{seed}")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: RUN/checkpoint.pt)")
-    p.add_argument("--model", help="expected {backbone}-{head} (default: the run folder's model folder)")
+    p.add_argument("--model", help="expected run, {backbone}-{head}[_tag...] (default: the run folder's name)")
     p.add_argument("--data", type=Path, help="packed split folder, or the dataset folder holding val/ "
                    "(default: data/packed/{dataset}/val)")  # fmt: skip
     p.add_argument("--out", type=Path, help="folder for metrics.json and the other outputs (default: RUN)")
@@ -37,8 +37,13 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from segmodels.config import load_config
     from segmodels.engine.evaluate import evaluate
+    from segmodels.engine.inference import recorded_run
+    from segmodels.matrix import run_config
 
     cfg = load_config(args.config)
+    run_name = recorded_run(args.checkpoint or args.run / "checkpoint.pt")
+    if run_name is not None:  # the run's own settings, then the flags given here on top
+        cfg = run_config(cfg, run_name, where=str(args.config))
     changes = {
         k: v
         for k, v in {
@@ -69,8 +74,8 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="study config (YAML); its 'benchmark' and 'model' sections "
                    "(required with --run; defaults are used with --model alone)")  # fmt: skip
     p.add_argument("--run", type=Path, help="run folder: times its checkpoint, writes RUN/latency.json")
-    p.add_argument("--model", help="{backbone}-{head}: with --run, the expected model; without, time a freshly "
-                   "built model (random weights) and write to --out")  # fmt: skip
+    p.add_argument("--model", help="{backbone}-{head}[_tag...]: with --run, the expected run; without, time a "
+                   "freshly built model (random weights, the run's config) and write to --out")  # fmt: skip
     p.add_argument("--out", type=Path, help="latency.json path, or a folder for it (default: RUN/latency.json)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width "
                    "(default: benchmark.size, 512 1024)")  # fmt: skip
@@ -105,7 +110,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", type=Path, help="run folder whose checkpoint.pt is exported")
     src.add_argument("--checkpoint", type=Path, help="checkpoint file to export")
-    src.add_argument("--model", help="{backbone}-{head} with random weights (for deployment tests)")
+    src.add_argument("--model", help="{backbone}-{head}[_tag...] with random weights (for deployment tests)")
     p.add_argument("--config", type=Path, help="study config: benchmark.size and benchmark.onnx_opset defaults")
     p.add_argument("--out", type=Path, help="output file (default: RUN/model.onnx, or ./{model}.onnx)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="fixed input height and width "
@@ -124,9 +129,11 @@ def _run_export(args: argparse.Namespace) -> int:
     if len(size) != 2 or min(size) <= 0 or args.batch_size < 1:
         raise ValueError(f"--size must be positive H W and --batch-size >= 1, got {list(size)}, {args.batch_size}")
     if args.model:
-        from segmodels.models import build_model, parse_model_name
+        from segmodels.matrix import arch_of, run_config
+        from segmodels.models import build_model
 
-        backbone, head = parse_model_name(args.model)
+        backbone, head = arch_of(args.model)
+        cfg = run_config(cfg, args.model)
         model = build_model(backbone, head, num_classes=cfg.model.num_classes,
                             output_stride=cfg.model.output_stride, aux=False, pretrained=None)  # fmt: skip
         out = args.out or Path(f"{args.model}.onnx")

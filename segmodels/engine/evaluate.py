@@ -163,8 +163,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
-    ``model_name`` ({backbone}-{head}, by default the run folder's model folder) and ``cfg.model.num_classes``
-    must match the checkpoint. All inputs are checked before the model runs.
+    The settings are those of the run the checkpoint records (:func:`segmodels.matrix.run_config`; a run's own
+    effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
+    default the run folder's name) and ``cfg.model.num_classes`` must match the checkpoint. All inputs are
+    checked before the model runs.
     """
     from segmodels.atomic import write_bytes_atomic, write_text_atomic
     from segmodels.cost import CostMeter, cost_metrics
@@ -172,15 +174,25 @@ def evaluate(
     from segmodels.data.labels import colorize
     from segmodels.data.loader import PackedSplit, val_batches
     from segmodels.devices import resolve_device
-    from segmodels.engine.inference import amp_dtype, environment, load_model, model_name_from_path, predict_scores
+    from segmodels.engine.inference import (
+        amp_dtype,
+        environment,
+        load_model,
+        model_name_from_path,
+        predict_scores,
+        recorded_run,
+    )
+    from segmodels.matrix import run_config
     from segmodels.metrics import ConfusionMatrix, batch_confusion, class_names_for, compute_metrics
 
-    ev = cfg.evaluate
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else run_dir
     ckpt_path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoint.pt"
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
+    run_name = recorded_run(ckpt_path)
+    cfg = run_config(cfg, run_name)
+    ev = cfg.evaluate
     _check_settings(ev)
     split_dir = resolve_split(cfg, data)
     split = PackedSplit(split_dir)
@@ -203,7 +215,7 @@ def evaluate(
         samples = set(ev.samples)
         sample_files: dict[str, bytes] = {}
         start = time.monotonic()
-        with Progress(n, f"evaluate {expected or ckpt_path.name}", enabled=progress) as bar:
+        with Progress(n, f"evaluate {run_name}", enabled=progress) as bar:
             for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
                 idx = [int(i) for i in indices]
                 if raw_labels is None:
@@ -261,7 +273,7 @@ def evaluate(
         "tag": settings_tag(ev),
     }
     metrics = {
-        "model": f"{meta['backbone']}-{meta['head']}",
+        "model": run_name,
         "miou": result["miou"],
         "macc": result["macc"],
         "allacc": result["allacc"],

@@ -34,10 +34,9 @@ __all__ = [
     "load_model",
     "model_name_from_path",
     "predict_scores",
+    "recorded_run",
     "slide_windows",
 ]
-
-_MODEL_NAME = re.compile(r"^([a-z0-9]+)-([a-z]+)$")
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -163,14 +162,29 @@ def predict_scores(
 
 
 def model_name_from_path(path: str | Path) -> str | None:
-    """The ``{backbone}-{head}`` folder a run lives in (``results/{exp}/{model}/seed{seed}``), if any."""
-    from segmodels.models import BACKBONES, HEADS
+    """The run folder a run lives in (``results/{exp}/{run}/seed{seed}``, ``{backbone}-{head}[_tag...]``), if any."""
+    from segmodels.matrix import name_pattern
 
+    pattern = re.compile(name_pattern())
     for part in reversed(Path(path).resolve().parts):
-        match = _MODEL_NAME.match(part)
-        if match and match.group(1) in BACKBONES and match.group(2) in HEADS:
+        if pattern.match(part):
             return part
     return None
+
+
+def recorded_run(checkpoint: str | Path) -> str | None:
+    """The run a final checkpoint was trained as: its ``run`` key, else ``{backbone}-{head}`` (checkpoints
+    written before runs had names); None when the file is missing."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        return None
+    try:
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # a truncated or foreign file: name it
+        raise ValueError(f"{checkpoint}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(meta, dict) or not ({"run"} <= set(meta) or {"backbone", "head"} <= set(meta)):
+        raise ValueError(f"{checkpoint}: not a segbench checkpoint (no run name, backbone or head)")
+    return str(meta.get("run") or f"{meta['backbone']}-{meta['head']}")
 
 
 def load_model(
@@ -182,17 +196,19 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """The eval-mode model of a checkpoint and the checkpoint's metadata (everything but the weights).
 
-    ``expect_model`` (``{backbone}-{head}``) and ``expect_num_classes`` are checked against the checkpoint
-    before its weights are used; a mismatch raises ValueError naming the file. The file is read with
-    ``weights_only=True``.
+    ``expect_model`` (a run name: its architecture, and a tagged name also the run the checkpoint records) and
+    ``expect_num_classes`` are checked against the checkpoint before its weights are used; a mismatch raises
+    ValueError naming the file. The file is read with ``weights_only=True``.
     """
     from segmodels.engine.checkpoint import load_model_from_checkpoint
-    from segmodels.models import parse_model_name
+    from segmodels.matrix import arch_of, variant_of
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    backbone, head = parse_model_name(expect_model) if expect_model else (None, None)
+    backbone, head = arch_of(expect_model) if expect_model else (None, None)
+    if expect_model and variant_of(expect_model) and (recorded := recorded_run(checkpoint)) != expect_model:
+        raise ValueError(f"{checkpoint}: checkpoint is of run '{recorded}', expected '{expect_model}'")
     model = load_model_from_checkpoint(
         checkpoint,
         device=device,

@@ -243,14 +243,14 @@ class TrainResult:
 
 
 def run_params(cfg: StudyConfig, model_name: str, seed: int) -> dict[str, Any]:
-    """The flat params of a run: the whole study config plus ``run.model`` and ``run.seed``."""
+    """The flat params of a run: its whole config plus ``run.model`` (the run name) and ``run.seed``."""
     return {**flatten(config_to_dict(cfg)), "run.model": model_name, "run.seed": seed}
 
 
 def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[str, str, Path | None]:
-    from segmodels.models import parse_model_name
+    from segmodels.matrix import arch_of
 
-    backbone, head = parse_model_name(model_name)
+    backbone, head = arch_of(model_name)
     if not (data_dir / "train" / "images.npy").is_file():
         raise FileNotFoundError(
             f"packed train split not found: {data_dir / 'train' / 'images.npy'} (run `segmodels prepare`, or pass --data)"
@@ -319,8 +319,10 @@ def _state_finite(model: nn.Module, info: DistInfo) -> bool:
 
 def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, data_dir: str | Path | None = None,
           restart: bool = False) -> TrainResult:
-    """Train ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
+    """Train run ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
 
+    ``model_name`` is a run of the study's matrix (or any plain {backbone}-{head}); training uses the run's
+    effective config, :func:`segmodels.matrix.run_config` (a run's own effective config passes unchanged).
     ``data_dir`` defaults to ``data/packed/{data.dataset}``. Bad input raises ValueError or
     FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
@@ -328,10 +330,12 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     """
     from segmodels.cost import CostMeter, cost_metrics
     from segmodels.data.loader import PackedSplit, TrainLoader
+    from segmodels.matrix import run_config, variant_of
     from segmodels.models import build_model, count_parameters
     from segmodels.tracking import RunLogger, git_commit, tracking_uri
 
     out = Path(out)
+    cfg = run_config(cfg, model_name)
     data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
     t = cfg.train
     backbone, head, teacher_path = _check_inputs(cfg, model_name, data_dir)
@@ -409,7 +413,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
             logger = RunLogger(out, experiment=cfg.tracking.experiment, uri=tracking_uri(cfg.tracking.uri),
                                run_name=f"{model_name}-seed{seed}", flush_seconds=cfg.tracking.flush_seconds,
                                tags={"model": model_name, "seed": seed, "study": cfg.experiment}).start()
-            logger.log_params({**params, "model.backbone": backbone, "model.head": head, "model.params": n_params})
+            logger.log_params({**params, "model.backbone": backbone, "model.head": head, "model.params": n_params,
+                               "run.variant": variant_of(model_name)})
             logger.set_tags({
                 "git_commit": git_commit(), "torch_version": torch.__version__, "world_size": info.world_size,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -423,7 +428,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                 meter.images = t.iterations * t.batch_size  # what the final weights were trained on
             if info.is_main:
                 ckpt.save_atomic({
-                    "format": ckpt.CHECKPOINT_FORMAT, "model": plain.state_dict(), "backbone": backbone, "head": head,
+                    "format": ckpt.CHECKPOINT_FORMAT, "model": plain.state_dict(), "run": model_name,
+                    "backbone": backbone, "head": head,
                     "num_classes": cfg.model.num_classes, "output_stride": cfg.model.output_stride,
                     "aux": cfg.model.aux, "config": config_to_dict(cfg), "iteration": t.iterations,
                 }, out / "checkpoint.pt")

@@ -29,7 +29,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
-    p.add_argument("--model", required=True, help="model to train, {backbone}-{head}, e.g. resnet18-ppm")
+    p.add_argument("--model", required=True, help="run to train: a run name of the study's matrix, "
+                   "{backbone}-{head}[_tag...] (e.g. resnet18-ppm, resnet18-ppm_os16), or any {backbone}-{head}")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. results/study/resnet18-ppm/seed0")
     p.add_argument("--data", type=Path, help="packed dataset folder (default data/packed/{data.dataset})")
@@ -38,7 +39,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         dest="overrides",
         action="append",
         metavar="KEY=VALUE",
-        help="override a config key, value read as YAML (e.g. --set train.lr=0.02); repeatable",
+        help="override a key of the run's config, value read as YAML (e.g. --set train.lr=0.02); repeatable",
     )
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: train.device of the config)")
     p.add_argument(
@@ -52,11 +53,14 @@ def _run_train(args: argparse.Namespace) -> int:
     import signal
 
     from segmodels.config import load_config
+    from segmodels.matrix import run_config, with_overrides
 
     overrides = parse_overrides(args.overrides)
     if args.device:
         overrides["train.device"] = args.device
-    cfg = load_config(args.config, overrides)
+    cfg = run_config(load_config(args.config), args.model, where=str(args.config))  # the run's effective config
+    if overrides:  # the command line has the last word, over the run's own overrides too
+        cfg = with_overrides(cfg, overrides, where=f"{args.config} with --set")
     if cfg.train.deterministic:
         # Before torch starts its thread pools: a pool that shrinks under load changes summation order.
         for var in ("OMP_DYNAMIC", "MKL_DYNAMIC"):

@@ -12,7 +12,7 @@ rule benchmark:
     params:
         config=CONFIG_FILE,
         run=run_folder,
-        spec=section("benchmark"),
+        spec=run_section("benchmark"),
     resources:
         gpu=ALL_GPUS,
     threads: workflow.cores

@@ -1,6 +1,10 @@
 # Names and paths shared by the rules. No job logic here: every job is a `segmodels` call.
 import json
 import os
+import re
+
+from segmodels.config import study_from_dict
+from segmodels.matrix import expand_runs, run_sections
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -8,7 +12,8 @@ CONFIG_FILE = workflow.overwrite_configfiles[0] if workflow.overwrite_configfile
 
 EXP = config["experiment"]
 DATASET = config["data"]["dataset"]
-MODELS = config["models"]
+RUNS = {run.name: run for run in expand_runs(study_from_dict(config, where=CONFIG_FILE))}
+MODELS = list(RUNS)  # run names: {backbone}-{head}[_tag...], the matrix of models × axes expanded
 SEEDS = config.get("seeds", [0])
 
 ENV = "../../environment.yml"  # a software environment for --software-deployment-method conda
@@ -26,7 +31,7 @@ TEMPLATE = f"{workflow.basedir}/workflow/report/report.typ"  # from the checkout
 
 wildcard_constraints:
     exp=EXP,
-    model="|".join(MODELS),
+    model="|".join(re.escape(m) for m in MODELS),
     seed=r"\d+",
 
 
@@ -37,6 +42,12 @@ def all_runs(pattern):
 def section(*names):
     """The config sections a job depends on, as one string: a change re-runs that job (params trigger)."""
     return json.dumps({name: config.get(name) for name in names}, sort_keys=True)
+
+
+def run_section(*names):
+    """As section(), with the run's own overrides and axis values set: a change to one model's entry re-runs
+    that model's jobs only."""
+    return lambda wildcards: json.dumps(run_sections(config, RUNS[wildcards.model], *names), sort_keys=True)
 
 
 # A benchmark job takes every GPU the run was given, so no other GPU job runs beside it.

@@ -13,7 +13,7 @@ rule evaluate:
     params:
         config=CONFIG_FILE,
         run=run_folder,
-        spec=section("data", "evaluate"),
+        spec=run_section("data", "evaluate"),
     resources:
         gpu=1,
     conda:

@@ -14,7 +14,7 @@ rule train:
     params:
         config=CONFIG_FILE,
         run=run_folder,
-        recipe=section("data", "model", "train"),
+        recipe=run_section("data", "model", "train"),
         # More than one GPU for this job (e.g. the SLURM profile's set-resources): one process per GPU, DDP.
         launch=lambda wildcards, resources: (
             f"torchrun --standalone --nproc_per_node {resources.gpu} -m" if resources.gpu > 1 else ""

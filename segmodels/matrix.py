@@ -1,0 +1,248 @@
+"""The experiment matrix: a study's model entries and axes, expanded into named runs.
+
+An entry of ``models`` is one of
+
+- ``resnet18-ppm``: a {backbone}-{head} pair trained with the study's shared sections;
+- ``{resnet101-ppm: {train.iterations: 60}}``: a run with its own values of run-level keys (``model.*``,
+  ``train.*``, ``evaluate.*``, ``benchmark.*``), dotted or as nested mappings;
+- a name with ``_tag`` parts, ``resnet18-ppm_os16``: a variant with its own run folder; the architecture is
+  the part before the first ``_``, tags are letters, digits and dots (safe in paths, shells, Snakemake
+  wildcards and MLflow run names).
+
+``axes`` maps dotted run-level keys to lists of values; their cross product is applied to every entry and
+names the runs ``{entry}_{tag}``, one tag per axis in the order given (``resnet18-ppm_os16_crop256x512``).
+Precedence: the study's sections, then the axis values, then the entry's own overrides (the more specific
+wins). Every run's effective config is built through :func:`segmodels.config.from_dict`, so overrides are
+type-checked like the file itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from segmodels.config import ConfigError, StudyConfig, config_to_dict, flatten, from_dict, validate_config
+
+__all__ = [
+    "RUN_SECTIONS",
+    "RunSpec",
+    "arch_of",
+    "axis_tag",
+    "expand_runs",
+    "name_pattern",
+    "pair_of",
+    "reference_variant",
+    "run_config",
+    "run_names",
+    "run_sections",
+    "variant_of",
+    "with_overrides",
+    "with_variant",
+]
+
+RUN_SECTIONS = ("model", "train", "evaluate", "benchmark")  # what a model entry or an axis may set
+_TAG = r"[A-Za-z0-9.]+"
+_SHORT_KEYS = {"output_stride": "os", "crop_size": "crop", "iterations": "it", "batch_size": "bs", "lr": "lr",
+               "scale_range": "scale"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the matrix: its name, architecture and the dotted keys it sets over the study's sections."""
+
+    name: str  # {backbone}-{head}[_tag...]: run folder, Snakemake wildcard, MLflow run name
+    arch: tuple[str, str]  # (backbone, head)
+    overrides: dict[str, Any] = field(default_factory=dict)  # axis values, then the entry's own overrides
+
+    @property
+    def variant(self) -> str:
+        return variant_of(self.name)
+
+
+def name_pattern() -> str:
+    """The regular expression of a run name: ``^({backbones})-({heads})(_tag)*$``."""
+    from segmodels.models import BACKBONES, HEADS  # light: the registry only
+
+    return f"^({'|'.join(BACKBONES)})-({'|'.join(HEADS)})(_{_TAG})*$"
+
+
+def arch_of(name: str) -> tuple[str, str]:
+    """``"resnet18-ppm_os16"`` → ``("resnet18", "ppm")``; anything else raises ValueError listing the parts."""
+    from segmodels.models import BACKBONES, HEADS
+
+    match = re.fullmatch(name_pattern(), str(name))
+    if match is None:
+        raise ValueError(
+            f"unknown model '{name}': expected {{backbone}}-{{head}}[_tag...] with backbone one of "
+            f"{', '.join(BACKBONES)}, head one of {', '.join(HEADS)}, tags of letters, digits and dots"
+        )
+    return match.group(1), match.group(2)
+
+
+def pair_of(name: str) -> str:
+    """``"resnet18-ppm_os16"`` → ``"resnet18-ppm"``."""
+    return str(name).partition("_")[0]
+
+
+def variant_of(name: str) -> str:
+    """``"resnet18-ppm_os16_crop256x512"`` → ``"os16_crop256x512"``; ``""`` for a plain pair."""
+    return str(name).partition("_")[2]
+
+
+def with_variant(pair: str, variant: str) -> str:
+    """``("resnet18-ppm", "os16")`` → ``"resnet18-ppm_os16"``; an empty variant gives the pair."""
+    return f"{pair}_{variant}" if variant else pair
+
+
+def reference_variant(names: Sequence[str]) -> str:
+    """The variant the fixed comparisons (backbones under PPM, context modules on ResNet18) are drawn from:
+    the plain runs when there are any, else the variant of the first run."""
+    names = list(names)
+    if not names or any(not variant_of(n) for n in names):
+        return ""
+    return variant_of(names[0])
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(_value_text(v) for v in value)
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    return str(value)
+
+
+def axis_tag(key: str, value: Any) -> str:
+    """The name tag of one axis value: ``("train.crop_size", [256, 512])`` → ``"crop256x512"``."""
+    leaf = key.rsplit(".", 1)[-1]
+    return _SHORT_KEYS.get(leaf, leaf.replace("_", "")) + _value_text(value)
+
+
+def _run_level(keys: Sequence[str], what: str) -> None:
+    for key in keys:
+        if "." not in key or key.split(".")[0] not in RUN_SECTIONS:
+            raise ConfigError(
+                f"{what}: '{key}' is not a run-level key; a model entry or an axis may set "
+                f"{', '.join(s + '.*' for s in RUN_SECTIONS)}"
+            )
+
+
+def _entry(entry: Any, index: int, where: str) -> tuple[str, dict[str, Any]]:
+    """(name, dotted overrides) of one item of ``models``."""
+    if isinstance(entry, str):
+        return entry, {}
+    if not isinstance(entry, Mapping) or len(entry) != 1:
+        raise ConfigError(f"{where}: 'models[{index}]' must be a name or a one-key mapping "
+                          f"{{name: {{key: value}}}}, got {entry!r}")  # fmt: skip
+    ((name, overrides),) = entry.items()
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where}: model entry '{name}': overrides must be a mapping of dotted keys to values, "
+                          f"got {overrides!r}")  # fmt: skip
+    return str(name), flatten(dict(overrides))
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: unknown key '{dotted}'")
+    node[leaf] = copy.deepcopy(value)
+
+
+def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any], *, where: str = "config") -> StudyConfig:
+    """A copy of ``cfg`` with dotted keys set, type-checked and validated as a config file is."""
+    data = config_to_dict(cfg)
+    for key, value in overrides.items():
+        _set(data, key, value, where)
+    out = from_dict(StudyConfig, data, where=where)
+    validate_config(out, where)
+    return out
+
+
+def _effective(cfg: StudyConfig, spec: RunSpec, where: str) -> StudyConfig:
+    """The config of one run: a study of that run alone (``models: [name]``, no axes)."""
+    return with_overrides(cfg, {"models": [spec.name], "axes": {}, **spec.overrides}, where=where)
+
+
+def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
+    """Every run of the study, entries in order and the axes' cross product within each entry.
+
+    Raises ConfigError naming ``where``, the entry and the key for a bad name, a key outside the run-level
+    sections, an unknown key, a value of the wrong type, or two runs of the same name.
+    """
+    from segmodels.models import BACKBONES, HEADS
+
+    if not cfg.models:
+        raise ConfigError(f"{where}: 'models' is empty; list at least one {{backbone}}-{{head}}")
+    axes = dict(cfg.axes or {})
+    _run_level(list(axes), f"{where}: axes")
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"{where}: axis '{key}' lists no values")
+        for value in values:
+            if not re.fullmatch(_TAG, tag := axis_tag(key, value)):
+                raise ConfigError(f"{where}: axis '{key}': value {value!r} gives the name tag '{tag}'; "
+                                  "tags may hold letters, digits and dots only")  # fmt: skip
+    combos = list(itertools.product(*[[(key, v) for v in values] for key, values in axes.items()]))
+    runs: list[RunSpec] = []
+    seen: dict[str, str] = {}
+    for index, item in enumerate(cfg.models):
+        entry, own = _entry(item, index, where)
+        try:
+            arch = arch_of(entry)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: model '{entry}' is not {{backbone}}-{{head}}[_tag...]; backbones: {', '.join(BACKBONES)}; "
+                f"heads: {', '.join(HEADS)}; tags: letters, digits and dots"
+            ) from None
+        _run_level(list(own), f"{where}: model entry '{entry}'")
+        for combo in combos:
+            name = "_".join([entry, *(axis_tag(k, v) for k, v in combo)])
+            if name in seen:
+                raise ConfigError(f"{where}: run '{name}' appears twice (from model entries '{seen[name]}' and "
+                                  f"'{entry}'); run names must be unique")  # fmt: skip
+            seen[name] = entry
+            spec = RunSpec(name, arch, {**dict(combo), **own})
+            _effective(cfg, spec, f"{where}: model entry '{entry}'" + (f", run '{name}'" if name != entry else ""))
+            runs.append(spec)
+    return runs
+
+
+def run_names(cfg: StudyConfig) -> list[str]:
+    """The names of every run of the study, in matrix order."""
+    return [run.name for run in expand_runs(cfg)]
+
+
+def run_config(cfg: StudyConfig, name: str, *, where: str = "config") -> StudyConfig:
+    """The effective config of run ``name``: the study's sections with its axis values and overrides set.
+
+    A plain {backbone}-{head} outside the matrix gets the shared sections; a tagged name outside it raises
+    ValueError listing the study's runs. Applied to a run's own effective config, it changes nothing.
+    """
+    runs = {run.name: run for run in expand_runs(cfg, where=where)}
+    if name in runs:
+        spec = runs[name]
+    elif not variant_of(name):
+        spec = RunSpec(name, arch_of(name))
+    else:
+        arch_of(name)  # a malformed name: say so first
+        raise ValueError(f"run '{name}' is not in the study ({where}); its runs: {', '.join(runs)}")
+    return _effective(cfg, spec, where)
+
+
+def run_sections(data: Mapping[str, Any], run: RunSpec, *sections: str) -> dict[str, Any]:
+    """The named sections of a parsed study file with ``run``'s overrides set, keys the file leaves out left out
+    (a plain run's sections are the file's own): what Snakemake compares to decide that a run's job is stale."""
+    out = {name: copy.deepcopy(data.get(name)) for name in sections}
+    for key, value in run.overrides.items():
+        section = key.split(".")[0]
+        if section in out:
+            if out[section] is None:
+                out[section] = {}
+            _set(out, key, value, "run_sections")
+    return out
