@@ -109,6 +109,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"train": {"iterations": 1.5}}, "'train.iterations' must be int"),
         ({"train": {"crop_size": [64]}}, "'train.crop_size' must be [height, width]"),
         ({"model": {"output_stride": 4}}, "'model.output_stride' must be 8, 16 or 32"),
+        ({"model": {"bn_momentum": 1.5}}, "'model.bn_momentum' must lie in (0, 1] or be null, got 1.5"),
         ({"data": {"source": "kitti"}}, "'data.source' must be synthetic or cityscapes"),
         ({"models": []}, "'models' is empty"),
     ],

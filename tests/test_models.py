@@ -190,6 +190,15 @@ def test_head_options_reach_the_head() -> None:
         build_model("mobilenetv2", "ppm", head_options={"rates": (1, 2)})
 
 
+def test_bn_momentum_reaches_every_batchnorm() -> None:
+    def momenta(model: torch.nn.Module) -> set[float]:
+        return {m.momentum for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+    assert 0.01 in momenta(build_model("mobilenetv3", "fcn"))  # torchvision's own, kept when not asked
+    assert momenta(build_model("mobilenetv3", "ppm", bn_momentum=0.1)) == {0.1}
+    assert momenta(build_model("resnet18", "ocr", bn_momentum=0.05)) == {0.05}
+
+
 def test_registry() -> None:
     assert set(BACKBONE_SPECS) == set(BACKBONES) and set(HEAD_BUILDERS) == set(HEADS)
     names = list_models()
@@ -204,6 +213,7 @@ def test_registry() -> None:
         ({"head": "unet"}, "unknown head 'unet'; valid: ppm, aspp, ocr, fcn"),
         ({"output_stride": 4}, "output_stride must be one of 8, 16, 32, got 4"),
         ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),
+        ({"bn_momentum": 0.0}, r"bn_momentum must lie in \(0, 1\] or be None, got 0.0"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:

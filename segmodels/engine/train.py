@@ -360,7 +360,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
         _seed_everything(seed, t.deterministic)
         speed.apply_backend_flags(deterministic=t.deterministic)
         model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=cfg.model.aux, pretrained=cfg.model.pretrained)
+                            aux=cfg.model.aux, pretrained=cfg.model.pretrained, bn_momentum=cfg.model.bn_momentum)
         n_params = count_parameters(model)
         if t.sync_bn and info.enabled and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -33,7 +33,9 @@ MobileNetV3-Large: what a correct stride-8 segmentation backbone needs, and what
 * What must stay intact. Squeeze-and-excitation and hardswish are part of what the ImageNet weights
   compute: dropping SE or swapping hardswish for ReLU (both common to "simplify" the network or speed it
   up) leaves the pretrained weights computing something they were not trained for. Its BatchNorms keep
-  torchvision's eps 1e-3 and momentum 0.01 (slow running statistics; fine over a full schedule).
+  torchvision's eps 1e-3; their momentum of 0.01 is the constructor's, and training sets every backbone's to
+  ``model.bn_momentum`` (0.1): with 0.01 the running statistics trail the weights for hundreds of steps,
+  and a short schedule evaluates with statistics of a network that no longer exists.
 * Why it is not faster than MobileNetV2 here. The backbone is not the problem: at output stride 8 and
   1024×512 it costs 24 GFLOPs against MobileNetV2's 31 (``count_flops``, a multiply-add counted as 2).
   The head is: the 960-channel "out" map feeds it at 1/8 resolution, so PPM's fusing 3×3 convolution
