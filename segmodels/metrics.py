@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "batch_confusion", "class_names_for", "compute_metrics"]
+__all__ = ["ConfusionMatrix", "batch_confusion", "class_names_for", "compute_metrics", "majority_baseline"]
 
 
 def batch_confusion(
@@ -154,3 +154,15 @@ def compute_metrics(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str
         "class_names": names,
         "labelled_pixels": int(labelled),
     }
+
+
+def majority_baseline(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The scores of a constant prediction of the most frequent true class, from any model's confusion matrix
+    (its row sums are the ground truth): the chance level a trained model has to clear. Adds ``class``, the
+    name of the predicted class."""
+    m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
+    truth = m.astype(np.float64).sum(axis=1)
+    constant = np.zeros((len(truth), len(truth)))
+    constant[:, int(np.argmax(truth))] = truth
+    scores = compute_metrics(constant, class_names)
+    return {**scores, "class": scores["class_names"][int(np.argmax(truth))]}

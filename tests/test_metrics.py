@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segmodels.metrics import ConfusionMatrix, batch_confusion, compute_metrics
+from segmodels.metrics import ConfusionMatrix, batch_confusion, compute_metrics, majority_baseline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,6 +58,16 @@ def test_perfect_and_empty():
     assert out["miou"] == 1.0 and out["macc"] == 1.0 and out["allacc"] == 1.0 and out["absent"] == ["y"]
     empty = compute_metrics(np.zeros((3, 3)), ["x", "y", "z"])
     assert math.isnan(empty["miou"]) and math.isnan(empty["allacc"]) and empty["absent"] == ["x", "y", "z"]
+
+
+def test_majority_baseline_predicts_the_most_frequent_true_class():
+    m = np.array([[50, 10, 0], [5, 20, 5], [0, 0, 10]])  # truth rows: 60, 30, 10 pixels
+    base = majority_baseline(m, ["road", "car", "sky"])
+    assert base["class"] == "road"
+    assert base["allacc"] == pytest.approx(0.6)
+    # road: IoU 60/100; car and sky: predicted nowhere but present, IoU 0 → mIoU 0.2
+    assert base["miou"] == pytest.approx(0.2) and base["iou"] == pytest.approx([0.6, 0.0, 0.0])
+    assert base["macc"] == pytest.approx(1 / 3)
 
 
 def test_batch_confusion_per_image_and_bad_labels():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 from pypdf import PdfReader
@@ -13,10 +14,15 @@ from test_figures import FAKE_MODELS, fabricate_results
 from segmodels.config import StudyConfig
 from segmodels.figures import make_figures
 from segmodels.findings import findings
+from segmodels.metrics import majority_baseline
 from segmodels.report import DEFAULT_TEMPLATE, report_data, write_report
 from segmodels.report_cli import COMMANDS
 from segmodels.results_files import BACKBONE_LABELS, Study, display_name
 from segmodels.stats import Comparison
+
+
+def _by_title(found: list[dict[str, str]]) -> dict[str, str]:
+    return {f["title"]: f["text"] for f in found}
 
 
 def _text(pdf) -> str:
@@ -55,8 +61,14 @@ def test_every_model_row_has_its_numbers(built):
 
 
 def test_findings_are_computed_from_the_numbers(built):
-    _, _, _, out, s = built
+    cfg, results, _, out, s = built
     text = " ".join(_text(out).split())
+    first = s.index[s["status"] != "missing"][0]
+    base = majority_baseline(np.load(results / cfg.experiment / first / "seed0" / "confusion.npy"))
+    assert (f"Predicting {base['class']}, the most frequent class of the validation labels, everywhere scores "
+            f"{base['miou'] * 100:.2f} mIoU") in text  # fmt: skip
+    low = s["miou"].idxmin()
+    assert f"the models score from {s.at[low, 'miou']:.2f} ({display_name(low)}, " in text
     speedup = s.at["resnet50-ppm", "latency_ms"] / s.at["mobilenetv2-ppm", "latency_ms"]
     drop = s.at["resnet50-ppm", "miou"] - s.at["mobilenetv2-ppm", "miou"]
     assert f"runs {speedup:.2f}× faster than ResNet50-PPM" in text
@@ -123,14 +135,23 @@ def test_earlier_study_numbers_reproduce_its_claims(tmp_path):
     assert by_title["MobileNetV3"] == "Not available, inputs missing: MobileNetV3-PPM (not among this study's models)."
 
 
+def test_mobilenet_sentence_says_which_way_the_difference_goes(tmp_path):
+    inverted = _study(tmp_path, {"resnet50-ppm": (10.0, 60.0, 9.0), "mobilenetv2-ppm": (11.0, 8.0, 1.0)})
+    text = _by_title(findings(inverted))["MobileNetV2 against ResNet50"]
+    assert "7.50× faster than ResNet50-PPM (8.0 vs 60.0 ms) and, against expectation, gains 1.00 mIoU points" in text
+    assert "(10.00 → 11.00, +10.0 % relative)" in text and "-" not in text.split("points")[1]
+    usual = _study(tmp_path, {"resnet50-ppm": (60.0, 60.0, 9.0), "mobilenetv2-ppm": (57.0, 8.0, 1.0)})
+    assert "for a drop of 3.00 mIoU points (60.00 → 57.00, -5.0 % relative)" in _by_title(findings(usual))["MobileNetV2 against ResNet50"]
+
+
 def test_mobilenetv3_sentence_follows_its_numbers(tmp_path):
     slower = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (57.0, 30.0, 16.0)})
-    text = findings(slower)[3]["text"]
+    text = _by_title(findings(slower))["MobileNetV3"]
     assert "(-2.00 against MobileNetV2-PPM) at 30.0 ms (1.50× MobileNetV2's), slower and less accurate" in text
     assert "1.60× MobileNetV2's: the extra arithmetic covers all of the extra time" in text
     assert "is off the study's mIoU-latency Pareto front" in text
     faster = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (60.0, 15.0, 8.0)})
-    text = findings(faster)[3]["text"]
+    text = _by_title(findings(faster))["MobileNetV3"]
     assert "it is faster and more accurate" in text and "lies on the study's" in text
 
 
@@ -185,7 +206,7 @@ def test_significance_wording_follows_the_interval(tmp_path):
 
     # The same ranking with a clear lead: significant; stored the other way round, the comparison is flipped.
     clear = [Comparison("resnet18-aspp", "resnet18-ppm", -0.80, -1.20, -0.41)]
-    context = findings(_study(tmp_path, EARLIER_ROWS, clear))[2]["text"]
+    context = _by_title(findings(_study(tmp_path, EARLIER_ROWS, clear)))["Context modules"]
     assert "lead over the runner-up is 0.80 points (95% CI [+0.41, +1.20]: significant)" in context
     assert "not distinguishable" not in context and "Of the" not in context  # one pair only: nothing to add
 
