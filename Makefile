@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 CORES  ?= all
+# Slots of the `gpu` resource: one per NVIDIA GPU; on a machine without one, one per CPU core, so that the
+# GPU jobs (train, evaluate; one thread each there) share the cores instead of queueing for a GPU that is not there.
+GPUS   ?= $(shell n=$$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true); [ "$${n:-0}" -gt 0 ] && echo $$n || nproc)
 PIP_QUIET ?= -q
 SHELL  := bash
 .SHELLFLAGS := -eo pipefail -c
@@ -24,7 +27,7 @@ $(STAMP): pyproject.toml
 
 # The rules call `segmodels`, so the environment's bin/ goes first on PATH.
 run: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=1 \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS) \
 		--configfile $(CONFIG) --rerun-incomplete --show-failed-logs
 
 test: setup
