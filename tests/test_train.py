@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from segmodels.cli import main
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.losses import cross_entropy, distillation_loss, segmentation_loss
-from segmodels.engine.train import Stepper, build_optimizer, param_groups, poly_lr, run_params, speed_settings, train
+from segmodels.engine.step import Stepper, build_optimizer, param_groups, poly_lr, speed_settings
+from segmodels.engine.train import run_params, train
 from segmodels.engine.train_cli import parse_overrides
 from segmodels.tracking import read_run_id
 

@@ -1,6 +1,6 @@
 """``segmodels bench-train``: training throughput with the speed features on and off, in one process.
 
-Both variants run the training step of :mod:`segmodels.engine.train` (same model, same
+Both variants run the training step of :mod:`segmodels.engine.step` (same model, same
 initial weights, same batches) on random data already on the device, so the numbers measure
 the step itself and not the data pipeline. "Off" means float32, contiguous (NCHW) tensors, no
 cudnn.benchmark/TF32, a per-tensor SGD and a loss read back after every step.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from segmodels.config import StudyConfig, load_config
-from segmodels.engine.train import SpeedSettings, Stepper, build_optimizer, speed_settings
+from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
 
 __all__ = ["bench_train", "main"]
 

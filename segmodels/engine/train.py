@@ -22,14 +22,11 @@ Files in the run folder (``--out``):
   segments (:mod:`segmodels.cost`); also ``cost/train_*`` metrics and a ``cost.train_device`` tag of the
   MLflow run.
 
-On a GPU: mixed precision (bf16 where supported, else fp16 with a gradient scaler), channels_last,
-cudnn.benchmark and TF32, a fused SGD, optional torch.compile; the host waits for the device only
-at logging, validation and checkpoint iterations (losses are summed on the device).
+The optimisation step and the GPU speed features are in :mod:`segmodels.engine.step`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -41,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.config import StudyConfig, TrainConfig, config_to_dict, flatten
+from segmodels.config import StudyConfig, config_to_dict, flatten
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.distributed import (
     DistInfo,
@@ -51,19 +48,20 @@ from segmodels.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from segmodels.engine.losses import distillation_loss, segmentation_loss
+from segmodels.engine.step import (
+    Stepper,
+    build_optimizer,
+    first_nonfinite_step,
+    poly_lr,
+    speed_settings,
+    state_is_finite,
+)
 
 __all__ = [
     "LOG_COLUMNS",
     "NonFiniteLossError",
-    "SpeedSettings",
-    "Stepper",
     "TrainResult",
-    "build_optimizer",
-    "param_groups",
-    "poly_lr",
     "run_params",
-    "speed_settings",
     "train",
 ]
 
@@ -73,114 +71,6 @@ LOG_COLUMNS = ("iteration", "loss", "loss_main", "loss_aux", "loss_regions", "lo
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good state."""
-
-
-# --- the recipe ---------------------------------------------------------------------------------
-
-
-def poly_lr(
-    step: int, *, base_lr: float, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1
-) -> float:
-    """Learning rate at ``step`` (0-based): base·(1 − step/total)^power, ramped up linearly during warm-up.
-
-    Poly decay as in DeepLab (Chen et al. 2017); the warm-up starts at ``warmup_ratio`` of that value
-    and reaches it at ``warmup_iters``, as mmsegmentation's linear warm-up.
-    """
-    lr = base_lr * (1.0 - min(step, total) / total) ** power
-    if step < warmup_iters:
-        lr *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
-    return lr
-
-
-def param_groups(model: nn.Module, *, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """SGD groups: backbone/head × decayed/not. Norm weights and biases (1-d tensors) get no decay."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups.setdefault((name.startswith("backbone."), param.ndim > 1), []).append(param)
-    return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_mult": 1.0 if bb else head_lr_mult}
-        for (bb, decay), params in sorted(groups.items(), reverse=True)
-    ]
-
-
-def build_optimizer(model: nn.Module, tcfg: TrainConfig, *, fused: bool = False, foreach: bool = True):
-    """SGD with momentum over :func:`param_groups`; ``fused`` (CUDA) runs one kernel for all tensors."""
-    groups = param_groups(model, weight_decay=tcfg.weight_decay, head_lr_mult=tcfg.head_lr_mult)
-    kwargs = {"fused": True} if fused else {"foreach": foreach}
-    return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, **kwargs)
-
-
-@dataclass(frozen=True)
-class SpeedSettings:
-    amp_dtype: torch.dtype | None = None  # autocast dtype, None: float32
-    channels_last: bool = False
-    cudnn_benchmark: bool = False  # also allows TF32 matmuls and convolutions
-    fused_optimizer: bool = False  # one fused SGD kernel (CUDA); otherwise foreach or per-tensor
-    foreach: bool = False
-    compile: bool = False
-    sync_every_step: bool = False  # read the loss on the host after every step (the slow way)
-
-    def apply_backend_flags(self, *, deterministic: bool = False) -> None:
-        fast = self.cudnn_benchmark and not deterministic
-        torch.backends.cudnn.benchmark = fast
-        torch.backends.cuda.matmul.allow_tf32 = fast
-        torch.backends.cudnn.allow_tf32 = fast
-
-
-def speed_settings(tcfg: TrainConfig, device: torch.device, *, off: bool = False) -> SpeedSettings:
-    """What the config switches on for ``device``; ``off=True`` gives the plain loop for comparison.
-
-    The GPU features stay off on the CPU: bfloat16 autocast is slower than float32 on CPUs
-    without native bf16 units, and channels_last was no faster for mobilenetv2-fcn and 1.4x slower
-    for resnet18-fcn in a CPU training step here; the CPU keeps the foreach SGD and the sync-free loop.
-    """
-    if off:
-        return SpeedSettings(sync_every_step=True)
-    cuda = device.type == "cuda"
-    from segmodels.engine.inference import amp_dtype
-
-    return SpeedSettings(
-        amp_dtype=amp_dtype(device) if tcfg.amp and cuda else None,
-        channels_last=tcfg.channels_last and cuda,
-        cudnn_benchmark=cuda,
-        fused_optimizer=cuda,
-        foreach=True,
-        compile=tcfg.compile,
-    )
-
-
-class Stepper:
-    """One optimisation step: forward under autocast, losses, (scaled) backward, SGD step."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, tcfg: TrainConfig, *,
-                 amp_dtype: torch.dtype | None, device_type: str, teacher: nn.Module | None = None) -> None:
-        self.model, self.optimizer, self.scaler, self.tcfg = model, optimizer, scaler, tcfg
-        self.amp_dtype, self.device_type, self.teacher = amp_dtype, device_type, teacher
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.amp_dtype)
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, dict]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        t = self.tcfg
-        with self.autocast():
-            outputs = self.model(images)
-            loss, parts = segmentation_loss(outputs, labels, aux_weight=t.aux_weight, region_weight=t.region_weight)
-            if self.teacher is not None:
-                with torch.no_grad():
-                    target = self.teacher(images)["out"]
-                kd = distillation_loss(outputs["out"], target, labels, temperature=t.distill_temperature)
-                parts["distill"] = kd.detach()
-                loss = loss + t.distill_weight * kd
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), parts
 
 
 # --- progress ----------------------------------------------------------------------------------
@@ -296,25 +186,6 @@ def _validate(model: nn.Module, split: Any, cfg: StudyConfig, device: torch.devi
     model.train()
     scores = compute_metrics(matrix.reduce_().matrix)
     return {"val_miou": float(scores["miou"]), "val_allacc": float(scores["allacc"])}
-
-
-def _first_bad(bad_step: torch.Tensor, info: DistInfo) -> int:
-    """The first step on any rank whose loss was not finite, or -1 (one host–device sync)."""
-    never = torch.iinfo(torch.int64).max
-    value = torch.where(bad_step < 0, torch.full_like(bad_step, never), bad_step)
-    if info.enabled:
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    first = int(value.item())
-    return -1 if first == never else first
-
-
-def _state_finite(model: nn.Module, info: DistInfo) -> bool:
-    """Weights and buffers (BatchNorm statistics too) hold no NaN or inf, on every rank; one sync."""
-    tensors = [v for v in model.state_dict().values() if v.is_floating_point()]
-    ok = torch.stack([v.isfinite().all() for v in tensors]).all().to(torch.int32)
-    if info.enabled:
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-    return bool(ok.item())
 
 
 def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, data_dir: str | Path | None = None,
@@ -499,8 +370,8 @@ class _Loop:
                 is_ckpt = iteration % t.ckpt_every == 0 or iteration == total
                 if not (is_log or is_ckpt):
                     continue
-                first = _first_bad(bad_step, info)
-                if first < 0 and is_ckpt and not _state_finite(self.plain, info):
+                first = first_nonfinite_step(bad_step, info)
+                if first < 0 and is_ckpt and not state_is_finite(self.plain, info):
                     first = step  # finite loss, but the update overflowed: this state is not kept
                 if first >= 0:
                     raise NonFiniteLossError(
