@@ -6,340 +6,32 @@ Typst (the PyPI ``typst`` package, its embedded fonts only, so the result needs 
 network) and replaces the PDF atomically. A model without results is listed as missing, and a finding
 whose inputs are missing says so, so a partial study still gives a report.
 
-Every mIoU carries its paired bootstrap interval over the validation images and every discussed
-difference its verdict (:mod:`segmodels.stats`); every model its training cost (:mod:`segmodels.cost`).
+The tables, with their intervals, verdicts and costs, are built in :mod:`segmodels.report_tables`.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import math
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from segmodels.config import StudyConfig
-from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY, findings
-from segmodels.matrix import arch_of, variant_of
-from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name, load_study
+from segmodels.findings import findings
+from segmodels.report_tables import earlier_table, result_tables, uncertainty_section
+from segmodels.results_files import Study, display_name, load_study
 
 __all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "workflow" / "report" / "report.typ"
 
-_SHORT = {"resnet18": "R18", "resnet50": "R50", "resnet101": "R101", "mobilenetv2": "MNv2", "mobilenetv3": "MNv3"}
 # % of the text width; the others use all of it
 _FIGURE_WIDTH = {"miou_latency": 85, "confusion": 72, "miou_cost": 85, "differences": 85}
-_METRIC_HEADER = ("mIoU", "CI", "mAcc", "allAcc", "Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Train cost",
-                  "Status")  # fmt: skip
 _LIBRARIES = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "seaborn", "mlflow", "typst")
-
-
-def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}{suffix}"
-
-
-def _column(values: Sequence[float | None], digits: int = 2, best: str | None = "max") -> list[dict[str, Any]]:
-    """Cells of one table column; the best finite value (max or min) is marked bold, ties included.
-
-    Nothing is marked when the shown values are all equal: there is no best then."""
-    shown = {round(v, digits) for v in values if v is not None and math.isfinite(v)}
-    target = (max if best == "max" else min)(shown) if best and len(shown) > 1 else None
-    return [
-        {"t": _fmt(v, digits), "b": v is not None and target is not None and round(v, digits) == round(target, digits)}
-        for v in values
-    ]
-
-
-def _text(values: Sequence[str]) -> list[dict[str, Any]]:
-    return [{"t": v, "b": False} for v in values]
-
-
-def _table(title: str, header: list[str], columns: list[list[dict]], align: str, note: str = "") -> dict[str, Any]:
-    return {
-        "title": title,
-        "header": header,
-        "rows": [list(r) for r in zip(*columns, strict=True)],
-        "align": align,
-        "note": note,
-    }
-
-
-def _miou_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
-    """mIoU-like column: mean, ± std when more than one seed, bold at the best mean."""
-    cells = _column([study.value(m, key) for m in models])
-    for cell, m in zip(cells, models, strict=True):
-        if (study.value(m, "seeds") or 0) > 1 and study.value(m, f"{key}_std") is not None:
-            cell["t"] += f" ± {study.value(m, f'{key}_std'):.2f}"
-    return cells
-
-
-def _level(study: Study) -> str:
-    return f"{study.cfg.stats.confidence * 100:g}%"
-
-
-def _ci_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
-    """``lo–hi`` of a score's bootstrap interval, – where none was computed."""
-    cells = []
-    for m in models:
-        lo, hi = study.value(m, f"{key}_lo"), study.value(m, f"{key}_hi")
-        cells.append({"t": "–" if lo is None or hi is None else f"{lo:.2f}–{hi:.2f}", "b": False})
-    return cells
-
-
-def _hours(value: float | None, unit: str = "") -> str:
-    return "–" if value is None else f"{value:.3g}{' ' + unit if unit else ''}"
-
-
-def _cost_column(study: Study, models: list[str]) -> tuple[str, list[dict[str, Any]]]:
-    """Header and cells of the training cost; the unit goes to the header when all rows share it."""
-    costs = [study.train_cost(m) for m in models]
-    units = {c[1] for c in costs if c}
-    if len(units) == 1:
-        return f"Train ({units.pop()})", _text([_hours(c[0]) if c else "–" for c in costs])
-    return "Train cost", _text([_hours(*c) if c else "–" for c in costs])
-
-
-def _metric_table(study: Study, models: list[str], title: str, first: list[tuple[str, list[str]]], note: str) -> dict:
-    v = study.value
-    cost = _cost_column(study, models)
-    columns = [_text(values) for _, values in first] + [
-        _miou_cells(study, models, "miou"),
-        _ci_cells(study, models, "miou"),
-        _miou_cells(study, models, "macc"),
-        _miou_cells(study, models, "allacc"),
-        _column([v(m, "latency_ms") for m in models], 1, "min"),
-        _column([v(m, "miou_per_speed") for m in models], 2, "max"),
-        _column([v(m, "params_m") for m in models], 1, "min"),
-        _column([v(m, "gflops") for m in models], 1, "min"),
-        cost[1],
-        _text([str(study.summary.at[m, "status"]) for m in models]),
-    ]
-    names = {"CI": f"{_level(study)} CI", "Train cost": cost[0]}
-    header = [h for h, _ in first] + [names.get(h, h) for h in _METRIC_HEADER]
-    return _table(title, header, columns, "l" * len(first) + "r" * 9 + "l", note)
-
-
-def _tables(study: Study) -> list[dict[str, Any]]:
-    models = list(study.summary.index)
-    names = [(BACKBONE_LABELS.get(b, b), HEAD_LABELS.get(h, h)) for b, h in (arch_of(m) for m in models)]
-    first = [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])]
-    if any(variant_of(m) for m in models):
-        first.append(("Variant", [variant_of(m).replace("_", " ") for m in models]))
-    speed_note = (
-        "mIoU, mAcc, allAcc in %, mean ± std over seeds; CI: bootstrap interval of the mIoU over validation images; "
-        "latency: median, batch 1; mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process "
-        "CPU-hours (CPU-h)."
-    )
-    tables = [
-        _metric_table(
-            study,
-            models,
-            "Performance summary",
-            first,
-            speed_note,
-        )
-    ]
-    context = [m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if m in models]
-    if context:
-        heads = [HEAD_LABELS[arch_of(m)[1]] for m in context]
-        tables.append(_metric_table(study, context, "Context modules on ResNet18", [("Module", heads)], speed_note))
-    backbones = [m for m in (study.reference_run(f"{b}-ppm") for b in BACKBONE_LABELS) if m in models]
-    if backbones:
-        ref = study.value(study.reference_run("resnet50-ppm"), "latency_ms")
-        v = study.value
-        columns = [
-            _text([BACKBONE_LABELS[arch_of(m)[0]] for m in backbones]),
-            _column([v(m, "latency_ms") for m in backbones], 1, "min"),
-            _column([v(m, "latency_p90_ms") for m in backbones], 1, "min"),
-            _column([v(m, "fps") for m in backbones], 1, "max"),
-            _column([ref / v(m, "latency_ms") if ref and v(m, "latency_ms") else None for m in backbones], 2, "max"),
-            _column([v(m, "params_m") for m in backbones], 1, "min"),
-            _column([v(m, "gflops") for m in backbones], 1, "min"),
-            _column([v(m, "miou") for m in backbones], 2, "max"),
-            _column([v(m, "miou_per_speed") for m in backbones], 2, "max"),
-        ]
-        header = [
-            "Backbone",
-            "Median (ms)",
-            "p90 (ms)",
-            "FPS",
-            "Speed vs R50",
-            "Params (M)",
-            "GFLOPs",
-            "mIoU",
-            "mIoU/speed",
-        ]
-        tables.append(
-            _table(
-                "Efficiency of the backbones (PPM head)",
-                header,
-                columns,
-                "l" + "r" * 8,
-                "Speed vs R50: ResNet50-PPM's latency divided by the row's.",
-            )
-        )
-    tables.append(_per_class_table(study))
-    return tables
-
-
-def _short(model: str) -> str:
-    pair, _, variant = model.partition("_")
-    backbone, _, head = pair.partition("-")
-    return " ".join([_SHORT.get(backbone, backbone), HEAD_LABELS.get(head, head), *variant.split("_")]).strip()
-
-
-def _per_class_table(study: Study) -> dict[str, Any]:
-    from segmodels.data.labels import CLASS_NAMES
-
-    ious = {m: class_iou(study, m) for m in study.summary.index}
-    ious = {m: v for m, v in ious.items() if v is not None}
-    names = list(CLASS_NAMES)
-    rows = []
-    for c, name in enumerate(names):
-        values = [float(v[c]) if c < len(v) and math.isfinite(v[c]) else None for v in ious.values()]
-        rows.append(_text([name]) + _column(values, 1))
-    means = [study.value(m, "miou") for m in ious]
-    rows.append(_text(["mean (mIoU)"]) + _column(means, 1))
-    header = ["Class"] + [_short(m) for m in ious]
-    note = "IoU in %, mean over seeds; – : class absent from both truth and prediction. " + "; ".join(
-        f"{_short(m)} = {display_name(m)}" for m in ious
-    )
-    return {"title": "Per-class IoU", "header": header, "rows": rows, "align": "l" + "r" * len(ious), "note": note}
-
-
-def _earlier_table(study: Study) -> dict[str, Any]:
-    models = [m for m in EARLIER_STUDY if study.reference_run(m) in study.summary.index] or list(EARLIER_STUDY)
-    ours = [study.reference_run(m) for m in models]
-    pub = [EARLIER_STUDY[m] for m in models]
-    recomputed = [p["miou"] / p["latency_ms"] * 10 if "latency_ms" in p else None for p in pub]
-    columns = [
-        _text([display_name(m) for m in models]),
-        _column([p["miou"] for p in pub], 2, None),
-        _column([p.get("latency_ms") for p in pub], 0, None),
-        _column([p.get("miou_per_speed") for p in pub], 2, None),
-        _column(recomputed, 2, None),
-        _column([study.value(m, "miou") for m in ours], 2, None),
-        _column([study.value(m, "latency_ms") for m in ours], 1, None),
-        _column([study.value(m, "miou_per_speed") for m in ours], 2, None),
-    ]
-    header = ["Model", "mIoU", "ms", "mIoU/speed printed", "mIoU/speed recomputed", "mIoU", "ms", "mIoU/speed"]
-    note = (
-        f"Earlier study: a different run on a different device ({EARLIER_DEVICE}, 1024×512); its numbers are "
-        "quoted as published and are not comparable one to one with this run's. Recomputed: mIoU / ms × 10."
-    )
-    table = _table("The earlier study's published table beside this run", header, columns, "l" + "r" * 7, note)
-    devices = study.devices()
-    table["groups"] = [
-        ["", 1],
-        [f"Earlier study ({EARLIER_DEVICE}, published)", 4],
-        [f"This run ({', '.join(devices) or 'no device recorded'})", 3],
-    ]
-    return table
-
-
-# --- uncertainty and cost ---------------------------------------------------------------------------------------
-
-
-def _interval_table(study: Study) -> dict[str, Any]:
-    v = study.value
-    models = [m for m in study.finished() if v(m, "miou_lo") is not None]
-    level = _level(study)
-
-    def dominant(m: str) -> str:
-        seed, image = v(m, "miou_std"), v(m, "miou_boot_std")
-        if (v(m, "seeds") or 0) < 2 or seed is None or image is None:
-            return "–"
-        return "seed" if seed > image else "images"
-
-    columns = [
-        _text([display_name(m) for m in models]),
-        _text([str(int(v(m, "seeds") or 0)) for m in models]),
-        _column([v(m, "miou") for m in models], 2, None),
-        _ci_cells(study, models, "miou"),
-        _ci_cells(study, models, "macc"),
-        _ci_cells(study, models, "allacc"),
-        _column([v(m, "miou_std") if (v(m, "seeds") or 0) > 1 else None for m in models], 2, None),
-        _column([v(m, "miou_boot_std") for m in models], 2, None),
-        _text([dominant(m) for m in models]),
-    ]
-    header = ["Model", "Seeds", "mIoU", f"mIoU {level} CI", f"mAcc {level} CI", f"allAcc {level} CI", "Seed std",
-              "Image std", "Dominant"]  # fmt: skip
-    st = study.cfg.stats
-    note = (
-        f"Percentile bootstrap over the validation images, {st.resamples} resamples (seed {st.seed}), the same image "
-        "sets for every model; with several seeds, the interval of the seed mean. Seed std: standard deviation of the "
-        "mIoU over training seeds; image std: standard deviation of the bootstrapped mIoU; dominant: the larger."
-    )
-    return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * 6 + "l", note)
-
-
-def _differences_table(study: Study) -> dict[str, Any]:
-    level = _level(study)
-    rows = study.comparisons
-    columns = [
-        _text([c.group for c in rows]),
-        _text([f"{display_name(c.a)} − {display_name(c.b)}" for c in rows]),
-        _text([f"{c.diff:+.2f}" for c in rows]),
-        _text([f"{c.lo:+.2f} to {c.hi:+.2f}" for c in rows]),
-        [{"t": "significant" if c.significant else "not distinguishable", "b": c.significant} for c in rows],
-    ]
-    header = ["Comparison", "Pair (a − b)", "mIoU diff.", f"{level} CI", "Verdict"]
-    note = (
-        "Paired bootstrap of the mIoU difference in points; significant only when the interval excludes zero. The "
-        "interval covers the choice of validation images, not of training seeds (see the seed std above)."
-    )
-    return _table("Pairwise mIoU differences", header, columns, "llrrl", note)
-
-
-def _cost_table(study: Study) -> dict[str, Any]:
-    v = study.value
-    models = [m for m in study.finished() if v(m, "train_hours") is not None or v(m, "eval_hours") is not None]
-    devices = [study.summary.at[m, "train_device"] if "train_device" in study.summary else None for m in models]
-    columns = [
-        _text([display_name(m) for m in models]),
-        _text([d if isinstance(d, str) else "–" for d in devices]),
-        _text([_hours(v(m, "train_hours")) for m in models]),
-        _text([_hours(v(m, "train_gpu_hours")) for m in models]),
-        _text([_hours(v(m, "train_cpu_hours")) for m in models]),
-        _text([f"{v(m, 'train_images'):,.0f}" if v(m, "train_images") is not None else "–" for m in models]),
-        _text([_hours(v(m, "energy_wh")) for m in models]),
-        _text([_hours(v(m, "eval_hours")) for m in models]),
-    ]
-    header = ["Model", "Trained on", "Train (h)", "GPU-h", "CPU-h", "Images", "Energy (Wh)", "Eval (h)"]
-    note = (
-        "One run, mean over seeds. Train (h): wall clock, resumed segments summed; GPU-h: wall hours × GPUs; CPU-h: "
-        "process CPU time; images: images the final weights were trained on; energy: GPU energy from NVML, – where "
-        "not measurable; eval: wall clock of the evaluation."
-    )
-    return _table("Cost", header, columns, "ll" + "r" * 6, note)
-
-
-def _uncertainty(study: Study) -> dict[str, Any]:
-    tables = []
-    if any(study.value(m, "miou_lo") is not None for m in study.finished()):
-        tables.append(_interval_table(study))
-    if study.comparisons:
-        tables.append(_differences_table(study))
-    if any(study.value(m, "train_hours") is not None or study.value(m, "eval_hours") is not None
-           for m in study.finished()):  # fmt: skip
-        tables.append(_cost_table(study))
-    titles = [t["title"] for t in tables]
-    missing = []
-    if not any(t.startswith("Scores with") for t in titles):
-        missing.append("no intervals: the runs have no confusion_per_image.npy (re-run 'segmodels evaluate')")
-    elif "Pairwise mIoU differences" not in titles:
-        missing.append("no pairwise differences: no pair the report discusses has intervals for both models")
-    if "Cost" not in titles:
-        missing.append("no cost: the runs have no cost.json or evaluation cost")
-    return {"tables": tables, "missing": missing}
-
-
-# --- everything else the template shows -------------------------------------------------------------------------
 
 
 def _dataset(cfg: StudyConfig, data_root: Path) -> str:
@@ -449,9 +141,9 @@ def report_data(
         "partial": partial,
         "notes": study.notes,
         "findings": findings(study),
-        "tables": _tables(study),
-        "uncertainty": _uncertainty(study),
-        "earlier": _earlier_table(study),
+        "tables": result_tables(study),
+        "uncertainty": uncertainty_section(study),
+        "earlier": earlier_table(study),
         "figures": [
             {"file": f"figures/{f['png']}", "caption": f["caption"], "width": _FIGURE_WIDTH.get(f["name"], 100)}
             for f in (index or {}).get("figures", [])
