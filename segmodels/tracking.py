@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_URI",
+    "HTTP_DEFAULTS",
     "OFFLINE_FILE",
     "RUN_ID_FILE",
     "RunLogger",
@@ -102,10 +103,23 @@ def _schema_ready(db: Path) -> bool:
         return False
 
 
+# MLflow retries a failed HTTP request 7 times with doubling waits, about 4 minutes, and lets one request take
+# 120 s: a job whose server is down would stall that long before going offline. These bounds (a few seconds
+# for a refused connection, at most ~90 s for a host that drops packets) apply unless the environment sets them.
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def _client(uri: str) -> Any:
     """A client whose store is open; a fresh SQLite file gets its schema here, one process at a time."""
     from mlflow import MlflowClient
 
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     db = _sqlite_path(uri)
     if db is None or _schema_ready(db):
         return MlflowClient(tracking_uri=uri)

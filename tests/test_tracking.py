@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from segmodels.cli import main
 from segmodels.tracking import (
+    HTTP_DEFAULTS,
     OFFLINE_FILE,
     RUN_ID_FILE,
     RunLogger,
@@ -148,6 +149,22 @@ def test_concurrent_jobs_into_a_fresh_sqlite_store_lose_nothing(tmp_path):
         for key, factor in (("a", 1.0), ("b", 2.0), ("c", -1.0)):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted((m.step, m.value) for m in history) == [(s, factor * s) for s in range(steps)]
+
+
+def test_a_down_server_is_given_up_on_with_bounded_retries(tmp_path, monkeypatch):
+    """MLflow's own defaults retry for about 4 minutes; the job goes offline after the bounded ones instead,
+    and a value the user exported is left as it is."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    for key in HTTP_DEFAULTS:
+        monkeypatch.setenv(key, "unset")  # recorded, so the teardown restores the original environment
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with pytest.warns(RuntimeWarning, match="not reachable"):
+        logger = RunLogger(tmp_path / "run", experiment="down", run_name="m-seed0").start()
+    assert logger.offline
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == HTTP_DEFAULTS["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
 
 
 def test_unreachable_server_goes_offline_and_sync_pushes_everything(tmp_path, unreachable_mlflow, _empty_mlflow_db):
