@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segmodels.atomic import write_atomic
+from segmodels.atomic import fsync_dir, write_atomic
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -230,3 +230,4 @@ class TrainLog:
     def finish(self) -> None:
         self._fh.close()
         os.replace(self.partial, self.final)
+        fsync_dir(self.final.parent)  # the rename itself survives a power cut
