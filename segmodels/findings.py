@@ -14,11 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from segmodels.matrix import arch_of
 from segmodels.metrics import majority_baseline
-from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, pareto_front, read_metrics
+from segmodels.results_files import (
+    BACKBONE_LABELS,
+    HEAD_LABELS,
+    Study,
+    display_name,
+    pareto_front,
+    read_confusion,
+    read_metrics,
+)
 
 __all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings"]
 
@@ -279,11 +285,11 @@ def _finding_uncertainty(study: Study) -> str:
 
 
 def _finding_chance(study: Study) -> str:
-    base = next((majority_baseline(np.load(run / "confusion.npy", allow_pickle=False))
-                 for model in study.finished() for run in study.runs(model) if (run / "confusion.npy").is_file()),
-                None)  # fmt: skip
-    if base is None:
+    matrices = (read_confusion(run / "confusion.npy") for model in study.finished() for run in study.runs(model))
+    matrix = next((m for m in matrices if m is not None), None)
+    if matrix is None:
         return "Not available: no run folder holds a confusion.npy (written by 'segmodels evaluate')."
+    base = majority_baseline(matrix)
     miou, allacc = base["miou"] * 100, base["allacc"] * 100
     text = (f"Predicting {base['class']}, the most frequent class of the validation labels, everywhere scores "
             f"{miou:.2f} mIoU and {allacc:.2f} allAcc")  # fmt: skip
