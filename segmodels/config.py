@@ -9,6 +9,7 @@ and checked by :mod:`segmodels.matrix`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -33,6 +34,7 @@ __all__ = [
     "flatten",
     "from_dict",
     "load_config",
+    "set_dotted",
     "study_from_dict",
     "study_schema",
     "validate_config",
@@ -261,12 +263,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value, where=str(path))
     return study_from_dict(data, where=str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, *, where: str = "config") -> None:
+    """Set ``train.lr`` in nested mappings, creating the missing levels; ``value`` is copied."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: unknown key '{dotted}'")
+    node[leaf] = copy.deepcopy(value)
 
 
 def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConfig:

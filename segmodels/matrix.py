@@ -25,7 +25,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmodels.config import ConfigError, StudyConfig, config_to_dict, flatten, from_dict, validate_config
+from segmodels.config import (
+    ConfigError,
+    StudyConfig,
+    config_to_dict,
+    flatten,
+    from_dict,
+    set_dotted,
+    validate_config,
+)
 
 __all__ = [
     "RUN_SECTIONS",
@@ -144,21 +152,11 @@ def _entry(entry: Any, index: int, where: str) -> tuple[str, dict[str, Any]]:
     return str(name), flatten(dict(overrides))
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{where}: unknown key '{dotted}'")
-    node[leaf] = copy.deepcopy(value)
-
-
 def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any], *, where: str = "config") -> StudyConfig:
     """A copy of ``cfg`` with dotted keys set, type-checked and validated as a config file is."""
     data = config_to_dict(cfg)
     for key, value in overrides.items():
-        _set(data, key, value, where)
+        set_dotted(data, key, value, where=where)
     out = from_dict(StudyConfig, data, where=where)
     validate_config(out, where)
     return out
@@ -244,5 +242,5 @@ def run_sections(data: Mapping[str, Any], run: RunSpec, *sections: str) -> dict[
         if section in out:
             if out[section] is None:
                 out[section] = {}
-            _set(out, key, value, "run_sections")
+            set_dotted(out, key, value, where="run_sections")
     return out
