@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from segmodels.config import StudyConfig
-from segmodels.matrix import arch_of, reference_variant, run_names, variant_of, with_variant
+from segmodels.matrix import arch_of, pair_of, reference_variant, run_names, variant_of, with_variant
 from segmodels.stats import COMPARISON_COLUMNS, Comparison
 from segmodels.summary import read_json, summarize
 
@@ -59,8 +59,8 @@ _SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")  # samples/{index:04d}_
 
 def display_name(model: str) -> str:
     """``resnet50-ppm`` → ``ResNet50-PPM``; a variant keeps its tags, ``resnet18-ppm_os16`` → ``ResNet18-PPM os16``."""
-    pair, _, variant = model.partition("_")
-    backbone, _, head = pair.partition("-")
+    backbone, _, head = pair_of(model).partition("-")
+    variant = variant_of(model)
     name = f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
     return f"{name} {variant.replace('_', ' ')}" if variant else name
 
