@@ -156,7 +156,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format Pillow reads)")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format Pillow reads; "
+                   "16-bit and float [0, 1] images are scaled to 8 bits) or folders, each standing for the "
+                   ".png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp files directly inside it")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt of a trained model")
     p.add_argument("--out", type=Path, required=True, help="output folder for {stem}_trainid/_color/_overlay.png")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize for the forward pass, e.g. the "

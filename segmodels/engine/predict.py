@@ -3,7 +3,9 @@
 For every input ``{stem}.{ext}`` three PNGs are written at the input's own size: ``{stem}_trainid.png``
 (the train-id mask, one byte per pixel), ``{stem}_color.png`` (Cityscapes palette) and
 ``{stem}_overlay.png`` (the colours blended over the input). All inputs are opened before the model is
-loaded, so an unreadable file is named at once instead of after hours of work on the others.
+loaded, so an unreadable file is named at once instead of after hours of work on the others. A folder
+stands for the images directly inside it; 16-bit and float images are scaled to 8 bits by
+:mod:`segmodels.data.images`, never clipped.
 """
 
 from __future__ import annotations
@@ -16,29 +18,41 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmodels.data.images import IMAGE_SUFFIXES, list_images, read_rgb8
+
 __all__ = ["check_images", "predict_images"]
 
 
-def check_images(paths: Sequence[str | Path]) -> list[Path]:
-    """Every path exists and Pillow decodes it; output names do not collide. Raises naming the first bad one."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not paths:
-        raise ValueError("no input images given")
-    out, stems = [], {}
+def _expand(paths: Sequence[str | Path]) -> list[Path]:
+    out = []
     for raw in paths:
         path = Path(raw)
-        if not path.is_file():
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise ValueError(f"no images in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
             raise FileNotFoundError(f"image not found: {path}")
-        try:
-            with Image.open(path) as img:
-                img.load()  # decode fully: a truncated file fails here, not mid-run
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return out
+
+
+def check_images(paths: Sequence[str | Path]) -> list[Path]:
+    """The input files, folders expanded to the images directly inside them; raises naming the first bad one.
+
+    No two inputs may write the same output names, and each must decode to 8-bit RGB
+    (:func:`segmodels.data.images.read_rgb8`).
+    """
+    if not paths:
+        raise ValueError("no input images given")
+    out, stems = _expand(paths), {}
+    for path in out:
         if path.stem in stems:
             raise ValueError(f"{stems[path.stem]} and {path} would write the same output files ({path.stem}_*.png)")
         stems[path.stem] = path
-        out.append(path)
+        read_rgb8(path)
     return out
 
 
@@ -67,8 +81,6 @@ def predict_images(
     ``size`` [height, width] resizes each image for the forward pass (e.g. the resolution the model was
     trained at); the masks are always at the input's own size.
     """
-    from PIL import Image
-
     from segmodels.atomic import write_bytes_atomic
     from segmodels.data.labels import colorize
     from segmodels.data.loader import normalize
@@ -85,8 +97,7 @@ def predict_images(
     out_dir = Path(out_dir)
     written = []
     for path in paths:
-        with Image.open(path) as img:
-            rgb = np.array(img.convert("RGB"))  # a writable copy for torch.from_numpy
+        rgb = read_rgb8(path)
         h, w = rgb.shape[:2]
         x = normalize(torch.from_numpy(rgb).unsqueeze(0).to(dev))
         if size is not None:
