@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,117 +46,147 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+# A name that becomes a folder, a Snakemake wildcard and an MLflow name: no path separator, no shell syntax,
+# not "." or "..", no leading "-" that a command line would take for an option.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+_PATTERN_TEXT = {
+    NAME_PATTERN: "be a plain name of letters, digits, '.', '_' and '-', not starting with '.' or '-'",
+    DEVICE_PATTERN: "be auto, cpu, cuda or cuda:N",
+}
+
+
+def _limited(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits: Any) -> Any:
+    """A field held to ``limits``, JSON-schema keywords (minimum, exclusiveMinimum, maximum, exclusiveMaximum,
+    enum, pattern, minItems, maxItems, items): :func:`from_dict` checks them and the schema states them, so a
+    bad value fails when the study is loaded or planned, not when a job runs."""
+    return field(default=default, default_factory=factory, metadata={"limits": limits})
+
+
+_SIZE = {"minItems": 2, "maxItems": 2, "items": {"minimum": 1}}  # [height, width]
+_AT_LEAST_0 = {"minimum": 0}
+_AT_LEAST_1 = {"minimum": 1}
+_POSITIVE = {"exclusiveMinimum": 0}
+
+
 @dataclass
 class SynthConfig:
-    train: int = 48  # generated training images
-    val: int = 16  # generated validation images
-    size: list[int] = field(default_factory=lambda: [256, 512])  # [height, width] as written to disk
-    seed: int = 0
+    train: int = _limited(48, **_AT_LEAST_1)  # generated training images
+    val: int = _limited(16, **_AT_LEAST_1)  # generated validation images
+    # [height, width] as written to disk; the scene generator needs 32 pixels a side
+    size: list[int] = _limited(factory=lambda: [256, 512], minItems=2, maxItems=2, items={"minimum": 32})
+    seed: int = _limited(0, **_AT_LEAST_0)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "synthetic"  # name of data/raw/{dataset} and data/packed/{dataset}
-    source: str = "synthetic"  # synthetic | cityscapes
+    dataset: str = _limited("synthetic", pattern=NAME_PATTERN)  # name of data/raw/{dataset}, data/packed/{dataset}
+    source: str = _limited("synthetic", enum=["synthetic", "cityscapes"])
     root: str | None = None  # cityscapes: a folder or the folder with the two zips; default $CITYSCAPES_DATASET
-    size: list[int] = field(default_factory=lambda: [512, 1024])  # packed [height, width]; the study's 1024×512
+    size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # packed [height, width]; the study's 1024×512
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
 
 @dataclass
 class ModelConfig:
-    output_stride: int = 8  # 8, 16 or 32
+    output_stride: int = _limited(8, enum=[8, 16, 32])
     pretrained: str | None = "imagenet"  # imagenet | a path to a state dict | null (random init)
     aux: bool = True  # auxiliary FCN head on the aux stage (training only)
     # Running-statistics momentum of every BatchNorm while training; null keeps each constructor's own. One
     # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
     # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
-    bn_momentum: float | None = 0.1
-    num_classes: int = 19
+    bn_momentum: float | None = _limited(0.1, exclusiveMinimum=0, maximum=1)
+    num_classes: int = _limited(19, minimum=1, maximum=255)  # labels are bytes and 255 is the ignore index
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 40000  # optimizer steps; the schedule is iteration-based
-    batch_size: int = 8
-    crop_size: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width]
-    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random rescale before the crop
-    lr: float = 0.01  # base learning rate; heads may use a multiple
-    momentum: float = 0.9
-    weight_decay: float = 1e-4  # not applied to norm weights and biases
-    poly_power: float = 0.9
-    warmup_iters: int = 0  # linear warm-up from lr * warmup_ratio
-    warmup_ratio: float = 0.1
-    aux_weight: float = 0.4
-    region_weight: float = 0.4  # OCR's soft-object-region loss
+    iterations: int = _limited(40000, **_AT_LEAST_1)  # optimizer steps; the schedule is iteration-based
+    batch_size: int = _limited(8, **_AT_LEAST_1)
+    crop_size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width]
+    # random rescale before the crop, [low, high]
+    scale_range: list[float] = _limited(factory=lambda: [0.5, 2.0], minItems=2, maxItems=2, items=_POSITIVE)
+    lr: float = _limited(0.01, **_POSITIVE)  # base learning rate; heads may use a multiple
+    momentum: float = _limited(0.9, minimum=0, exclusiveMaximum=1)
+    weight_decay: float = _limited(1e-4, **_AT_LEAST_0)  # not applied to norm weights and biases
+    poly_power: float = _limited(0.9, **_AT_LEAST_0)
+    warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
+    warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
+    aux_weight: float = _limited(0.4, **_AT_LEAST_0)
+    region_weight: float = _limited(0.4, **_AT_LEAST_0)  # OCR's soft-object-region loss
     distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
-    distill_weight: float = 1.0
-    distill_temperature: float = 1.0
-    head_lr_mult: float = 1.0  # lr multiple for everything outside the backbone (PSPNet used 10 with ImageNet init)
+    distill_weight: float = _limited(1.0, **_AT_LEAST_0)
+    distill_temperature: float = _limited(1.0, **_POSITIVE)
+    # lr multiple for everything outside the backbone (PSPNet used 10 with ImageNet init)
+    head_lr_mult: float = _limited(1.0, **_POSITIVE)
     amp: bool = True  # mixed precision on a GPU (bf16 where supported)
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # SyncBatchNorm under DDP
     deterministic: bool = False
-    log_every: int = 20  # iterations between logged metrics
-    val_every: int = 0  # iterations between validation passes (0: only at the end)
-    ckpt_every: int = 200  # iterations between last.pt writes
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = _limited(20, **_AT_LEAST_1)  # iterations between logged metrics
+    val_every: int = _limited(0, **_AT_LEAST_0)  # iterations between validation passes (0: only at the end)
+    ckpt_every: int = _limited(200, **_AT_LEAST_1)  # iterations between last.pt writes
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)  # auto | cpu | cuda | cuda:N
 
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 4
+    batch_size: int = _limited(4, **_AT_LEAST_1)
     flip: bool = False  # test-time horizontal flip
-    scales: list[float] = field(default_factory=lambda: [1.0])  # test-time scales
+    scales: list[float] = _limited(factory=lambda: [1.0], minItems=1, items=_POSITIVE)  # test-time scales
     sliding: bool = False  # sliding-window inference instead of whole-image
-    window: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width] of a window
-    stride: list[int] = field(default_factory=lambda: [341, 682])
+    window: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width] of a window
+    stride: list[int] = _limited(factory=lambda: [341, 682], **_SIZE)
     full_resolution: bool = False  # upsample scores to the raw labels' size (1024×2048) and score against those
-    samples: list[int] = field(default_factory=lambda: [0, 1, 2, 3])  # validation images drawn for figures
+    # validation images drawn for figures
+    samples: list[int] = _limited(factory=lambda: [0, 1, 2, 3], items=_AT_LEAST_0)
     amp: bool = True
-    device: str = "auto"
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)
 
 
 @dataclass
 class BenchmarkConfig:
-    size: list[int] = field(default_factory=lambda: [512, 1024])  # [height, width] of the timed input
-    batch_size: int = 1
-    warmup: int = 20
-    repeats: int = 100
-    cpu_warmup: int = 3  # on the CPU, warmup and repeats are capped at these (a CPU forward takes seconds)
-    cpu_repeats: int = 10
+    size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width] of the timed input
+    batch_size: int = _limited(1, **_AT_LEAST_1)
+    warmup: int = _limited(20, **_AT_LEAST_0)
+    repeats: int = _limited(100, **_AT_LEAST_1)
+    # on the CPU, warmup and repeats are capped at these (a CPU forward takes seconds)
+    cpu_warmup: int = _limited(3, **_AT_LEAST_0)
+    cpu_repeats: int = _limited(10, **_AT_LEAST_1)
     # Each mode is timed alone: fp32 | amp, optionally +channels_last +compile +cudagraphs (e.g.
     # "amp+channels_last"); "channels_last" alone is fp32 in that layout; "onnx" runs the exported model in
     # onnxruntime. Modes that make no sense on the device are reported as skipped with the reason.
     modes: list[str] = field(default_factory=lambda: ["fp32", "amp"])
-    amp_dtype: str = "float16"  # float16 | bfloat16 for the amp modes
-    onnx_opset: int = 18  # ONNX opset of the "onnx" mode and of `segmodels export` (18: the exporter's lowest)
-    device: str = "auto"
+    amp_dtype: str = _limited("float16", enum=["float16", "bfloat16"])  # for the amp modes
+    # ONNX opset of the "onnx" mode and of `segmodels export` (18: the exporter's lowest)
+    onnx_opset: int = _limited(18, minimum=18)
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)
 
 
 @dataclass
 class TrackingConfig:
     experiment: str = "segbench"  # MLflow experiment name
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db
-    flush_seconds: float = 30.0  # longest wait before buffered metrics are sent (one log_batch call)
+    # longest wait before buffered metrics are sent (one log_batch call)
+    flush_seconds: float = _limited(30.0, **_AT_LEAST_0)
     log_weights: bool = False  # also upload checkpoint.pt as a run artifact
 
 
 @dataclass
 class StatsConfig:
-    resamples: int = 1000  # bootstrap resamples of the validation images (segmodels.stats)
+    resamples: int = _limited(1000, **_AT_LEAST_1)  # bootstrap resamples of the validation images (segmodels.stats)
     seed: int = 0  # one seed for every model, so all models see the same resampled image sets (paired)
-    confidence: float = 0.95  # level of the two-sided percentile intervals
+    confidence: float = _limited(0.95, exclusiveMinimum=0, exclusiveMaximum=1)  # level of the two-sided percentile intervals
 
 
 @dataclass
 class StudyConfig:
-    experiment: str = "study"  # results/{experiment}/
+    experiment: str = _limited("study", pattern=NAME_PATTERN)  # results/{experiment}/
     # {backbone}-{head}[_tag...], or {name: {dotted.key: value}} with overrides of the run-level sections
     models: list[str | dict[str, dict[str, Any]]] = field(default_factory=lambda: ["resnet18-ppm"])
     axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted key → values, crossed with every model entry
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = _limited(factory=lambda: [0], minItems=1, items=_AT_LEAST_0)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -224,30 +255,55 @@ def from_dict(cls: type, data: dict[str, Any], *, where: str = "config", prefix:
         raise ConfigError(
             f"{where}: unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(names)}"
         )
-    kwargs = {k: _check(v, hints[k], f"{prefix}{k}", where) for k, v in data.items()}
+    limits = {f.name: f.metadata.get("limits", {}) for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = _check(v, hints[k], f"{prefix}{k}", where)
+        _check_limits(kwargs[k], limits[k], f"{prefix}{k}", where)
     return cls(**kwargs)
 
 
+def _check_limits(value: Any, limits: dict[str, Any], key: str, where: str) -> None:
+    """Raise ConfigError naming ``key`` when ``value`` breaks one of a field's ``limits`` (see :func:`_limited`)."""
+    if value is None or not limits:
+        return
+    broken = None
+    if "enum" in limits and value not in limits["enum"]:
+        broken = "be one of " + ", ".join(map(str, limits["enum"]))
+    elif isinstance(value, str) and "pattern" in limits and not re.search(limits["pattern"], value):
+        broken = _PATTERN_TEXT.get(limits["pattern"], f"match {limits['pattern']}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        for word, ok in (("minimum", value.__ge__), ("exclusiveMinimum", value.__gt__),
+                         ("maximum", value.__le__), ("exclusiveMaximum", value.__lt__)):  # fmt: skip
+            if word in limits and not ok(limits[word]):
+                relation = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most",
+                            "exclusiveMaximum": "less than"}[word]  # fmt: skip
+                broken = f"be {relation} {limits[word]}"
+                break
+    elif isinstance(value, list):
+        low, high = limits.get("minItems", 0), limits.get("maxItems", len(value))
+        if not low <= len(value) <= high:
+            broken = f"hold exactly {low} values" if low == high else f"hold at least {low} value(s)"
+        for i, item in enumerate(value):
+            _check_limits(item, limits.get("items", {}), f"{key}[{i}]", where)
+    if broken:
+        raise ConfigError(f"{where}: '{key}' must {broken}, got {value!r}")
+
+
 def validate_config(cfg: StudyConfig, where: str) -> None:
-    """Value checks beyond types (the model entries are checked by :func:`segmodels.matrix.expand_runs`)."""
-    if cfg.data.source not in ("synthetic", "cityscapes"):
-        raise ConfigError(f"{where}: 'data.source' must be synthetic or cityscapes, got {cfg.data.source!r}")
-    if cfg.model.bn_momentum is not None and not 0 < cfg.model.bn_momentum <= 1:
-        raise ConfigError(f"{where}: 'model.bn_momentum' must lie in (0, 1] or be null, got {cfg.model.bn_momentum}")
-    if cfg.model.output_stride not in (8, 16, 32):
-        raise ConfigError(f"{where}: 'model.output_stride' must be 8, 16 or 32, got {cfg.model.output_stride}")
-    for key, size in (
-        ("data.size", cfg.data.size),
-        ("data.synthetic.size", cfg.data.synthetic.size),
-        ("train.crop_size", cfg.train.crop_size),
-        ("benchmark.size", cfg.benchmark.size),
-    ):
-        if len(size) != 2 or min(size) <= 0:
-            raise ConfigError(f"{where}: '{key}' must be [height, width] of positive integers, got {size}")
-    if cfg.stats.resamples < 1:
-        raise ConfigError(f"{where}: 'stats.resamples' must be a positive integer, got {cfg.stats.resamples}")
-    if not 0 < cfg.stats.confidence < 1:
-        raise ConfigError(f"{where}: 'stats.confidence' must lie strictly between 0 and 1, got {cfg.stats.confidence}")
+    """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
+    by :func:`segmodels.matrix.expand_runs`)."""
+    low, high = cfg.train.scale_range
+    if low > high:
+        raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")
+    # A crop larger than the largest rescaled image is mostly padding: every step would learn from the ignore label.
+    largest = [round(side * high) for side in cfg.data.size]
+    if any(crop > side for crop, side in zip(cfg.train.crop_size, largest, strict=True)):
+        raise ConfigError(
+            f"{where}: 'train.crop_size' {cfg.train.crop_size} is larger than the packed images ('data.size' "
+            f"{cfg.data.size}) at the largest scale ('train.scale_range' high {high}: {largest}); most of each crop "
+            "would be padding. Use a smaller crop, a larger data.size or a larger scale."
+        )
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -318,7 +374,8 @@ def _json_schema(tp: Any) -> dict[str, Any]:
         return {
             "type": "object",
             "additionalProperties": False,
-            "properties": {f.name: _json_schema(hints[f.name]) for f in dataclasses.fields(tp)},
+            "properties": {f.name: {**_json_schema(hints[f.name]), **f.metadata.get("limits", {})}
+                           for f in dataclasses.fields(tp)},
         }
     names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
     return {"type": names[tp]}
@@ -347,6 +404,4 @@ def study_schema() -> dict[str, Any]:
     schema["properties"]["models"]["minItems"] = 1
     schema["properties"]["axes"]["propertyNames"] = {"pattern": rf"^({'|'.join(RUN_SECTIONS)})\.[a-z_]+$"}
     schema["properties"]["axes"]["additionalProperties"]["minItems"] = 1
-    schema["properties"]["data"]["properties"]["source"]["enum"] = ["synthetic", "cityscapes"]
-    schema["properties"]["model"]["properties"]["output_stride"]["enum"] = [8, 16, 32]
     return schema

@@ -107,11 +107,32 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"train": {"lrate": 0.1}}, "unknown key 'train.lrate'"),
         ({"train": {"lr": "fast"}}, "'train.lr' must be float"),
         ({"train": {"iterations": 1.5}}, "'train.iterations' must be int"),
-        ({"train": {"crop_size": [64]}}, "'train.crop_size' must be [height, width]"),
-        ({"model": {"output_stride": 4}}, "'model.output_stride' must be 8, 16 or 32"),
-        ({"model": {"bn_momentum": 1.5}}, "'model.bn_momentum' must lie in (0, 1] or be null, got 1.5"),
-        ({"data": {"source": "kitti"}}, "'data.source' must be synthetic or cityscapes"),
+        ({"train": {"crop_size": [64]}}, "'train.crop_size' must hold exactly 2 values, got [64]"),
+        ({"train": {"crop_size": [64, 0]}}, "'train.crop_size[1]' must be at least 1, got 0"),
+        ({"model": {"output_stride": 4}}, "'model.output_stride' must be one of 8, 16, 32, got 4"),
+        ({"model": {"bn_momentum": 1.5}}, "'model.bn_momentum' must be at most 1, got 1.5"),
+        ({"model": {"bn_momentum": 0.0}}, "'model.bn_momentum' must be greater than 0, got 0.0"),
+        ({"model": {"num_classes": 0}}, "'model.num_classes' must be at least 1, got 0"),
+        ({"data": {"source": "kitti"}}, "'data.source' must be one of synthetic, cityscapes, got 'kitti'"),
         ({"models": []}, "'models' is empty"),
+        ({"train": {"iterations": 0}}, "'train.iterations' must be at least 1, got 0"),
+        ({"train": {"lr": -0.01}}, "'train.lr' must be greater than 0, got -0.01"),
+        ({"train": {"device": "gpu0"}}, "'train.device' must be auto, cpu, cuda or cuda:N, got 'gpu0'"),
+        ({"train": {"scale_range": [2.0, 0.5]}}, "'train.scale_range' must be [low, high] with low <= high"),
+        ({"evaluate": {"scales": []}}, "'evaluate.scales' must hold at least 1 value(s), got []"),
+        ({"seeds": [0, -1]}, "'seeds[1]' must be at least 0, got -1"),
+        ({"stats": {"confidence": 1.0}}, "'stats.confidence' must be less than 1, got 1.0"),
+        ({"benchmark": {"amp_dtype": "int8"}}, "'benchmark.amp_dtype' must be one of float16, bfloat16"),
+        # Names that become folders, wildcards and shell words.
+        ({"experiment": "x;touch INJECTED;y"}, "'experiment' must be a plain name of letters, digits"),
+        ({"experiment": "my exp"}, "'experiment' must be a plain name"),
+        ({"experiment": "../../escape"}, "'experiment' must be a plain name"),
+        ({"experiment": ".."}, "'experiment' must be a plain name"),
+        ({"experiment": "-rf"}, "'experiment' must be a plain name"),
+        ({"data": {"dataset": "a/b"}}, "'data.dataset' must be a plain name"),
+        ({"data": {"dataset": "$(id)"}}, "'data.dataset' must be a plain name"),
+        # Overrides in the matrix are held to the same limits, naming the entry.
+        ({"models": [{"resnet18-ppm": {"train.iterations": -5}}]}, "'train.iterations' must be at least 1, got -5"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, data, message):
@@ -120,6 +141,44 @@ def test_bad_config_names_the_key(tmp_path, data, message):
         load_config(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_crop_larger_than_the_rescaled_packed_images_names_both(tmp_path):
+    path = _write(tmp_path, {"data": {"size": [64, 128]}, "train": {"crop_size": [128, 128], "scale_range": [0.5, 1.5]}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "'train.crop_size' [128, 128]" in message and "'data.size' [64, 128]" in message
+    assert "[96, 192]" in message  # the largest rescaled image
+    # At the edge (crop = packed size × the largest scale) the crop is accepted.
+    load_config(_write(tmp_path, {"data": {"size": [64, 128]}, "train": {"crop_size": [96, 192],
+                                                                        "scale_range": [0.5, 1.5]}}))
+
+
+def test_names_that_are_plain_pass(tmp_path):
+    cfg = load_config(_write(tmp_path, {"experiment": "study-2.v1_a", "data": {"dataset": "cityscapes_full"}}))
+    assert cfg.experiment == "study-2.v1_a" and cfg.data.dataset == "cityscapes_full"
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"experiment": "x;touch INJECTED;y"}, "experiment"),
+        ({"train": {"iterations": 0}}, "train/iterations"),
+        ({"data": {"dataset": "../up"}}, "data/dataset"),
+        ({"model": {"bn_momentum": 0}}, "model/bn_momentum"),
+    ],
+)
+def test_schema_states_the_same_limits(data, path):
+    """Snakemake validates the study against config/schema.yaml before planning: it must refuse these too."""
+    import jsonschema
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text())
+    study = {"experiment": "ok", "models": ["resnet18-ppm"], **data}
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(study))
+    assert errors and "/".join(map(str, errors[0].absolute_path)) == path
+    ok = {"experiment": "ok", "models": ["resnet18-ppm"], "train": {"iterations": 1}, "model": {"bn_momentum": None}}
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(ok))
 
 
 def test_missing_config_file(tmp_path):

@@ -98,7 +98,7 @@ def test_axes_cross_every_entry_and_the_entry_wins(tmp_path):
         ({"models": [{"resnet18-ppm": {"train.iterations": "many"}}]},
          ["model entry 'resnet18-ppm'", "'train.iterations' must be int"]),
         ({"models": [{"resnet18-ppm_os4": {"model.output_stride": 4}}]},
-         ["model entry 'resnet18-ppm_os4'", "'model.output_stride' must be 8, 16 or 32"]),
+         ["model entry 'resnet18-ppm_os4'", "'model.output_stride' must be one of 8, 16, 32"]),
         ({"models": [{"resnet18-ppm": 5}]}, ["'models[0].resnet18-ppm' must be a mapping"]),
         ({"models": [{"resnet18-ppm": {}, "resnet50-ppm": {}}]}, ["'models[0]' must be a name or a one-key mapping"]),
         ({"models": ["resnet18-ppm", {"resnet18-ppm": {"train.lr": 0.02}}]}, ["run 'resnet18-ppm' appears twice"]),
