@@ -1,59 +1,179 @@
-"""Which device a job runs on, and one GPU per job when several jobs share a machine.
+"""Which device a job runs on, and distinct GPUs for jobs that share a machine.
 
 Snakemake counts a ``gpu`` resource but never sets ``CUDA_VISIBLE_DEVICES``: with
-``--resources gpu=4`` four jobs would all start on GPU 0. So a job that asks for
-``auto``/``cuda`` on a machine with several visible GPUs claims the first free one by
-holding an exclusive ``flock`` on ``{lock_dir}/gpu{N}.lock``. The kernel drops the lock
-when the process ends, however it ends (exit, exception, SIGKILL), so a failed job
-never leaves a GPU claimed.
+``--resources gpu=4`` four jobs would all start on GPU 0. So a job claims its GPUs by holding an
+exclusive ``flock`` on ``{lock_dir}/gpu{ID}.lock``, one file per visible GPU. The kernel drops a
+lock when the last process holding it ends, however it ends (exit, exception, SIGKILL), so a
+failed job never leaves a GPU claimed.
+
+- A one-GPU job (``auto``/``cuda``) claims the first free GPU in-process (:func:`resolve_device`).
+- A job given several GPUs claims them all before it starts its processes, sets
+  ``CUDA_VISIBLE_DEVICES`` to them and runs its launcher (``torchrun``) with the locks inherited, so
+  they stay held while any of its processes lives (:func:`run_on_gpus`). It takes all N or none:
+  a partial claim is released before it waits, so two jobs can never hold half of each other's set.
+
+The lock folder is the user's own (``/tmp/segmodels-gpu-locks-{uid}``, created 0700, refused when
+it is a symlink or belongs to someone else). Users who share GPUs on one host may point
+``SEGMODELS_GPU_LOCK_DIR`` at one common folder (mode 1777, like /tmp). Lock files are opened with
+``O_NOFOLLOW`` and never truncated, and the holder's pid is written only into a file the user owns,
+so nobody can make a job overwrite another user's file through a planted link.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import re
+import stat
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["claim_slot", "default_lock_dir", "resolve_device"]
+__all__ = [
+    "claim_devices",
+    "claim_slot",
+    "default_lock_dir",
+    "release_devices",
+    "resolve_device",
+    "run_on_gpus",
+    "visible_devices",
+]
 
-_HELD: list[int] = []  # file descriptors of claimed slots, kept open for the life of the process
+_HELD: list[int] = []  # file descriptors of claimed GPUs, kept open for the life of the process
+_PID_WIDTH = 12  # the pid is written at a fixed width, so rewriting it never needs a truncate
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get("SEGMODELS_GPU_LOCK_DIR", "/tmp/segmodels-gpu-locks"))
+    """``$SEGMODELS_GPU_LOCK_DIR``, else this user's own folder under /tmp."""
+    shared = os.environ.get("SEGMODELS_GPU_LOCK_DIR")
+    return Path(shared) if shared else Path(f"/tmp/segmodels-gpu-locks-{os.geteuid()}")
 
 
-def claim_slot(count: int, lock_dir: Path, *, wait_s: float = 3600.0, poll_s: float = 1.0) -> int:
-    """Claim the first free of ``count`` slots; wait (up to ``wait_s``) while all are held elsewhere."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+def _checked_lock_dir(lock_dir: Path) -> Path:
+    """Create ``lock_dir`` (0700) if needed; refuse a symlink, a non-folder, or (for the per-user default)
+    a folder that another user owns or can write to."""
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(lock_dir)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"GPU lock folder {lock_dir} is a symlink or not a folder; remove it or set "
+                              "SEGMODELS_GPU_LOCK_DIR to a folder of your own")  # fmt: skip
+    if lock_dir == default_lock_dir() and "SEGMODELS_GPU_LOCK_DIR" not in os.environ and (
+        st.st_uid != os.geteuid() or st.st_mode & 0o022
+    ):
+        raise PermissionError(f"GPU lock folder {lock_dir} belongs to uid {st.st_uid} or is writable by others; "
+                              "remove it or set SEGMODELS_GPU_LOCK_DIR")  # fmt: skip
+    return lock_dir
+
+
+def _lock_name(device: str) -> str:
+    return "gpu" + re.sub(r"[^A-Za-z0-9.-]", "_", device) + ".lock"  # ids may be UUIDs (GPU-…, MIG-…)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding the exclusive lock on ``path``, or None when someone else holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PermissionError(f"GPU lock file {path} is a symlink; refusing to follow it") from None
+        if exc.errno != errno.EACCES:
+            raise
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # another user's file: lock, never write
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PermissionError(f"GPU lock file {path} is not a regular file")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    if st.st_uid == os.geteuid() and st.st_nlink == 1:
+        os.pwrite(fd, f"{os.getpid():>{_PID_WIDTH}}\n".encode(), 0)
+    return fd
+
+
+def claim_devices(
+    n: int, devices: Sequence[str], lock_dir: Path | None = None, *, wait_s: float = 3600.0, poll_s: float = 1.0
+) -> list[int]:
+    """Claim ``n`` of ``devices`` (GPU ids as CUDA_VISIBLE_DEVICES names them), all or none; return their
+    positions in ``devices``. Waits up to ``wait_s`` while fewer than ``n`` are free, then raises TimeoutError."""
+    devices = list(devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"asked for {n} GPUs; this machine shows {len(devices)} ({', '.join(devices) or 'none'})")
+    lock_dir = _checked_lock_dir(lock_dir or default_lock_dir())
     deadline = time.monotonic() + wait_s
     announced = False
     while True:
-        for index in range(count):
-            fd = os.open(lock_dir / f"gpu{index}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            _HELD.append(fd)
-            return index
+        taken: list[tuple[int, int]] = []
+        for position, device in enumerate(devices):
+            fd = _try_lock(lock_dir / _lock_name(device))
+            if fd is not None:
+                taken.append((position, fd))
+                if len(taken) == n:
+                    _HELD.extend(fd for _, fd in taken)
+                    return [position for position, _ in taken]
+        for _, fd in taken:  # not enough: hold none while waiting, so no two jobs wait on each other
+            os.close(fd)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"all {count} GPUs stayed claimed by other jobs (locks in {lock_dir})")
+            raise TimeoutError(f"fewer than {n} of {len(devices)} GPUs free: claimed by other jobs (locks in "
+                               f"{lock_dir})")  # fmt: skip
         if not announced:
-            print(f"waiting for a free GPU (all {count} claimed; locks in {lock_dir})", file=sys.stderr)
+            print(f"waiting for {n} free GPU(s) of {len(devices)} (locks in {lock_dir})", file=sys.stderr)
             announced = True
         time.sleep(poll_s)
+
+
+def claim_slot(count: int, lock_dir: Path, *, wait_s: float = 3600.0, poll_s: float = 1.0) -> int:
+    """Claim the first free of GPUs ``0 … count-1``; its index."""
+    return claim_devices(1, [str(i) for i in range(count)], lock_dir, wait_s=wait_s, poll_s=poll_s)[0]
+
+
+def release_devices() -> None:
+    """Give back every GPU this process claimed."""
+    while _HELD:
+        os.close(_HELD.pop())
+
+
+def visible_devices() -> list[str]:
+    """The GPUs this process may use, as ids: CUDA_VISIBLE_DEVICES's entries, else ``0 … count-1``."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def run_on_gpus(
+    n: int, command: Sequence[str], *, devices: Sequence[str] | None = None, lock_dir: Path | None = None,
+    wait_s: float = 3600.0, poll_s: float = 1.0,
+) -> int:
+    """Claim ``n`` GPUs, run ``command`` on them (CUDA_VISIBLE_DEVICES set, the locks inherited), release
+    them, and return its exit status. Without any GPU the command runs as it is (gloo on the CPU)."""
+    devices = visible_devices() if devices is None else list(devices)
+    env = dict(os.environ)
+    held: list[int] = []
+    if devices:
+        positions = claim_devices(n, devices, lock_dir, wait_s=wait_s, poll_s=poll_s)
+        held = _HELD[-n:]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[p] for p in positions)
+        print(f"claimed GPU(s) {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
+    try:
+        return subprocess.run(list(command), env=env, pass_fds=held, check=False).returncode
+    finally:
+        release_devices()
 
 
 def resolve_device(spec: str = "auto", *, lock_dir: Path | None = None):
     """``auto`` → a free CUDA GPU if there is one, else the CPU; ``cpu``; ``cuda`` (a free GPU); ``cuda:N``.
 
-    Under ``torchrun`` (LOCAL_RANK set) each process takes the GPU of its local rank.
+    Under ``torchrun`` (LOCAL_RANK set) each process takes the GPU of its local rank: its launcher claimed them.
     """
     import torch
 
@@ -68,5 +188,5 @@ def resolve_device(spec: str = "auto", *, lock_dir: Path | None = None):
     if "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     count = torch.cuda.device_count()
-    index = 0 if count == 1 else claim_slot(count, lock_dir or default_lock_dir())
+    index = 0 if count == 1 else claim_devices(1, visible_devices()[:count], lock_dir)[0]
     return torch.device("cuda", index)

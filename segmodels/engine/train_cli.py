@@ -47,6 +47,27 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="discard the folder's resume state (last.pt, logs, MLflow run id) and train from scratch",
     )
+    p.add_argument(
+        "--gpus", type=int, default=1, metavar="N",
+        help="train with N processes, one per GPU (DDP): claims N free GPUs, sets CUDA_VISIBLE_DEVICES and runs "
+        "torchrun; without GPUs, N processes on the CPU (gloo). Default 1",
+    )  # fmt: skip
+
+
+def _torchrun_command(args: argparse.Namespace) -> list[str]:
+    """This same training as ``torchrun --standalone --nproc_per_node N -m segmodels train ...``."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus),
+               "-m", "segmodels", "train", "--config", str(args.config), "--model", args.model,
+               "--seed", str(args.seed), "--out", str(args.out)]  # fmt: skip
+    if args.data is not None:
+        command += ["--data", str(args.data)]
+    for item in args.overrides or []:
+        command += ["--set", item]
+    if args.device:
+        command += ["--device", args.device]
+    if args.restart:
+        command.append("--restart")
+    return command
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -61,6 +82,12 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = run_config(load_config(args.config), args.model, where=str(args.config))  # the run's effective config
     if overrides:  # the command line has the last word, over the run's own overrides too
         cfg = with_overrides(cfg, overrides, where=f"{args.config} with --set")
+    if args.gpus < 1:
+        raise ValueError(f"--gpus must be at least 1, got {args.gpus}")
+    if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
+        from segmodels.devices import run_on_gpus
+
+        return run_on_gpus(args.gpus, _torchrun_command(args), devices=[] if cfg.train.device == "cpu" else None)
     if cfg.train.deterministic:
         # Before torch starts its thread pools: a pool that shrinks under load changes summation order.
         for var in ("OMP_DYNAMIC", "MKL_DYNAMIC"):
@@ -141,8 +168,7 @@ def _run_sync(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": (
-        "Train one model and seed into a run folder (resumes after a kill; DDP under "
-        "'torchrun --nproc_per_node N --no-python segmodels train ...').",
+        "Train one model and seed into a run folder (resumes after a kill; DDP on N GPUs with --gpus N).",
         _add_train,
         _run_train,
     ),
