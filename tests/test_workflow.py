@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,10 +55,53 @@ def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("experiment", "x;touch INJECTED;y"), ("experiment", "my exp"), ("experiment", "../../escape"),
+     ("dataset", "d;touch INJECTED")],
+)  # fmt: skip
+def test_names_with_shell_or_path_syntax_stop_snakemake_before_any_job(tmp_path, key, value):
+    """A real run (not -n): the name is refused at validation, no job starts and nothing is executed."""
+    config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    if key == "dataset":
+        config["data"]["dataset"] = value
+    else:
+        config[key] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work" / "deeper"
+    work.mkdir(parents=True)
+    result = snakemake(work, "--cores", "1", config=path)
+    assert result.returncode != 0
+    assert "plain name" in result.stdout + result.stderr or "does not match" in result.stdout + result.stderr
+    assert not list(tmp_path.rglob("INJECTED")) and not (ROOT / "INJECTED").exists()
+    assert not (work / "results").exists() and not (tmp_path / "escape").exists()
+
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+# Placeholders that are numbers Snakemake itself fills in, or wildcards constrained to digits.
+_NUMERIC = {"threads", "resources.gpu", "wildcards.seed"}
+
+
+def test_every_placeholder_that_reaches_the_shell_is_quoted():
+    """The second wall behind the config's name checks: a path or name with spaces or `;` stays one word."""
+    seen = 0
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for block in re.findall(r"shell:\n((?:\s+\"[^\n]*\"\n?)+)", text):
+            for name in _PLACEHOLDER.findall(block):
+                seen += 1
+                assert name.endswith(":q") or name in _NUMERIC, f"{smk.name}: {{{name}}} is not quoted (use :q)"
+    assert seen > 20  # the pattern found the rules' shell lines
+
+
 @pytest.mark.slow
 def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    study = tmp_path / "study.yaml"
+    # The config's path has a space and shell syntax: every job must still get it as one word, run nothing else.
+    folder = tmp_path / "my study;touch INJECTED;x"
+    folder.mkdir()
+    study = folder / "study.yaml"
     study.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", config=study)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -94,6 +138,8 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     summary_run = next(r for r in runs if r.data.tags.get("segbench.kind") == "summary")
     artifacts = {a.path for a in client.list_artifacts(summary_run.info.run_id)}
     assert {"summary.csv", "report.pdf", "figures"} <= artifacts
+
+    assert not list(tmp_path.rglob("INJECTED")), "a config path was split by the shell"
 
     again = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", "-n", config=study)
     assert again.returncode == 0

@@ -19,4 +19,4 @@ rule benchmark:
     conda:
         ENV
     shell:
-        "segmodels benchmark --config {params.config} --run {params.run} > {log} 2>&1"
+        "segmodels benchmark --config {params.config:q} --run {params.run:q} > {log:q} 2>&1"

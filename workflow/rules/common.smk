@@ -30,7 +30,7 @@ TEMPLATE = f"{workflow.basedir}/workflow/report/report.typ"  # from the checkout
 
 
 wildcard_constraints:
-    exp=EXP,
+    exp=re.escape(EXP),
     model="|".join(re.escape(m) for m in MODELS),
     seed=r"\d+",
 

@@ -14,7 +14,7 @@ if config["data"]["source"] == "synthetic":
         conda:
             ENV
         shell:
-            "segmodels synth --config {params.config} --workers {threads} > {log} 2>&1"
+            "segmodels synth --config {params.config:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -33,7 +33,7 @@ rule prepare:
     conda:
         ENV
     shell:
-        "segmodels prepare --config {params.config} --workers {threads} > {log} 2>&1"
+        "segmodels prepare --config {params.config:q} --workers {threads} > {log:q} 2>&1"
 
 
 rule mlflow_init:
@@ -48,4 +48,4 @@ rule mlflow_init:
     conda:
         ENV
     shell:
-        "segmodels mlflow-init --config {params.config} --out {output} > {log} 2>&1"
+        "segmodels mlflow-init --config {params.config:q} --out {output:q} > {log:q} 2>&1"

@@ -19,4 +19,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "segmodels evaluate --config {params.config} --run {params.run} > {log} 2>&1"
+        "segmodels evaluate --config {params.config:q} --run {params.run:q} > {log:q} 2>&1"

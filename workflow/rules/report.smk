@@ -15,7 +15,7 @@ rule summarize:
     conda:
         ENV
     shell:
-        "segmodels summarize --config {params.config} --out {output} > {log} 2>&1"
+        "segmodels summarize --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 # Paired bootstrap over validation images: intervals for the differences the report discusses.
@@ -34,7 +34,7 @@ rule compare:
     conda:
         ENV
     shell:
-        "segmodels compare --config {params.config} --out {output} > {log} 2>&1"
+        "segmodels compare --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -52,7 +52,7 @@ rule figures:
     conda:
         ENV
     shell:
-        "segmodels figures --config {params.config} --out reports/figures > {log} 2>&1"
+        "segmodels figures --config {params.config:q} --out reports/figures > {log:q} 2>&1"
 
 
 rule report:
@@ -72,7 +72,7 @@ rule report:
     conda:
         ENV
     shell:
-        "segmodels report --config {params.config} --figures reports/figures --template {input.template} --out {output} > {log} 2>&1"
+        "segmodels report --config {params.config:q} --figures reports/figures --template {input.template:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule publish:
@@ -91,4 +91,4 @@ rule publish:
     conda:
         ENV
     shell:
-        "segmodels publish --config {params.config} --report {input.report} --out {output} > {log} 2>&1"
+        "segmodels publish --config {params.config:q} --report {input.report:q} --out {output:q} > {log:q} 2>&1"

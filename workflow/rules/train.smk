@@ -15,14 +15,11 @@ rule train:
         config=CONFIG_FILE,
         run=run_folder,
         recipe=run_section("data", "model", "train"),
-        # More than one GPU for this job (e.g. the SLURM profile's set-resources): one process per GPU, DDP.
-        launch=lambda wildcards, resources: (
-            f"torchrun --standalone --nproc_per_node {resources.gpu} -m" if resources.gpu > 1 else ""
-        ),
     resources:
         gpu=1,
     conda:
         ENV
     shell:
-        "{params.launch} segmodels train --config {params.config} --model {wildcards.model} --seed {wildcards.seed}"
-        " --out {params.run} > {log} 2>&1"
+        # More than one GPU for this job (e.g. the SLURM profile's set-resources): one process per GPU, DDP.
+        "segmodels train --config {params.config:q} --model {wildcards.model:q} --seed {wildcards.seed}"
+        " --out {params.run:q} --gpus {resources.gpu} > {log:q} 2>&1"
