@@ -3,21 +3,48 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["fsync_dir", "write_atomic", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["DiskFullError", "fsync_dir", "write_atomic", "write_bytes_atomic", "write_text_atomic"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left while writing a file; ``errno`` and ``filename`` are the original ones."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # the whole message; OSError's "[Errno 28] ..." prefix only adds noise
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``.
+
+    A full disk or quota raises :class:`DiskFullError` naming ``path`` and the space left; ``path`` is
+    then unchanged and the temporary file removed.
+    """
     path = Path(path)
+    try:
+        _write(path, write)
+    except Exception as exc:
+        full = _disk_full_cause(exc)
+        if full is None:
+            raise
+        msg = f"{os.strerror(full.errno)} writing {path} ({_free_space(path.parent)} on its filesystem)"
+        raise DiskFullError(full.errno, msg, str(path)) from exc
+    fsync_dir(path.parent)
+    return path
+
+
+def _write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -30,8 +57,29 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
-    return path
+
+
+def _disk_full_cause(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error in ``exc``'s chain: torch.save, for one, re-raises it as a RuntimeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = float(shutil.disk_usage(folder).free)
+    except OSError:
+        return "free space unknown"
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while free >= 1024 and i < len(units) - 1:
+        free, i = free / 1024, i + 1
+    return f"{free:.1f} {units[i]} free"
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         # Bad input: one clear line, no traceback. Bugs still raise.
         print(f"segmodels {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The system refused (full disk, permissions, I/O error): its message says it all, a traceback hides it.
+        print(f"segmodels {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
