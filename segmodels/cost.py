@@ -17,8 +17,9 @@ counter's difference is recorded instead, since it does not miss what happens be
 NVML, or on the CPU, the energy is ``None``: nothing is estimated. Under DDP only the process's own GPU
 is read; its energy is multiplied by the GPU count and the record says so.
 
-Resumable jobs: with ``path`` the background thread also rewrites the file every ``snapshot_seconds``, so
-a job killed mid-way leaves what it had spent; a later run with ``resume=True`` appends its own segment to
+Resumable jobs: with ``path`` the background thread also rewrites the file every ``snapshot_seconds``, and
+``checkpoint()`` rewrites it at once (a training job calls it each time it saves ``last.pt``), so a job
+killed mid-way leaves what it had spent; a later run with ``resume=True`` appends its own segment to
 the file's earlier ones and the totals cover them all (the compute that a kill wasted was still spent).
 With ``resume=False`` earlier segments are discarded. The module needs neither torch nor NVML to import.
 """
@@ -174,6 +175,7 @@ class CostMeter:
         self._earlier = self._read_earlier() if resume else []
         self._samples: list[tuple[float, float]] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the thread's snapshots and checkpoint() write in turn
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = self._cpu0 = 0.0
@@ -211,7 +213,8 @@ class CostMeter:
         if self._shutdown is not None:
             with contextlib.suppress(Exception):
                 self._shutdown()
-        self._write()
+        with self._write_lock:
+            self._write()
 
     def _read_energy(self) -> float | None:
         if self._energy_counter is None:
@@ -242,8 +245,19 @@ class CostMeter:
             self._sample()
             if self.path is not None and time.monotonic() - last_snapshot >= self.snapshot_seconds:
                 last_snapshot = time.monotonic()
-                with contextlib.suppress(OSError):  # a full disk must not stop the job being measured
-                    self._write(self._measure(complete=False))
+                self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the record so far (``complete: False``) now. Called when a job saves its resume state, it
+        keeps on record at least the work that state holds, however long before the next snapshot the job
+        is killed. A failed write (a full disk) is warned, never raised: the job goes on."""
+        with self._write_lock:
+            if self.path is None or self._thread is None or self._stop.is_set():
+                return  # no file, or outside the with-block (__exit__ writes the final record)
+            try:
+                self._write(self._measure(complete=False))
+            except OSError as exc:  # a full disk must not stop the job being measured
+                warnings.warn(f"cost snapshot not written: {exc}", RuntimeWarning, stacklevel=2)
 
     def _measure(self, *, complete: bool) -> dict[str, Any]:
         """This segment so far."""

@@ -150,3 +150,112 @@ def test_training_records_its_cost_and_a_rerun_adds_a_segment(tmp_path, packed_d
     second = read_cost(out / "cost.json")
     assert len(second["segments"]) == 2 and second["segments"][0] == first["segments"][0]
     assert second["wall_s"] == pytest.approx(first["wall_s"] + second["segments"][1]["wall_s"])
+
+
+def test_checkpoint_writes_the_partial_record_at_once(tmp_path):
+    path = tmp_path / "cost.json"
+    meter = CostMeter("train", path=path, snapshot_seconds=3600)
+    meter.checkpoint()  # outside the with-block: nothing to record yet
+    assert not path.exists()
+    with meter:
+        _busy(0.1)
+        meter.checkpoint()  # long before the first periodic snapshot
+        partial = read_cost(path)
+        assert partial["complete"] is False and len(partial["segments"]) == 1
+        assert 0.1 <= partial["wall_s"] < 5 and partial["segments"][0]["complete"] is False
+    meter.checkpoint()  # after the block: the final record stays
+    assert read_cost(path)["complete"] is True and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checkpoint_on_a_full_disk_warns_and_the_job_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    import segmodels.atomic
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with (
+        CostMeter("train", path=tmp_path / "cost.json", snapshot_seconds=3600) as meter,
+        monkeypatch.context() as m,  # undone before the meter's final write
+        pytest.warns(RuntimeWarning, match="cost snapshot not written.*No space"),
+    ):
+        m.setattr(segmodels.atomic, "write_text_atomic", full)
+        meter.checkpoint()
+    assert read_cost(tmp_path / "cost.json")["complete"] is True
+
+
+_KILLED_JOB = """
+import sys, time
+from segmodels.cost import CostMeter
+meter = CostMeter("train", path=sys.argv[1], snapshot_seconds=3600).__enter__()
+end = time.monotonic() + 0.3
+while time.monotonic() < end:
+    sum(range(1000))
+meter.checkpoint()
+print("checkpointed", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_job_killed_after_a_checkpoint_keeps_its_cost(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "cost.json"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_JOB, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "checkpointed\n"
+        os.kill(proc.pid, signal.SIGKILL)  # no __exit__, no final write: only the checkpoint remains
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    killed = read_cost(path)
+    assert killed["complete"] is False and killed["wall_s"] >= 0.3
+
+    with CostMeter("train", path=path, resume=True) as meter:
+        time.sleep(0.05)
+    total = meter.result()
+    assert [s["complete"] for s in total["segments"]] == [False, True]
+    assert total["segments"][0] == killed["segments"][0]
+    assert total["wall_s"] == pytest.approx(killed["wall_s"] + total["segments"][1]["wall_s"]) and total["complete"]
+
+
+@pytest.mark.slow  # a training process SIGKILLed after its first last.pt, then resumed: about 30 s on 2 cores
+def test_killed_training_keeps_the_cost_of_its_last_checkpoint(tmp_path, packed_data, mlflow_uri):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import small_config, write_config
+
+    from segmodels.engine.train import train
+
+    cfg = small_config(train={"iterations": 12, "crop_size": [48, 48], "log_every": 2, "ckpt_every": 2})
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "segmodels", "train", "--config", str(write_config(tmp_path / "c.yaml", cfg)),
+               "--model", "mobilenetv2-fcn", "--out", str(out), "--data", str(packed_data)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists():  # cost.json is written just before last.pt
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no last.pt within 120 s"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # long before the meter's first 60 s snapshot
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.stderr.close()
+    killed = read_cost(out / "cost.json")
+    assert killed is not None and killed["complete"] is False and len(killed["segments"]) == 1
+    assert killed["wall_s"] > 0
+
+    train(cfg, "mobilenetv2-fcn", seed=0, out=out, data_dir=packed_data)
+    total = read_cost(out / "cost.json")
+    assert total["complete"] and len(total["segments"]) == 2 and total["segments"][0] == killed["segments"][0]
+    assert total["wall_s"] == pytest.approx(killed["wall_s"] + total["segments"][1]["wall_s"])

@@ -246,6 +246,26 @@ def test_bad_input_is_refused_before_training(tmp_path, packed_data):
     assert not (tmp_path / "a").exists()
 
 
+def test_classes_of_the_packed_data_are_checked_before_any_model_or_run(tmp_path, mlflow_uri, capsys):
+    import json
+
+    from conftest import make_packed_dataset
+
+    data = make_packed_dataset(tmp_path / "three")
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "classes": ["road", "sky", "car"]}))
+    with pytest.raises(ValueError, match=r"'model.num_classes' is 19, but the packed data in .*three has 3 classes "
+                                         r"\(road, sky, car\); set model.num_classes: 3"):  # fmt: skip
+        train(small_config(), "mobilenetv2-fcn", out=tmp_path / "run", data_dir=data)
+    assert not (tmp_path / "run").exists()
+    assert not MlflowClient(mlflow_uri).search_experiments(filter_string="name = 'segbench-test'")
+    config = write_config(tmp_path / "study.yaml", small_config())
+    code = main(["train", "--config", str(config), "--model", "mobilenetv2-fcn", "--out", str(tmp_path / "run"),
+                 "--data", str(data)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "has 3 classes" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_train_prints_both_variants_and_the_ratio(capsys):
     args = ["bench-train", "--model", "mobilenetv2-fcn", "--crop", "32", "32", "--batch", "2", "--iters", "2",
             "--warmup", "1", "--rounds", "1", "--device", "cpu"]  # fmt: skip

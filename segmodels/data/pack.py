@@ -30,7 +30,7 @@ from segmodels.data._io import Progress, atomic_write_json, default_workers, par
 from segmodels.data.cityscapes import CityscapesSource, Sample
 from segmodels.data.labels import CLASS_NAMES, ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
 
-__all__ = ["FORMAT", "MANIFEST", "SPLITS", "PrepareResult", "prepare", "read_manifest"]
+__all__ = ["FORMAT", "MANIFEST", "SPLITS", "PrepareResult", "check_num_classes", "prepare", "read_manifest"]
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -51,6 +51,19 @@ def read_manifest(path: str | Path) -> dict:
         if candidate.is_file():
             return json.loads(candidate.read_text())
     raise FileNotFoundError(f"no {MANIFEST} in {path} or its parent: run `segmodels prepare` first")
+
+
+def check_num_classes(path: str | Path, num_classes: int) -> None:
+    """Raise ValueError, before any model is built, when the packed data at ``path`` (a dataset or split folder)
+    lists another number of classes than ``model.num_classes``. Arrays without a manifest are not checked."""
+    try:
+        classes = read_manifest(path).get("classes")
+    except FileNotFoundError:
+        return
+    if classes is not None and len(classes) != num_classes:
+        shown = ", ".join(map(str, classes[:4])) + (", …" if len(classes) > 4 else "")
+        raise ValueError(f"'model.num_classes' is {num_classes}, but the packed data in {path} has {len(classes)} "
+                         f"classes ({shown}); set model.num_classes: {len(classes)} or pack the data again")
 
 
 def _digest(samples: list[Sample], stamps: list[str]) -> str:

@@ -138,6 +138,7 @@ def run_params(cfg: StudyConfig, model_name: str, seed: int) -> dict[str, Any]:
 
 
 def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[str, str, Path | None]:
+    from segmodels.data.pack import check_num_classes
     from segmodels.matrix import arch_of
 
     backbone, head = arch_of(model_name)
@@ -145,6 +146,7 @@ def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[st
         raise FileNotFoundError(
             f"packed train split not found: {data_dir / 'train' / 'images.npy'} (run `segmodels prepare`, or pass --data)"
         )
+    check_num_classes(data_dir, cfg.model.num_classes)
     t = cfg.train
     for key in ("iterations", "batch_size", "log_every", "ckpt_every"):
         if getattr(t, key) < 1:
@@ -293,6 +295,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
         loop = _Loop(cfg, stepper, plain, optimizer, scaler, info, out, params, device, logger)
         meter = CostMeter("train", device=device, gpus=info.world_size if device.type == "cuda" else 0,
                           path=out / "cost.json" if info.is_main else None, resume=start > 0)
+        loop.meter = meter
         try:
             with meter:  # a killed run leaves its cost.json; the resumed run adds its own segment
                 val = loop.run(loader, val_split, start)
@@ -332,8 +335,11 @@ class _Loop:
         self.optimizer, self.scaler, self.info, self.out = optimizer, scaler, info, out
         self.params, self.device, self.logger = params, device, logger
         self.log: ckpt.TrainLog | None = None
+        self.meter: Any = None  # the job's CostMeter: its record is saved with each last.pt
 
     def save_last(self, iteration: int) -> None:
+        if self.meter is not None:  # first: wherever last.pt holds this state, cost.json holds its cost
+            self.meter.checkpoint()
         ckpt.save_atomic({
             "format": ckpt.RESUME_FORMAT, "iteration": iteration, "model": self.plain.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.get_rng_state(),
