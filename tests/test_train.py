@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 
@@ -221,6 +222,31 @@ def test_resume_refuses_a_changed_recipe_unless_restarted(tmp_path, packed_data,
     client = MlflowClient(mlflow_uri)
     assert client.get_run(second_run).data.params["train.lr"] == "0.02"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["train"]["lr"] == 0.02
+
+
+def test_resume_refuses_other_data_under_the_same_name_unless_restarted(tmp_path, mlflow_uri, capsys):
+    from conftest import make_packed_dataset
+
+    from segmodels.data.pack import data_identity
+
+    data = make_packed_dataset(tmp_path / "tiny", seed=0)
+    first = data_identity(data)
+    cfg = small_config(train={"iterations": 4, "log_every": 1, "ckpt_every": 2})
+    out = tmp_path / "run"
+    base = ["train", "--config", str(write_config(tmp_path / "c.yaml", cfg)), "--model", "mobilenetv2-fcn",
+            "--out", str(out), "--data", str(data)]  # fmt: skip
+    # A run (its last.pt stays in the folder), then the dataset is generated again with other images.
+    assert main(base) == 0
+    make_packed_dataset(tmp_path / "tiny", seed=1)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["splits"]["train"]["names"] = [f"regenerated_{i}" for i in range(manifest["splits"]["train"]["count"])]
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    assert data_identity(data) != first
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data" in err and first in err and "--restart" in err
+    assert main([*base, "--restart"]) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["params"]["run.data_identity"] == data_identity(data)
 
 
 def test_distillation_from_a_teacher_run(tmp_path, packed_data, mlflow_uri):

@@ -30,7 +30,16 @@ from segmodels.data._io import Progress, atomic_write_json, default_workers, par
 from segmodels.data.cityscapes import CityscapesSource, Sample
 from segmodels.data.labels import CLASS_NAMES, ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
 
-__all__ = ["FORMAT", "MANIFEST", "SPLITS", "PrepareResult", "check_num_classes", "prepare", "read_manifest"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "SPLITS",
+    "PrepareResult",
+    "check_num_classes",
+    "data_identity",
+    "prepare",
+    "read_manifest",
+]
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -64,6 +73,22 @@ def check_num_classes(path: str | Path, num_classes: int) -> None:
         shown = ", ".join(map(str, classes[:4])) + (", …" if len(classes) > 4 else "")
         raise ValueError(f"'model.num_classes' is {num_classes}, but the packed data in {path} has {len(classes)} "
                          f"classes ({shown}); set model.num_classes: {len(classes)} or pack the data again")
+
+
+def data_identity(path: str | Path) -> str | None:
+    """A digest of what the packed data at ``path`` holds (size, classes, every image's name and checksums), or
+    None without a manifest. Packing the same files again gives the same digest; other files, another size or
+    another label set give another, so a run can tell that "the same dataset name" now means other data."""
+    try:
+        manifest = read_manifest(path)
+    except FileNotFoundError:
+        return None
+    content = {key: manifest.get(key) for key in ("format", "size", "classes", "ignore_index")}
+    content["splits"] = {
+        split: {key: info.get(key) for key in ("count", "names", "inputs")}
+        for split, info in sorted(manifest.get("splits", {}).items())
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _digest(samples: list[Sample], stamps: list[str]) -> str:

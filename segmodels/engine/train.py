@@ -218,13 +218,24 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     try:
         if t.batch_size % info.world_size:
             raise ValueError(f"train.batch_size {t.batch_size} is not divisible by {info.world_size} processes")
-        params = run_params(cfg, model_name, seed)
+        from segmodels.data.pack import data_identity
+
+        # The packed data's identity joins the run's params: resuming on other data under the same name is refused.
+        params = run_params(cfg, model_name, seed) | {"run.data_identity": data_identity(data_dir)}
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
             if restart:
                 ckpt.clear_run_state(out)
         barrier()
         state = ckpt.load_resume_state(out / "last.pt") if (out / "last.pt").is_file() else None
+        if state is not None and (saved := state["params"].get("run.data_identity")) != params["run.data_identity"]:
+            if "run.data_identity" in state["params"]:  # older resume states did not record it
+                raise ValueError(
+                    f"{out / 'last.pt'} was trained on other data than {data_dir} holds now (data identity {saved} "
+                    f"-> {params['run.data_identity']}: the dataset was packed again from other files, at another "
+                    "size or with other classes); not resuming it. Pass --restart to train from scratch on this data."
+                )
+            state["params"]["run.data_identity"] = params["run.data_identity"]
         if state is not None and (diff := ckpt.config_differences(state["params"], params)):
             raise ValueError(f"{out / 'last.pt'} was written with other settings; not resuming it (pass --restart "
                              "to discard it and start over):\n  " + "\n  ".join(diff))
