@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from segmodels.cli import main
-from segmodels.config import StudyConfig, config_to_dict
+from segmodels.config import EvaluateConfig, StudyConfig, config_to_dict
 from segmodels.data.labels import ID_TO_TRAINID, colorize
 from segmodels.data.loader import normalize
 from segmodels.data.pack import prepare
@@ -235,6 +235,34 @@ def test_evaluate_cli_tta_sliding_full_resolution(tmp_path, packed, capsys):
     assert not (run / "metrics.json").exists()  # --out kept the run folder's own files apart
 
 
+def test_full_resolution_also_scores_the_same_predictions_at_the_packed_size(tmp_path, packed):
+    """The benchmark's protocol (raw labels) and the earlier study's (packed size) from one forward pass, each
+    labelled with what it is."""
+    run = tmp_path / "mobilenetv3-fcn" / "seed0"
+    _checkpoint(run)
+    packed_only = evaluate(_config(), run, data=packed / "packed", out=tmp_path / "p", log_mlflow=False,
+                           progress=False)  # fmt: skip
+    both = evaluate(_config(full_resolution=True), run, data=packed / "packed", out=tmp_path / "f",
+                    log_mlflow=False, progress=False)  # fmt: skip
+    assert both["packed"]["miou"] == pytest.approx(packed_only["miou"], abs=1e-12)
+    assert both["packed"]["allacc"] == pytest.approx(packed_only["allacc"], abs=1e-12)
+    assert both["labelled_pixels"] > packed_only["labelled_pixels"]  # scored on the raw labels' 4× more pixels
+    assert both["protocol"]["scoring"] == "full" and both["protocol"]["resolution"] == "64x128"
+    assert both["protocol"]["label"] == "64×128 raw labels, fp32, whole image, no TTA"
+    assert both["packed"]["protocol"]["label"] == "32×64 packed labels, fp32, whole image, no TTA"
+    assert packed_only["packed"] is None and packed_only["protocol"]["scoring"] == "packed"
+    written = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert written["protocol"] == both["protocol"] and written["packed"]["miou"] == both["packed"]["miou"]
+
+
+def test_protocol_label_names_precision_inference_and_tta():
+    from segmodels.engine.evaluate import protocol
+
+    ev = EvaluateConfig(flip=True, scales=[0.75, 1.0, 1.25], sliding=True, window=[512, 1024])
+    label = protocol(ev, precision="amp bfloat16", resolution="512x1024")["label"]
+    assert label == "512×1024 packed labels, amp bfloat16, sliding 512×1024, scales 0.75/1/1.25 + flip"
+
+
 def test_full_resolution_needs_the_raw_dataset(tmp_path, packed):
     import shutil
 
@@ -275,4 +303,8 @@ def test_bad_inputs_are_named_before_work(tmp_path, packed):
         evaluate(_config(samples=[0, 7]), run, data=packed / "packed", log_mlflow=False)
     with pytest.raises(FileNotFoundError, match="images.npy"):
         evaluate(_config(), run, data=tmp_path / "nowhere", log_mlflow=False)
+    five = _config()
+    five.model.num_classes = 5
+    with pytest.raises(ValueError, match="'model.num_classes' is 5, but the packed data in .* has 19 classes"):
+        evaluate(five, run, data=packed / "packed", log_mlflow=False)
     assert math.isfinite(evaluate(_config(), run, data=packed / "packed", log_mlflow=False, progress=False)["allacc"])

@@ -36,10 +36,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segmodels.config import EvaluateConfig, StudyConfig
 
-__all__ = ["RawLabels", "evaluate", "json_safe", "resolve_split", "settings_tag"]
+__all__ = ["RawLabels", "evaluate", "json_safe", "protocol", "resolve_split", "settings_tag"]
 
 
 def json_safe(obj: Any) -> Any:
@@ -90,6 +91,18 @@ def settings_tag(ev: EvaluateConfig) -> str:
     if ev.full_resolution:
         parts.append("fullres")
     return "_".join(parts)
+
+
+def protocol(ev: EvaluateConfig, *, precision: str, resolution: str) -> dict[str, str]:
+    """What a score means: scored at which resolution, in which precision, with which inference and TTA. The
+    label is what tables and MLflow show beside the number (e.g. "1024×2048 labels, fp32, whole image, no TTA")."""
+    inference = f"sliding {ev.window[0]}×{ev.window[1]}" if ev.sliding else "whole image"
+    views = ([f"scales {'/'.join(f'{s:g}' for s in ev.scales)}"] if list(ev.scales) != [1.0] else [])
+    tta = " + ".join(views + (["flip"] if ev.flip else [])) or "no TTA"
+    scoring = "full" if ev.full_resolution else "packed"
+    where = f"{resolution.replace('x', '×')} {'raw' if scoring == 'full' else 'packed'} labels"
+    return {"scoring": scoring, "resolution": resolution, "precision": precision, "inference": inference, "tta": tta,
+            "label": f"{where}, {precision}, {inference}, {tta}"}
 
 
 class RawLabels:
@@ -173,6 +186,7 @@ def evaluate(
     from segmodels.data._io import Progress
     from segmodels.data.labels import colorize
     from segmodels.data.loader import PackedSplit, val_batches
+    from segmodels.data.pack import check_num_classes
     from segmodels.devices import resolve_device
     from segmodels.engine.inference import (
         amp_dtype,
@@ -195,6 +209,7 @@ def evaluate(
     ev = cfg.evaluate
     _check_settings(ev)
     split_dir = resolve_split(cfg, data)
+    check_num_classes(split_dir, cfg.model.num_classes)
     split = PackedSplit(split_dir)
     n = len(split)
     bad = [i for i in ev.samples if not 0 <= i < n]
@@ -211,6 +226,7 @@ def evaluate(
         amp = ev.amp and dev.type == "cuda"
 
         confusion = ConfusionMatrix(num_classes, device=dev)
+        packed_confusion = ConfusionMatrix(num_classes, device=dev) if raw_labels is not None else None
         per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
         samples = set(ev.samples)
         sample_files: dict[str, bytes] = {}
@@ -218,21 +234,21 @@ def evaluate(
         with Progress(n, f"evaluate {run_name}", enabled=progress) as bar:
             for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
                 idx = [int(i) for i in indices]
-                if raw_labels is None:
-                    scores = predict_scores(
-                        model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-                        window=ev.window, stride=ev.stride, amp=amp,
-                    )  # fmt: skip
-                    preds, targets = [scores.argmax(1)], [labels]
-                else:
+                scores = predict_scores(
+                    model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
+                    window=ev.window, stride=ev.stride, amp=amp,
+                )  # fmt: skip
+                preds, targets = [scores.argmax(1)], [labels]
+                if raw_labels is not None:
+                    # One forward pass, scored twice: at the packed size (the earlier study's protocol) and,
+                    # upsampled, against the raw labels (the benchmark's). Raw sizes may differ: one at a time.
+                    packed_confusion.add_(batch_confusion(preds[0], labels, num_classes).sum(0))
                     preds, targets = [], []
-                    for row, i in enumerate(idx):  # raw images may differ in size: one at a time
+                    for row, i in enumerate(idx):
                         target = torch.from_numpy(raw_labels.read(i)).to(dev)
-                        scores = predict_scores(
-                            model, images[row : row + 1], scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-                            window=ev.window, stride=ev.stride, amp=amp, out_size=target.shape,
-                        )  # fmt: skip
-                        preds.append(scores.argmax(1))
+                        up = F.interpolate(scores[row : row + 1].float(), size=target.shape, mode="bilinear",
+                                           align_corners=False)  # fmt: skip
+                        preds.append(up.argmax(1))
                         targets.append(target.unsqueeze(0))
                 rows = []
                 for pred, target in zip(preds, targets, strict=True):
@@ -253,6 +269,9 @@ def evaluate(
         confusion.reduce_()
         matrix = confusion.matrix.cpu().numpy()
         result = compute_metrics(matrix, class_names_for(num_classes))
+        packed_scores = None
+        if packed_confusion is not None:
+            packed_scores = compute_metrics(packed_confusion.reduce_().matrix.cpu().numpy())
         elapsed = time.monotonic() - start
         meter.images = n
     cost = meter.result()
@@ -265,13 +284,18 @@ def evaluate(
     write_bytes_atomic(out_dir / "confusion.npy", _npy(matrix))
     write_bytes_atomic(out_dir / "confusion_per_image.npy", _npy(per_image))
     write_text_atomic(out_dir / "per_class.csv", _per_class_csv(result, matrix))
+    dtype = str(amp_dtype(dev)).removeprefix("torch.") if amp else None
+    packed_size = "x".join(map(str, split.size))
     settings = dataclasses.asdict(ev) | {
         "amp": amp,
-        "amp_dtype": str(amp_dtype(dev)).removeprefix("torch.") if amp else None,
+        "amp_dtype": dtype,
         "resolution": list(split.size) if raw_labels is None else sorted({f"{h}x{w}" for h, w in raw_labels.sizes}),
         "data": str(split_dir),
         "tag": settings_tag(ev),
     }
+    precision = f"amp {dtype}" if amp else "fp32"
+    full_size = "/".join(settings["resolution"]) if raw_labels is not None else packed_size
+    scored = protocol(ev, precision=precision, resolution=full_size)
     metrics = {
         "model": run_name,
         "miou": result["miou"],
@@ -284,6 +308,14 @@ def evaluate(
         "no_truth": result["no_truth"],
         "num_images": n,
         "labelled_pixels": result["labelled_pixels"],
+        "protocol": scored,
+        # With full-resolution scoring, the same predictions scored at the packed size too: the earlier
+        # study's protocol (its 1024×512), for the comparison with its table.
+        "packed": None if packed_scores is None else {
+            "miou": packed_scores["miou"], "macc": packed_scores["macc"], "allacc": packed_scores["allacc"],
+            "protocol": protocol(dataclasses.replace(ev, full_resolution=False), precision=precision,
+                                 resolution=packed_size),
+        },
         "settings": settings,
         "device": environment(dev),
         "checkpoint": {"path": str(ckpt_path), "iteration": meta.get("iteration")},
@@ -302,9 +334,12 @@ def evaluate(
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
         canonical = not tag and out_dir.resolve() == run_dir.resolve() and checkpoint is None
         scores = {f"{prefix}{k}": metrics[k] for k in ("miou", "macc", "allacc") if not math.isnan(metrics[k])}
+        if packed_scores is not None and not math.isnan(packed_scores["miou"]):
+            scores[f"{prefix}packed_miou"] = packed_scores["miou"]
         log_to_run(
             run_dir,
             metrics=scores | cost_metrics(cost, f"cost/eval_{tag}_" if tag else "cost/eval_"),
+            tags={f"protocol.{tag}" if tag else "protocol": scored["label"]},
             artifacts=[out_dir / "metrics.json", out_dir / "per_class.csv"] if canonical else [],
             step=meta.get("iteration"),
             uri=tracking_uri(cfg.tracking.uri),
