@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 from PIL import Image
 
 from segmodels.cli import main
@@ -12,6 +15,7 @@ from segmodels.config import StudyConfig, config_to_dict
 from segmodels.data.labels import colorize
 from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic
+from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
 from segmodels.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,12 +38,11 @@ def checkpoint(tmp_path_factory):
 
 
 def test_onnx_round_trip(tmp_path, checkpoint, capsys):
-    ort = pytest.importorskip("onnxruntime")
     path, model = checkpoint
     out = tmp_path / "model.onnx"
     code = main(["export", "--format", "onnx", "--checkpoint", str(path), "--size", "32", "64", "--out", str(out)])
     assert code == 0 and out.is_file()
-    assert "onnxruntime vs PyTorch" in capsys.readouterr().out
+    assert f"<= tolerance {ONNX_ATOL:g}" in capsys.readouterr().out
     x = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(5))
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["images"]
@@ -48,6 +51,46 @@ def test_onnx_round_trip(tmp_path, checkpoint, capsys):
         expected = model(x)["out"].numpy()
     assert got.shape == expected.shape == (1, 19, 32, 64)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def _shift_classifier_bias(path, by=0.5):
+    """Alter the graph behind the exporter's back: add ``by`` to the classifier's bias initializer."""
+    proto = onnx.load(str(path))
+    (bias,) = [t for t in proto.graph.initializer if t.name.endswith("classifier.bias")]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(by), bias.name))
+    onnx.save(proto, str(path))
+
+
+def test_verification_fails_on_an_altered_graph(tmp_path, checkpoint):
+    _, model = checkpoint
+    out = export_onnx(model, tmp_path / "m.onnx", size=(32, 64))
+    good = verify_onnx(model, out, size=(32, 64))
+    assert good["max_abs_diff"] <= ONNX_ATOL == good["atol"] and good["argmax_agreement"] == 1.0
+    _shift_classifier_bias(out, by=0.5)
+    with pytest.raises(OnnxMismatchError, match=r"max \|diff\| 5\.0\d*e-01 > tolerance 0\.001") as info:
+        verify_onnx(model, out, size=(32, 64))
+    assert info.value.report["max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
+    assert verify_onnx(model, out, size=(32, 64), atol=0.6)["max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_export_command_exits_non_zero_on_a_mismatch(tmp_path, checkpoint, capsys, monkeypatch):
+    import segmodels.engine.export as export_module
+
+    real_export = export_module.export_onnx
+
+    def export_then_alter(*args, **kwargs):
+        written = real_export(*args, **kwargs)
+        _shift_classifier_bias(written, by=0.01)
+        return written
+
+    monkeypatch.setattr(export_module, "export_onnx", export_then_alter)
+    path, _ = checkpoint
+    base = ["export", "--checkpoint", str(path), "--size", "32", "64", "--out", str(tmp_path / "m.onnx")]
+    assert main(base) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "max |diff| 1.0" in err and "> tolerance 0.001" in err, err
+    assert main([*base, "--atol", "0.02"]) == 0  # a stated, looser tolerance admits it
+    assert "<= tolerance 0.02" in capsys.readouterr().out
 
 
 def _image(path, size, mode="RGB", seed=0):
