@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 
 import pytest
 import torch
 
 from segmodels.cli import main
 from segmodels.config import StudyConfig
-from segmodels.engine.benchmark import benchmark_run, miou_per_speed, parse_mode, time_fn
+from segmodels.engine.benchmark import benchmark_model, benchmark_run, miou_per_speed, parse_mode, time_fn
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.models import build_model, count_flops
 
@@ -36,8 +37,14 @@ def test_miou_per_speed_follows_the_formula():
 
 def test_time_fn_counts_repeats():
     calls = []
-    times = time_fn(lambda: calls.append(1), device=torch.device("cpu"), warmup=3, repeats=5)
-    assert len(calls) == 8 and len(times) == 5 and all(t >= 0 for t in times)
+
+    def fn():
+        calls.append(1)
+        if len(calls) > 3:  # the timed calls (after 3 warm-up calls) take at least 2 ms each
+            time.sleep(0.002)
+
+    times = time_fn(fn, device=torch.device("cpu"), warmup=3, repeats=5)
+    assert len(calls) == 8 and len(times) == 5 and all(t >= 2.0 for t in times)
 
 
 def test_benchmark_fresh_model_json(tmp_path):
@@ -55,7 +62,7 @@ def test_benchmark_fresh_model_json(tmp_path):
     assert fp32["median_ms"] == pytest.approx(statistics.median(fp32["times_ms"]), rel=1e-3)
     assert fp32["min_ms"] <= fp32["median_ms"] <= fp32["p90_ms"] <= fp32["max_ms"]
     assert fp32["fps"] == pytest.approx(1000.0 / fp32["median_ms"])
-    assert fp32["memory"] == "cpu_peak_rss_growth" and fp32["peak_memory_mb"] >= 0
+    assert fp32["memory"] == "cpu_peak_rss_growth"
     assert data["modes"]["channels_last"]["status"] == "ok"
     for skipped in ("amp", "cudagraphs"):
         assert data["modes"][skipped]["status"] == "skipped" and data["modes"][skipped]["reason"]
@@ -92,3 +99,33 @@ def test_benchmark_run_folder_computes_miou_per_speed(tmp_path):
 def test_benchmark_rejects_bad_mode_before_work(tmp_path):
     with pytest.raises(ValueError, match="benchmark.modes"):
         benchmark_run(StudyConfig(), None, model_name="resnet18-ppm", out=tmp_path, modes=["fp16"], device="cpu")
+
+
+def test_fps_is_images_per_second_and_memory_the_peak_rss_growth(tmp_path, monkeypatch):
+    import segmodels.engine.benchmark as bench
+
+    model = build_model("mobilenetv2", "fcn", pretrained=None)
+    batches = []
+
+    def record(_, args):
+        if args[0].device.type == "cpu":  # the FLOP count runs on the meta device and is not a timed pass
+            batches.append(args[0].shape[0])
+
+    model.register_forward_pre_hook(record)
+    with monkeypatch.context() as patch:
+        rss = iter([100.0, 164.5])  # peak RSS before and after the mode's passes, in MiB
+        patch.setattr(bench, "_peak_rss_mb", lambda: next(rss))
+        result = benchmark_model(model, size=(32, 32), batch_size=2, modes=["fp32"], warmup=1, repeats=3,
+                                 device="cpu", log=None)  # fmt: skip
+    assert batches == [2] * 4  # one warm-up and three timed passes, each of a batch of 2
+    fp32 = result["modes"]["fp32"]
+    assert fp32["fps"] == pytest.approx(2 * 1000.0 / fp32["median_ms"]) and result["fps"] == fp32["fps"]
+    assert fp32["peak_memory_mb"] == pytest.approx(64.5)
+
+    cfg = StudyConfig()
+    cfg.benchmark.batch_size = 2
+    benchmark_run(cfg, None, model_name="mobilenetv2-fcn", out=tmp_path, size=[32, 32], modes=["fp32"], repeats=2,
+                  warmup=0, device="cpu")  # fmt: skip
+    saved = json.loads((tmp_path / "latency.json").read_text())
+    assert saved["batch_size"] == 2
+    assert saved["fps"] == saved["modes"]["fp32"]["fps"] == pytest.approx(2000.0 / saved["latency_ms"])

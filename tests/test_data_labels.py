@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cityscapesscripts.helpers.labels import labels as cs_labels
 
 from segmodels.data import labels as L
-
-cs_labels = pytest.importorskip("cityscapesscripts.helpers.labels").labels
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,9 +2,9 @@
 
 Each mode is timed on its own copy of the model, after a warm-up, with the device synchronised around
 every repetition (CUDA events on a GPU, ``perf_counter`` on the CPU), so one number always means one
-complete forward pass of one input: a latency, not a pipelined throughput. Reported per mode: median,
-p90, mean, std, min and max in ms, FPS (batch / median) and peak memory; beside them parameters, GFLOPs,
-and the device, driver and library versions.
+complete forward pass of one input batch: a latency, not a pipelined throughput. Reported per mode: median,
+p90, mean, std, min and max in ms, FPS (images per second: batch size / median) and peak memory; beside
+them parameters, GFLOPs (of one image), and the device, driver and library versions.
 
 Modes (``benchmark.modes``): ``fp32`` or ``amp`` (autocast to ``benchmark.amp_dtype``), each optionally
 with ``+channels_last``, ``+compile`` (torch.compile) and ``+cudagraphs`` (one captured graph replayed;
