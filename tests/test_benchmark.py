@@ -129,3 +129,15 @@ def test_fps_is_images_per_second_and_memory_the_peak_rss_growth(tmp_path, monke
     saved = json.loads((tmp_path / "latency.json").read_text())
     assert saved["batch_size"] == 2
     assert saved["fps"] == saved["modes"]["fp32"]["fps"] == pytest.approx(2000.0 / saved["latency_ms"])
+
+
+def test_the_headline_latency_is_timed_in_the_precision_the_miou_was_measured_in():
+    from segmodels.engine.benchmark import primary_mode
+
+    ok, skipped = {"status": "ok", "median_ms": 1.0}, {"status": "skipped", "reason": "no GPU"}
+    both = {"modes": {"fp32": ok, "amp": ok, "channels_last": ok}}
+    assert primary_mode(both, "amp") == "amp"  # an mIoU evaluated under amp pairs with amp's latency
+    assert primary_mode(both, "fp32") == "fp32" and primary_mode(both) == "fp32"
+    assert primary_mode({"modes": {"fp32": ok, "amp": skipped}}, "amp") == "fp32"  # not timed: fall back
+    assert primary_mode({"modes": {"channels_last": ok}}, "amp") == "channels_last"
+    assert primary_mode({"modes": {"amp": skipped}}) is None

@@ -275,17 +275,21 @@ def benchmark_model(
             )
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    primary = primary_mode(result)
-    result["primary_mode"] = primary
-    result["latency_ms"] = result["modes"][primary]["median_ms"] if primary else None
-    result["fps"] = result["modes"][primary]["fps"] if primary else None
+    _set_primary(result, primary_mode(result))
     return result
 
 
-def primary_mode(result: dict[str, Any]) -> str | None:
-    """The study's latency column: fp32 when it was timed, else the first timed mode."""
+def primary_mode(result: dict[str, Any], prefer: str = "fp32") -> str | None:
+    """The study's latency column: ``prefer`` (the precision the model's mIoU was measured in) when it was timed,
+    else fp32, else the first timed mode."""
     timed = [name for name, m in result["modes"].items() if m.get("status") == "ok"]
-    return "fp32" if "fp32" in timed else (timed[0] if timed else None)
+    return next((name for name in (prefer, "fp32") if name in timed), timed[0] if timed else None)
+
+
+def _set_primary(result: dict[str, Any], mode: str | None) -> None:
+    result["primary_mode"] = mode
+    result["latency_ms"] = result["modes"][mode]["median_ms"] if mode else None
+    result["fps"] = result["modes"][mode]["fps"] if mode else None
 
 
 def miou_per_speed(miou: float, latency_ms: float) -> float:
@@ -375,10 +379,13 @@ def benchmark_run(
     )  # fmt: skip
     metrics_path = run_dir / "metrics.json" if run_dir is not None else None
     if metrics_path is not None and metrics_path.is_file() and result["latency_ms"]:
-        miou = json.loads(metrics_path.read_text()).get("miou")
-        if miou is not None:
-            result["miou"] = miou
-            result["miou_per_speed"] = miou_per_speed(miou, result["latency_ms"])
+        scored = json.loads(metrics_path.read_text())
+        # mIoU/speed pairs numbers of one setup: the latency of the precision the mIoU was measured in.
+        _set_primary(result, primary_mode(result, "amp" if scored.get("settings", {}).get("amp") else "fp32"))
+        if scored.get("miou") is not None:
+            result["miou"] = scored["miou"]
+            result["miou_protocol"] = scored.get("protocol", {}).get("label")
+            result["miou_per_speed"] = miou_per_speed(scored["miou"], result["latency_ms"])
     result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_text_atomic(out_path, json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     print(f"wrote {out_path}")
