@@ -27,7 +27,14 @@ import torchvision
 from torch import nn
 
 from segmodels.atomic import write_text_atomic
-from segmodels.models import build_model, count_flops, count_parameters, list_models, parse_model_name
+from segmodels.models import (
+    CASCADE_HEADS,
+    build_model,
+    count_flops,
+    count_parameters,
+    list_models,
+    parse_model_name,
+)
 
 BASELINE = "deeplabv3_resnet50"
 
@@ -169,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, name in enumerate(names, start=2):
         backbone, head = parse_model_name(name)
-        row, paired = measure(name, lambda b=backbone, h=head: build_model(b, h, aux=False), args, baseline=reference)
+        build = lambda b=backbone, h=head: build_model(b, h, aux=h in CASCADE_HEADS)  # noqa: E731
+        row, paired = measure(name, build, args, baseline=reference)
         rows.append(row)
         baseline_times += paired
         print(

@@ -91,7 +91,10 @@ class DataConfig:
 class ModelConfig:
     output_stride: int = _limited(8, enum=[8, 16, 32])
     pretrained: str | None = "imagenet"  # imagenet | a path to a state dict | null (random init)
-    aux: bool = True  # auxiliary FCN head on the aux stage (training only)
+    aux: bool = True  # auxiliary FCN head on the aux stage (training only; OCR needs it: its regions are its logits)
+    # Keyword options of the head's class, checked per head at load (e.g. ASPP rates, image_pool; PPM bins);
+    # empty: the earlier study's heads. DeepLabV3's ASPP: {rates: [1, 12, 24, 36], image_pool: true, dropout: 0.0}
+    head_options: dict[str, Any] = field(default_factory=dict)
     # Running-statistics momentum of every BatchNorm while training; null keeps each constructor's own. One
     # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
     # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
@@ -112,8 +115,7 @@ class TrainConfig:
     poly_power: float = _limited(0.9, **_AT_LEAST_0)
     warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
-    aux_weight: float = _limited(0.4, **_AT_LEAST_0)
-    region_weight: float = _limited(0.4, **_AT_LEAST_0)  # OCR's soft-object-region loss
+    aux_weight: float = _limited(0.4, **_AT_LEAST_0)  # also OCR's soft-object-region loss: its regions are aux
     distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
     distill_weight: float = _limited(1.0, **_AT_LEAST_0)
     distill_temperature: float = _limited(1.0, **_POSITIVE)
@@ -290,9 +292,31 @@ def _check_limits(value: Any, limits: dict[str, Any], key: str, where: str) -> N
         raise ConfigError(f"{where}: '{key}' must {broken}, got {value!r}")
 
 
+def _check_head_options(cfg: StudyConfig, where: str) -> None:
+    """``model.head_options`` against the options of every head among ``cfg.models`` (a run's effective config
+    has its own model alone); names that are not {backbone}-{head}[_tag...] are left to the matrix."""
+    from segmodels.models import HEAD_OPTIONS, parse_model_name  # light: no torch
+
+    heads = []
+    for entry in cfg.models:
+        name = next(iter(entry), "") if isinstance(entry, dict) else entry
+        try:
+            heads.append(parse_model_name(str(name).partition("_")[0])[1])
+        except ValueError:
+            continue
+    for head in dict.fromkeys(heads):
+        allowed = HEAD_OPTIONS[head]
+        for option, value in cfg.model.head_options.items():
+            key = f"model.head_options.{option}"
+            if option not in allowed:
+                raise ConfigError(f"{where}: unknown key '{key}' for head '{head}'; its options: {', '.join(allowed)}")
+            _check(value, allowed[option][0], key, where)
+
+
 def validate_config(cfg: StudyConfig, where: str) -> None:
     """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
     by :func:`segmodels.matrix.expand_runs`)."""
+    _check_head_options(cfg, where)
     low, high = cfg.train.scale_range
     if low > high:
         raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")

@@ -11,9 +11,11 @@ An entry of ``models`` is one of
 
 ``axes`` maps dotted run-level keys to lists of values; their cross product is applied to every entry and
 names the runs ``{entry}_{tag}``, one tag per axis in the order given (``resnet18-ppm_os16_crop256x512``).
-Precedence: the study's sections, then the axis values, then the entry's own overrides (the more specific
-wins). Every run's effective config is built through :func:`segmodels.config.from_dict`, so overrides are
-type-checked like the file itself.
+Precedence: the study's sections, then the axis values, then the entry's own overrides. An entry may not
+set a key that an axis sets (a ConfigError at load naming the file, the entry and the key), so a run's tags
+always name the values it runs with: ``resnet18-ppm_os8`` never runs at output stride 16. Every run's
+effective config is built through :func:`segmodels.config.from_dict`, so overrides are type-checked like
+the file itself.
 """
 
 from __future__ import annotations
@@ -164,14 +166,21 @@ def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any], *, where: str
 
 def _effective(cfg: StudyConfig, spec: RunSpec, where: str) -> StudyConfig:
     """The config of one run: a study of that run alone (``models: [name]``, no axes)."""
-    return with_overrides(cfg, {"models": [spec.name], "axes": {}, **spec.overrides}, where=where)
+    from segmodels.models import CASCADE_HEADS
+
+    out = with_overrides(cfg, {"models": [spec.name], "axes": {}, **spec.overrides}, where=where)
+    if spec.arch[1] in CASCADE_HEADS and not out.model.aux:
+        raise ConfigError(f"{where}: 'model.aux' must be true for head '{spec.arch[1]}': its soft object regions "
+                          "are the auxiliary FCN head's logits (OCR's ResNet cascade)")  # fmt: skip
+    return out
 
 
 def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
     """Every run of the study, entries in order and the axes' cross product within each entry.
 
     Raises ConfigError naming ``where``, the entry and the key for a bad name, a key outside the run-level
-    sections, an unknown key, a value of the wrong type, or two runs of the same name.
+    sections, an unknown key, a value of the wrong type, a key set by both the entry and an axis, or two runs
+    of the same name.
     """
     from segmodels.models import BACKBONES, HEADS
 
@@ -199,6 +208,13 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
                 f"heads: {', '.join(HEADS)}; tags: letters, digits and dots"
             ) from None
         _run_level(list(own), f"{where}: model entry '{entry}'")
+        for key in own:
+            for axis in axes:
+                if key == axis or key.startswith(axis + ".") or axis.startswith(key + "."):
+                    raise ConfigError(
+                        f"{where}: model entry '{entry}' sets '{key}', which axis '{axis}' also sets: its runs would "
+                        f"be named by the axis value but run with the entry's; drop '{key}' from the entry or the axis"
+                    )
         for combo in combos:
             name = "_".join([entry, *(axis_tag(k, v) for k, v in combo)])
             if name in seen:

@@ -18,7 +18,7 @@ from conftest import small_config, write_config
 from segmodels.cli import main
 from segmodels.config import ConfigError, StudyConfig, load_config, study_schema
 from segmodels.matrix import arch_of, expand_runs, pair_of, reference_variant, run_config, run_names, run_sections
-from segmodels.results_files import display_name, load_study
+from segmodels.results_files import HEAD_LABELS, display_name, head_label, load_study
 from segmodels.stats import study_pairs
 from segmodels.summary import run_dir, summarize
 
@@ -68,10 +68,10 @@ def test_overrides_set_typed_values_of_one_run_only(tmp_path):
     assert run_config(os16, "resnet18-ppm_os16") == os16  # a run's own config passes unchanged
 
 
-def test_axes_cross_every_entry_and_the_entry_wins(tmp_path):
+def test_axes_cross_every_entry_and_the_entry_adds_its_own_keys(tmp_path):
     path = _write(tmp_path, {
         "experiment": "m",
-        "models": ["resnet18-ppm", {"resnet50-aspp": {"model.output_stride": 32}}],
+        "models": ["resnet18-ppm", {"resnet50-aspp": {"train.iterations": 7}}],
         "axes": {"model.output_stride": [8, 16], "train.crop_size": [[256, 512], [512, 1024]]},
     })  # fmt: skip
     cfg = load_config(path)
@@ -79,8 +79,9 @@ def test_axes_cross_every_entry_and_the_entry_wins(tmp_path):
     assert run_names(cfg) == [f"{m}_{c}" for m in ("resnet18-ppm", "resnet50-aspp") for c in combos]
     run = run_config(cfg, "resnet18-ppm_os16_crop512x1024")
     assert run.model.output_stride == 16 and run.train.crop_size == [512, 1024]
-    entry_wins = run_config(cfg, "resnet50-aspp_os8_crop256x512")
-    assert entry_wins.model.output_stride == 32 and entry_wins.train.crop_size == [256, 512]
+    own = run_config(cfg, "resnet50-aspp_os8_crop256x512")
+    assert own.model.output_stride == 8 and own.train.crop_size == [256, 512] and own.train.iterations == 7
+    assert run.train.iterations == cfg.train.iterations != 7
     no_axes = load_config(_write(tmp_path, {"experiment": "m", "models": ["resnet18-ppm"], "axes": {}}, "e.yaml"))
     assert run_names(no_axes) == ["resnet18-ppm"]
 
@@ -326,10 +327,69 @@ def test_a_study_without_plain_runs_compares_within_its_first_variant(tmp_path):
     miou = context["header"].index("mIoU")
     assert [(row[0]["t"], row[miou]["t"]) for row in context["rows"]] == [
         ("PPM", f"{study.value('resnet18-ppm_os8', 'miou'):.2f}"),
-        ("ASPP", f"{study.value('resnet18-aspp_os8', 'miou'):.2f}"),
+        ("ASPP (1,2,3,6)", f"{study.value('resnet18-aspp_os8', 'miou'):.2f}"),
     ]
     best = max(("resnet18-ppm_os8", "resnet18-aspp_os8"), key=lambda m: study.value(m, "miou"))
     context_finding = next(f["text"] for f in data["findings"] if f["title"] == "Context modules")
     assert context_finding.startswith(f"Best context module on ResNet18: {'PPM' if 'ppm' in best else 'ASPP'} (")
     pairs = {(c.a, c.b) for c in study.comparisons}
     assert ("resnet50-ppm_os8", "resnet18-ppm_os8") in pairs and ("resnet50-ppm_os16", "resnet50-ppm_os8") in pairs
+
+
+def test_ocr_needs_aux_and_head_options_are_checked_per_head(tmp_path):
+    def fails(data: dict, message: str) -> None:
+        path = _write(tmp_path, {"experiment": "h", **data})
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: ") + message):
+            load_config(path)
+
+    # OCR's soft object regions are the aux head's logits: a run of it without that head is refused, by key.
+    fails({"models": ["resnet18-ocr"], "model": {"aux": False}},
+          "model entry 'resnet18-ocr': 'model.aux' must be true for head 'ocr'")  # fmt: skip
+    fails({"models": ["resnet18-ppm", {"resnet18-ocr_x": {"model.aux": False}}]},
+          "model entry 'resnet18-ocr_x': 'model.aux' must be true for head 'ocr'")  # fmt: skip
+    assert load_config(_write(tmp_path, {"experiment": "h", "models": ["resnet18-ppm"], "model": {"aux": False}}))
+    # Options: unknown names and wrong types, naming model.head_options.<name>; the study's options reach every run.
+    fails({"models": ["resnet18-aspp"], "model": {"head_options": {"rate": [1, 2]}}},
+          re.escape("unknown key 'model.head_options.rate' for head 'aspp'; its options: rates, image_pool"))
+    fails({"models": ["resnet18-aspp"], "model": {"head_options": {"rates": 6}}},
+          re.escape("'model.head_options.rates' must be a list of int, got 6"))
+    fails({"models": [{"resnet18-aspp_x": {"model.head_options": {"image_pool": "yes"}}}]},
+          re.escape("model entry 'resnet18-aspp_x': 'model.head_options.image_pool' must be bool, got 'yes'"))
+    fails({"models": ["resnet18-aspp", "resnet18-ppm"], "model": {"head_options": {"image_pool": True}}},
+          re.escape("unknown key 'model.head_options.image_pool' for head 'ppm'"))
+    # DeepLabV3's head is the commented line of config/config.yaml, one run beside the study's ASPP.
+    (line,) = [x for x in (ROOT / "config" / "config.yaml").read_text().splitlines() if "deeplabv3" in x]
+    study = _write(tmp_path, {"experiment": "h", "models": ["resnet18-aspp", *yaml.safe_load(line.replace("#", ""))]})
+    cfg = load_config(study)
+    assert run_names(cfg) == ["resnet18-aspp", "resnet18-aspp_deeplabv3"]
+    assert run_config(cfg, "resnet18-aspp").model.head_options == {}
+    options = run_config(cfg, "resnet18-aspp_deeplabv3").model.head_options
+    assert options == {"rates": [1, 12, 24, 36], "image_pool": True, "dropout": 0.0}
+    assert head_label("aspp", options) == "ASPP (1,12,24,36)+pool" and head_label("aspp") == HEAD_LABELS["aspp"]
+    assert HEAD_LABELS["aspp"] == "ASPP (1,2,3,6)" and display_name("resnet18-aspp") == "ResNet18-ASPP (1,2,3,6)"
+    assert head_label("ppm", {"bins": [1, 2, 4], "channels": 256}) == "PPM (1,2,4) channels=256"
+    assert head_label("ppm", {"bins": [1, 2, 3, 6], "dropout": 0.2}) == "PPM"
+
+
+@pytest.mark.parametrize(
+    ("own", "axes", "key", "axis"),
+    [
+        ({"model.output_stride": 16}, {"model.output_stride": [8, 16]}, "model.output_stride", "model.output_stride"),
+        ({"train": {"crop_size": [256, 256]}}, {"evaluate.flip": [True], "train.crop_size": [[256, 512]]},
+         "train.crop_size", "train.crop_size"),
+    ],
+)  # fmt: skip
+def test_an_entry_may_not_set_a_key_an_axis_names_its_runs_by(tmp_path, own, axes, key, axis):
+    """``resnet18-ppm_os8`` must run at output stride 8: an entry overriding the axis's key is refused at load."""
+    path = _write(tmp_path, {"experiment": "m", "models": ["resnet50-ppm", {"resnet18-ppm": own}], "axes": axes})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert str(path) in text and "model entry 'resnet18-ppm'" in text
+    assert f"sets '{key}', which axis '{axis}' also sets" in text
+    # The same key on an entry without that axis, or another key beside it, is fine.
+    load_config(_write(tmp_path, {"experiment": "m", "models": [{"resnet18-ppm": own}]}, "no_axis.yaml"))
+    fine = load_config(_write(tmp_path, {"experiment": "m", "models": [{"resnet18-ppm": {"train.iterations": 5}}],
+                                         "axes": axes}, "other_key.yaml"))  # fmt: skip
+    for name in run_names(fine):
+        assert run_config(fine, name).train.iterations == 5

@@ -16,6 +16,8 @@ from torchvision.models._api import Weights, WeightsEnum
 
 from segmodels.models import (
     BACKBONES,
+    CASCADE_HEADS,
+    HEAD_OPTIONS,
     HEADS,
     build_model,
     count_flops,
@@ -61,8 +63,7 @@ def check_model(model: nn.Module, x: torch.Tensor) -> None:
 
     model.train()
     out = model(x)
-    keys = {"out", "aux"} | ({"regions"} if model.head_name == "ocr" else set())
-    assert set(out) == keys
+    assert set(out) == {"out", "aux"}
     target = torch.randint(0, model.num_classes, (n, h, w), generator=torch.Generator().manual_seed(1))
     sum(F.cross_entropy(logits, target) for logits in out.values()).backward()
     for name, param in model.named_parameters():
@@ -81,11 +82,86 @@ def test_every_model(name: str) -> None:
 
 
 def test_output_stride_16_and_no_aux() -> None:
-    model = build_model("mobilenetv3", "ocr", output_stride=16, aux=False, num_classes=5)
+    model = build_model("mobilenetv3", "ppm", output_stride=16, aux=False, num_classes=5)
     assert model.aux_head is None
     assert model.backbone.feature_info["out"].reduction == 16
     model.train()
-    assert set(model(_image())) == {"out", "regions"}
+    assert set(model(_image())) == {"out"}
+
+
+def test_ocr_needs_the_aux_head() -> None:
+    assert CASCADE_HEADS == ("ocr",)
+    with pytest.raises(ValueError, match="head 'ocr' needs aux=True: its soft object regions are the auxiliary"):
+        build_model("resnet18", "ocr", aux=False)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_ocr_regions_are_the_aux_logits(training: bool) -> None:
+    """The cascade of OCR's ResNet variant: one auxiliary FCN head, whose logits OCR gathers over, in both modes."""
+    model = build_model("resnet18", "ocr", num_classes=7).train(training)
+    aux_logits, gathered = [], []
+    model.aux_head.register_forward_hook(lambda module, args, out: aux_logits.append(out["out"]))
+    model.head.gather.register_forward_hook(lambda module, args, out: gathered.append(args[1]))
+    with torch.set_grad_enabled(training):
+        out = model(_image())
+    assert len(aux_logits) == len(gathered) == 1 and gathered[0] is aux_logits[0]
+    assert set(out) == ({"out", "aux"} if training else {"out"})
+    assert not any("region" in name for name, _ in model.named_modules())
+
+
+def test_ocr_at_output_stride_32() -> None:
+    # The aux stage stays at stride 16 while layer4 reaches 32: the regions are resized to the pixels' grid.
+    model = build_model("mobilenetv2", "ocr", output_stride=32).eval()
+    with torch.no_grad():
+        assert model(_image())["out"].shape == (BATCH, 19, SIZE, SIZE)
+
+
+def _conv_bn(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + 2 * cout  # no conv bias before a BatchNorm; BN weight and bias
+
+
+def _classifier(cin: int, classes: int) -> int:
+    return cin * classes + classes
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "mobilenetv3"])
+def test_ocr_parameters_are_mmsegs_cascade(backbone: str) -> None:
+    """Layer list of mmsegmentation's configs/_base_/models/ocrnet_r50-d8.py (``decode_head`` is a cascade:
+    FCNHead(in_channels=1024, channels=256, num_convs=1, concat_input=False, loss_weight=0.4), then
+    OCRHead(in_channels=2048, channels=512, ocr_channels=256)) at our widths: aux 256, mid 512, key 256, the
+    input channels the backbone's. A separate soft-region head would add parameters and fail this."""
+    with torch.device("meta"):
+        model = build_model(backbone, "ocr", num_classes=19)
+    c_aux, c_out = (model.backbone.feature_info[k].channels for k in ("aux", "out"))
+    if backbone == "resnet50":
+        assert (c_aux, c_out) == (1024, 2048)  # exactly mmseg's r50-d8 heads
+    k, mid, key = 19, 512, 256
+    fcn_head = _conv_bn(c_aux, 256, 3) + _classifier(256, k)  # convs.0 (3×3), conv_seg
+    ocr_head = (
+        _conv_bn(c_out, mid, 3)  # bottleneck (3×3): pixel representations
+        + _conv_bn(mid, key, 1) + _conv_bn(key, key, 1)  # object_context_block.query_project
+        + _conv_bn(mid, key, 1) + _conv_bn(key, key, 1)  # key_project
+        + _conv_bn(mid, key, 1)  # value_project
+        + _conv_bn(key, mid, 1)  # out_project
+        + _conv_bn(2 * mid, mid, 1)  # object_context_block.bottleneck (fuse)
+        + _classifier(mid, k)  # conv_seg; spatial_gather_module has no parameters
+    )  # fmt: skip
+    assert count_parameters(model) - count_parameters(model.backbone) == fcn_head + ocr_head
+    assert (count_parameters(model.aux_head), count_parameters(model.head)) == (fcn_head, ocr_head)
+
+
+def test_head_options_table_is_the_heads_signatures() -> None:
+    """``HEAD_OPTIONS`` (what a config is checked against without torch) names each head's keyword options with
+    their defaults, and every default passes the option's config type."""
+    import inspect
+
+    from segmodels.config import _check
+
+    for head, cls in HEAD_BUILDERS.items():
+        params = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert {n: default for n, (_, default) in HEAD_OPTIONS[head].items()} == params, head
+        for name, (tp, default) in HEAD_OPTIONS[head].items():
+            _check(list(default) if isinstance(default, tuple) else default, tp, name, "table")
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
@@ -339,6 +415,9 @@ def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["resnet18-ocr", "mobilenetv3-fcn"]
     assert all(r["params_m"] > 0 and r["gflops"] > 0 for r in rows)
+    with torch.device("meta"):
+        ocr = build_model("resnet18", "ocr")  # its inference model includes the aux head: the regions
+    assert rows[0]["params_m"] == round(count_parameters(ocr) / 1e6, 3)
     assert main(["models", "--models", "resnet18-unet"]) == 2
     assert "segmodels models: error: unknown model 'resnet18-unet'" in capsys.readouterr().err
 
@@ -346,3 +425,40 @@ def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_registry_module_is_light() -> None:
     code = "import sys, segmodels.models, segmodels.models.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ocr_exports_to_onnx(tmp_path: Path) -> None:
+    """The eval-mode graph keeps the aux head: it computes the regions the OCR head gathers over."""
+    pytest.importorskip("onnxruntime")
+    from segmodels.engine.export import export_onnx, verify_onnx
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", "ocr", num_classes=5).eval()
+    path = export_onnx(model, tmp_path / "ocr.onnx", size=(32, 64))
+    check = verify_onnx(model, path, size=(32, 64))
+    assert check["max_abs_diff"] < 1e-4 and check["argmax_agreement"] == 1.0
+
+
+def test_checkpoints_record_head_options(tmp_path: Path) -> None:
+    from segmodels.engine.checkpoint import load_model_from_checkpoint, save_atomic
+    from segmodels.engine.inference import load_model
+
+    def save(model: nn.Module, path: Path, **extra: object) -> Path:
+        save_atomic({"format": 1, "model": model.state_dict(), "backbone": model.backbone_name,
+                     "head": model.head_name, "num_classes": 19, "output_stride": 8, "aux": True, **extra}, path)  # fmt: skip
+        return path
+
+    deeplab = build_model("resnet18", "aspp", head_options=DEEPLABV3_OPTIONS)
+    path = save(deeplab, tmp_path / "deeplab.pt", head_options=dict(DEEPLABV3_OPTIONS))
+    for loaded in (load_model_from_checkpoint(path), load_model(path, device=torch.device("cpu"))[0]):
+        assert len(loaded.head.branches) == 5 and loaded.head.dropout.p == 0.0
+        theirs = deeplab.state_dict()
+        assert loaded.state_dict().keys() == theirs.keys()
+        assert all(torch.equal(value, theirs[key]) for key, value in loaded.state_dict().items())
+    # A checkpoint written before heads had options builds the default head.
+    old = save(build_model("resnet18", "aspp"), tmp_path / "old.pt")
+    assert len(load_model_from_checkpoint(old).head.branches) == 4
+    # Weights of another head's options do not fit the recorded ones: refused, naming the file.
+    wrong = save(deeplab, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match=f"{wrong}: weights do not fit resnet18-aspp"):
+        load_model_from_checkpoint(wrong)

@@ -58,10 +58,10 @@ def test_losses_ignore_unlabelled_pixels_and_weight_the_extra_heads():
     expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], labels[keep])
     assert torch.allclose(cross_entropy(logits, labels), expected)
     assert cross_entropy(logits, torch.full_like(labels, 255)).item() == 0.0  # not 0/0 = NaN
-    out = {"out": logits, "aux": logits * 2, "regions": logits * 3}
-    total, parts = segmentation_loss(out, labels, aux_weight=0.4, region_weight=0.25)
-    assert set(parts) == {"main", "aux", "regions"}
-    assert torch.allclose(total, parts["main"] + 0.4 * parts["aux"] + 0.25 * parts["regions"])
+    out = {"out": logits, "aux": logits * 2}
+    total, parts = segmentation_loss(out, labels, aux_weight=0.4)
+    assert set(parts) == {"main", "aux"}
+    assert torch.allclose(total, parts["main"] + 0.4 * parts["aux"])
 
 
 def test_distillation_is_kl_on_softened_logits_times_t_squared():
@@ -98,7 +98,7 @@ def test_gpu_speed_features_run_the_same_step_on_the_cpu():
         scaler = torch.amp.GradScaler("cpu", init_scale=256.0, enabled=dtype == torch.float16)
         step = Stepper(model, build_optimizer(model, t, fused=True), scaler, t, amp_dtype=dtype, device_type="cpu")
         loss, parts = step(x, y, 0.01)
-        assert torch.isfinite(loss) and set(parts) == {"main", "aux", "regions"}  # OCR's region loss included
+        assert torch.isfinite(loss) and set(parts) == {"main", "aux"}  # OCR's regions are the aux head's: one loss
         changed = sum(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         assert changed > 0.9 * len(before), dtype
         assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none=True)

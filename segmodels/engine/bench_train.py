@@ -35,7 +35,8 @@ def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple
     backbone, head = arch_of(model_name)
     torch.manual_seed(0)  # both variants start from the same weights
     model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                        aux=cfg.model.aux, pretrained=None, bn_momentum=cfg.model.bn_momentum).to(device).train()
+                        aux=cfg.model.aux, pretrained=None, bn_momentum=cfg.model.bn_momentum,
+                        head_options=cfg.model.head_options).to(device).train()
     images, labels = batch
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -369,7 +369,7 @@ def benchmark_run(
         backbone, head = arch_of(model_name)
         model = build_model(
             backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-            aux=cfg.model.aux, pretrained=None,
+            aux=cfg.model.aux, pretrained=None, head_options=cfg.model.head_options,
         )  # fmt: skip
     print(f"benchmark {name}: {size[0]}x{size[1]}, batch {bc.batch_size}, modes {', '.join(modes)}, on {dev}")
     result = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "iteration": meta.get("iteration")}

@@ -53,6 +53,7 @@ _RESUME_NEUTRAL = {
     "train.compile",
     "train.channels_last",
     "train.deterministic",
+    "train.region_weight",  # retired: OCR's regions are the aux logits (train.aux_weight); no other head read it
 }
 _RESUME_SECTIONS = ("train.", "model.", "run.")
 _RESUME_DATA_KEYS = {"data.dataset", "data.size"}
@@ -136,7 +137,8 @@ def load_model_from_checkpoint(
     expect_head: str | None = None,
     expect_num_classes: int | None = None,
 ) -> nn.Module:
-    """Build the model a checkpoint describes and load its weights (eval mode, on ``device``)."""
+    """Build the model a checkpoint describes (architecture, ``aux``, ``head_options``) and load its weights
+    (eval mode, on ``device``)."""
     from segmodels.models import build_model
 
     ckpt = load_checkpoint(path)
@@ -150,6 +152,7 @@ def load_model_from_checkpoint(
         output_stride=ckpt["output_stride"],
         aux=ckpt["aux"],
         pretrained=None,
+        head_options=ckpt.get("head_options"),  # absent in checkpoints written before heads had options: defaults
     )
     try:
         model.load_state_dict(ckpt["model"])

@@ -138,12 +138,12 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--atol must be >= 0, got {args.atol}")
     if args.model:
         from segmodels.matrix import arch_of, run_config
-        from segmodels.models import build_model
+        from segmodels.models import CASCADE_HEADS, build_model
 
         backbone, head = arch_of(args.model)
         cfg = run_config(cfg, args.model)
-        model = build_model(backbone, head, num_classes=cfg.model.num_classes,
-                            output_stride=cfg.model.output_stride, aux=False, pretrained=None)  # fmt: skip
+        model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
+                            aux=head in CASCADE_HEADS, pretrained=None, head_options=cfg.model.head_options)
         out = args.out or Path(f"{args.model}.onnx")
     else:
         import torch

@@ -1,4 +1,4 @@
-"""Training losses: pixel-wise cross-entropy with auxiliary and region terms, and distillation.
+"""Training losses: pixel-wise cross-entropy with an auxiliary term, and distillation.
 
 Every term averages over the labelled pixels only, and a batch whose pixels are all
 ``ignore_index`` contributes zero rather than 0/0 = NaN, so the non-finite-loss guard in
@@ -48,13 +48,13 @@ def segmentation_loss(
     labels: Tensor,
     *,
     aux_weight: float = 0.4,
-    region_weight: float = 0.4,
     ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and its parts (``main``, ``aux``, ``regions``; only those the outputs have).
+    """Total loss and its parts (``main``, ``aux``; only those the outputs have).
 
-    The auxiliary FCN head on the third stage follows PSPNet (Zhao et al. 2017, §3.4, weight 0.4).
-    OCR's soft object regions are supervised with the segmentation labels (Yuan et al. 2020, §3.3).
+    The auxiliary FCN head on the third stage follows PSPNet (Zhao et al. 2017, §3.4, weight 0.4). For OCR
+    its logits are the soft object regions, so this one term is also the paper's region loss (Yuan et al.
+    2020, §3.3, weight 0.4).
     """
     main = cross_entropy(outputs["out"], labels, ignore_index=ignore_index)
     parts = {"main": main}
@@ -62,8 +62,5 @@ def segmentation_loss(
     if "aux" in outputs and aux_weight:
         parts["aux"] = cross_entropy(outputs["aux"], labels, ignore_index=ignore_index)
         total = total + aux_weight * parts["aux"]
-    if "regions" in outputs and region_weight:
-        parts["regions"] = cross_entropy(outputs["regions"], labels, ignore_index=ignore_index)
-        total = total + region_weight * parts["regions"]
     return total, {k: v.detach() for k, v in parts.items()}
 

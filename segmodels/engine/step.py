@@ -121,7 +121,7 @@ class Stepper:
         t = self.tcfg
         with self.autocast():
             outputs = self.model(images)
-            loss, parts = segmentation_loss(outputs, labels, aux_weight=t.aux_weight, region_weight=t.region_weight)
+            loss, parts = segmentation_loss(outputs, labels, aux_weight=t.aux_weight)
             if self.teacher is not None:
                 with torch.no_grad():
                     target = self.teacher(images)["out"]

@@ -3,7 +3,8 @@
 The recipe (defaults in :class:`segmodels.config.TrainConfig`): SGD with momentum 0.9, weight
 decay 1e-4 on conv and linear weights only, poly decay (power 0.9) of the learning rate over an
 iteration-based schedule with optional linear warm-up, cross-entropy ignoring label 255, the
-auxiliary loss at 0.4 (PSPNet, Zhao et al. 2017), OCR's soft-region loss where the head has one,
+auxiliary loss at 0.4 (PSPNet, Zhao et al. 2017), which for OCR is also the soft-object-region loss (its
+regions are the aux logits),
 and optional pixel-wise distillation from a trained teacher. ``train.batch_size`` is the global
 batch: under ``torchrun`` each of N processes takes batch_size / N images, so the recipe does not
 change with the number of GPUs. ``train.head_lr_mult`` (default 1, as mmsegmentation's Cityscapes
@@ -65,7 +66,7 @@ __all__ = [
     "train",
 ]
 
-LOG_COLUMNS = ("iteration", "loss", "loss_main", "loss_aux", "loss_regions", "loss_distill", "lr",
+LOG_COLUMNS = ("iteration", "loss", "loss_main", "loss_aux", "loss_distill", "lr",
                "images_per_s", "val_miou", "val_allacc", "elapsed_s")
 
 
@@ -244,7 +245,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
         _seed_everything(seed, t.deterministic)
         speed.apply_backend_flags(deterministic=t.deterministic)
         model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=cfg.model.aux, pretrained=cfg.model.pretrained, bn_momentum=cfg.model.bn_momentum)
+                            aux=cfg.model.aux, pretrained=cfg.model.pretrained, bn_momentum=cfg.model.bn_momentum,
+                            head_options=cfg.model.head_options)
         n_params = count_parameters(model)
         if t.sync_bn and info.enabled and device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -316,7 +318,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                     "format": ckpt.CHECKPOINT_FORMAT, "model": plain.state_dict(), "run": model_name,
                     "backbone": backbone, "head": head,
                     "num_classes": cfg.model.num_classes, "output_stride": cfg.model.output_stride,
-                    "aux": cfg.model.aux, "config": config_to_dict(cfg), "iteration": t.iterations,
+                    "aux": cfg.model.aux, "head_options": dict(cfg.model.head_options),
+                    "config": config_to_dict(cfg), "iteration": t.iterations,
                 }, out / "checkpoint.pt")
                 loop.log.finish()
         except BaseException as exc:

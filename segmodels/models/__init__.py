@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKBONES",
+    "CASCADE_HEADS",
     "HEADS",
+    "HEAD_OPTIONS",
     "SegmentationModel",
     "build_model",
     "count_flops",
@@ -26,6 +28,18 @@ __all__ = [
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3")
 HEADS = ("ppm", "aspp", "ocr", "fcn")
+# Heads that read the auxiliary head's logits (OCR's soft object regions): they need aux=True, in eval mode too.
+CASCADE_HEADS = ("ocr",)
+# Each head's keyword options as (config type, default), so a study's model.head_options is checked at load
+# without importing torch. The head classes' signatures are the truth; tests/test_models.py holds this to them.
+HEAD_OPTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "ppm": {"bins": (list[int], (1, 2, 3, 6)), "bin_channels": (int | None, None), "channels": (int, 512),
+            "dropout": (float, 0.1)},
+    "aspp": {"rates": (list[int], (1, 2, 3, 6)), "image_pool": (bool, False), "channels": (int, 256),
+             "project_dropout": (float, 0.5), "dropout": (float, 0.1)},
+    "ocr": {"mid_channels": (int, 512), "key_channels": (int, 256), "dropout": (float, 0.1)},
+    "fcn": {"channels": (int, 512), "dropout": (float, 0.1)},
+}  # fmt: skip
 
 _LAZY = {
     "SegmentationModel": "segmodels.models.segmentor",

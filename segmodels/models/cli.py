@@ -31,14 +31,22 @@ def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--aux",
         action="store_true",
-        help="count the auxiliary head too (used in training only; default: the inference model without it)",
+        help="count the auxiliary head too (used in training only; default: the inference model without it, "
+        "except for OCR, whose soft object regions are the auxiliary head's logits)",
     )
 
 
 def _run_models(args: argparse.Namespace) -> int:
     import torch
 
-    from segmodels.models import build_model, count_flops, count_parameters, list_models, parse_model_name
+    from segmodels.models import (
+        CASCADE_HEADS,
+        build_model,
+        count_flops,
+        count_parameters,
+        list_models,
+        parse_model_name,
+    )
 
     if args.flops and min(args.flops) < 1:
         raise ValueError(f"--flops needs a positive height and width, got {args.flops[0]} {args.flops[1]}")
@@ -49,7 +57,11 @@ def _run_models(args: argparse.Namespace) -> int:
         # Shapes are all that counting needs: the meta device allocates nothing and computes nothing.
         with torch.device("meta"):
             model = build_model(
-                backbone, head, num_classes=args.num_classes, output_stride=args.output_stride, aux=args.aux
+                backbone,
+                head,
+                num_classes=args.num_classes,
+                output_stride=args.output_stride,
+                aux=args.aux or head in CASCADE_HEADS,
             )
         row: dict[str, object] = {"model": name, "backbone": backbone, "head": head}
         row["params_m"] = round(count_parameters(model) / 1e6, 3)

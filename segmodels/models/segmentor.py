@@ -1,7 +1,8 @@
 """``build_model(backbone, head, ...)``: a dilated backbone, a context module and an auxiliary FCN head.
 
 The forward contract is torchvision's: the backbone returns a dict of feature maps and the model returns
-``{"out": logits}`` at the input size, plus ``"aux"`` (and OCR's ``"regions"``) in training mode.
+``{"out": logits}`` at the input size, plus ``"aux"`` in training mode. For a cascade head (OCR) the
+auxiliary head runs in eval mode too: its logits are the head's soft object regions.
 The registries are plain dicts: ``BACKBONE_SPECS`` (backbones package) and ``HEAD_BUILDERS`` (heads package),
 keyed by the names in ``segmodels.models.BACKBONES`` and ``HEADS``.
 """
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmodels.models import BACKBONES, HEADS, list_models, parse_model_name
+from segmodels.models import BACKBONES, CASCADE_HEADS, HEADS, list_models, parse_model_name
 from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone
 from segmodels.models.heads import HEAD_BUILDERS, FCNHead
 
@@ -28,7 +29,8 @@ AUX_CHANNELS = 256  # width of the auxiliary FCN head (PSPNet's; torchvision's F
 
 
 class SegmentationModel(nn.Module):
-    """Backbone → head → bilinear upsampling to the input size; the auxiliary head runs in training only."""
+    """Backbone → head → bilinear upsampling to the input size; the auxiliary head runs in training only,
+    except for a cascade head (``cascade=True``, OCR), which takes the auxiliary logits as a second input."""
 
     def __init__(
         self,
@@ -40,8 +42,11 @@ class SegmentationModel(nn.Module):
         head_name: str,
         num_classes: int,
         output_stride: int,
+        cascade: bool = False,
     ) -> None:
         super().__init__()
+        if cascade and aux_head is None:
+            raise ValueError(f"head '{head_name}' reads the auxiliary head's logits: build it with aux=True")
         self.backbone = backbone
         self.head = head
         self.aux_head = aux_head
@@ -49,6 +54,7 @@ class SegmentationModel(nn.Module):
         self.head_name = head_name
         self.num_classes = num_classes
         self.output_stride = output_stride
+        self.cascade = cascade
 
     @property
     def name(self) -> str:
@@ -59,12 +65,13 @@ class SegmentationModel(nn.Module):
             got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{self.name} expects a float image batch of shape (N, 3, H, W), got a {got}")
         features = self.backbone(x)
-        outputs = self.head(features["out"])
-        if self.training:
-            if self.aux_head is not None:
-                outputs["aux"] = self.aux_head(features["aux"])["out"]
-        else:
-            outputs = {"out": outputs["out"]}
+        aux = None
+        if self.aux_head is not None and (self.training or self.cascade):
+            aux = self.aux_head(features["aux"])["out"]
+        head = self.head(features["out"], aux) if self.cascade else self.head(features["out"])
+        outputs = {"out": head["out"]}
+        if self.training and aux is not None:
+            outputs["aux"] = aux
         size = x.shape[-2:]
         return {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in outputs.items()}
 
@@ -99,6 +106,8 @@ def build_model(
 
     pretrained: None (random init), "imagenet" (torchvision's ImageNet weights, from the torch hub cache or
     downloaded) or the path of a state dict in torchvision's key layout for the backbone.
+    aux: the auxiliary FCN head on the backbone's "aux" stage. A cascade head (``CASCADE_HEADS``: OCR) needs it,
+    in eval mode too: its soft object regions are that head's logits.
     head_options: keyword arguments of the head's class, e.g. ``heads.DEEPLABV3_OPTIONS`` for ASPP.
     bn_momentum: running-statistics momentum of every BatchNorm (None keeps each constructor's own: 0.1, but
     0.01 in torchvision's MobileNetV3).
@@ -115,6 +124,11 @@ def build_model(
     if pretrained is not None and pretrained != "imagenet" and not Path(pretrained).is_file():
         raise FileNotFoundError(
             f"pretrained weights file not found: {pretrained} (pretrained is None, 'imagenet' or a state-dict path)"
+        )
+    if head in CASCADE_HEADS and not aux:
+        raise ValueError(
+            f"head '{head}' needs aux=True: its soft object regions are the auxiliary FCN head's logits "
+            "(OCR's ResNet cascade), so that head is part of the model in eval mode too"
         )
     if bn_momentum is not None and (isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float))
                                     or not 0 < bn_momentum <= 1):
@@ -136,6 +150,7 @@ def build_model(
         head_name=head,
         num_classes=num_classes,
         output_stride=output_stride,
+        cascade=head in CASCADE_HEADS,
     )
     if bn_momentum is not None:
         for module in model.modules():
