@@ -298,9 +298,12 @@ def fig_differences(study: Study) -> _Drawn | str:
     ax.set_xlabel("mIoU difference (points)")
     ax.grid(axis="x", alpha=0.3)
     level = f"{study.cfg.stats.confidence * 100:g}%"
+    alpha = f"{(1 - study.cfg.stats.confidence) * 100:g}%"
+    rule = (f"Holm-adjusted p ≤ {alpha} over {max(c.family for c in rows)} comparisons" if all(c.tested for c in rows)
+            else "the interval excludes zero, not adjusted for multiple comparisons")  # fmt: skip
     caption = (
-        f"Paired bootstrap mIoU differences (a − b) with {level} intervals over the validation images; filled blue: "
-        "the interval excludes zero (significant); hollow grey: not distinguishable."
+        f"Paired bootstrap mIoU differences (a − b) with {level} intervals over the training seeds and validation "
+        f"images; filled blue: significant ({rule}); hollow grey: not distinguishable."
     )
     return _Drawn(fig, caption, sorted({m for c in rows for m in (c.a, c.b)}))
 

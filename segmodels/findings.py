@@ -3,9 +3,12 @@
 Each finding names the numbers it is computed from; when an input is missing it says which instead.
 The comparisons of fixed models (ResNet50-PPM against MobileNetV2-PPM, ...) use the plain runs, or the runs of
 the study's reference variant when it has no plain run (:attr:`segmodels.results_files.Study.reference`).
-A difference between two models is called significant only when its paired bootstrap interval
-(:mod:`segmodels.stats`) excludes zero, and "not distinguishable" otherwise; without per-image
-matrices no interval exists and the finding says the difference was not tested.
+A difference between two models is called significant when its Holm-adjusted paired bootstrap p-value
+(:mod:`segmodels.stats`) is at most 1 − confidence, and "not distinguishable" otherwise; without per-image
+matrices no interval exists and the finding says the difference was not tested. Words of direction
+(faster/slower, gains/drops, more/less) are chosen from the sign of the number they describe, and a number
+after such a word is printed without its sign, so no sentence reads "0.8× faster" or "a drop of -0.88".
+Model and module names come from :mod:`segmodels.results_files` (``display_name``, the label tables).
 The earlier study's published table is kept here as printed, to compare against and to check its
 mIoU/speed column against its own formula (mIoU / latency in ms × 10).
 """
@@ -26,7 +29,7 @@ from segmodels.results_files import (
     read_metrics,
 )
 
-__all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings"]
+__all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings", "interval_coverage", "verdict_rule"]
 
 # The earlier study's published table (PSPNet on Cityscapes at 1024×512, NVIDIA 2080Ti), as printed.
 # "miou_per_speed" is its own column, kept to show where it departs from its formula mIoU / ms × 10.
@@ -59,13 +62,52 @@ def _level(study: Study) -> str:
     return f"{study.cfg.stats.confidence * 100:g}%"
 
 
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def _verdict(study: Study, a: str, b: str) -> str | None:
-    """``95% CI [+1.02, +2.31]: significant`` for the mIoU difference a − b, or None without an interval."""
+    """``95% CI [+1.02, +2.31], Holm p = 0.010: significant`` for the mIoU difference a − b, or None without
+    an interval; a comparison outside a tested family has no p (its verdict is then the interval's)."""
     c = study.comparison(a, b)
     if c is None:
         return None
     word = "significant" if c.significant else "not distinguishable"
-    return f"{_level(study)} CI [{c.lo:+.2f}, {c.hi:+.2f}]: {word}"
+    test = f", Holm {_p(c.p_holm)}" if c.tested else ""
+    return f"{_level(study)} CI [{c.lo:+.2f}, {c.hi:+.2f}]{test}: {word}"
+
+
+def verdict_rule(study: Study) -> str:
+    """One sentence: how the verdicts on the study's differences were reached, and over how large a family."""
+    shown = study.comparisons
+    if not shown:
+        return ""
+    alpha = f"{(1 - study.cfg.stats.confidence) * 100:g}%"
+    tested = [c for c in shown if c.tested]
+    if len(tested) < len(shown):
+        return (f"A difference is called significant when its {_level(study)} interval excludes zero, each of the "
+                f"{len(shown)} comparisons on its own: not adjusted for multiple comparisons.")  # fmt: skip
+    family = max(c.family for c in tested)
+    part = f" ({len(shown)} of them shown here)" if family != len(shown) else ""
+    return (
+        f"A difference is called significant when its two-sided paired bootstrap p-value, adjusted by the Holm–"
+        f"Bonferroni method over the family of {family} pairwise comparisons{part}, is at most {alpha}, which keeps "
+        f"the chance of any false 'significant' among them at most {alpha}."
+    )
+
+
+def interval_coverage(study: Study, models: Sequence[str]) -> str:
+    """What the intervals of ``models`` cover: seeds and images for several seeds, images only for one."""
+    one = [m for m in models if (study.value(m, "seeds") or 0) < 2]
+    several = ("the training seeds are resampled, then the validation images (a two-level bootstrap), so an "
+               "interval holds the seed-to-seed variation")  # fmt: skip
+    if not one:
+        return f"With several seeds per model, {several}."
+    only = "the interval covers image sampling only; the seed-to-seed variation, not measured, adds to it"
+    if len(one) == len(models):
+        return f"Each model has one training seed, so {only}."
+    return (f"Where a model has several seeds, {several}; with one seed ({', '.join(display_name(m) for m in one)}), "
+            f"{only}.")  # fmt: skip
 
 
 def _finding_mobilenet(study: Study) -> str:
@@ -75,10 +117,18 @@ def _finding_mobilenet(study: Study) -> str:
     m50, m2 = study.value(r50, "miou"), study.value(mv2, "miou")
     l50, l2 = study.value(r50, "latency_ms"), study.value(mv2, "latency_ms")
     verdict = _verdict(study, r50, mv2)
-    change = "for a drop of" if m50 >= m2 else "and, against expectation, gains"  # demo runs can invert it
+    # The expected trade is faster for less; demo runs and odd devices can invert either half.
+    if l2 < l50:
+        pace = f" {l50 / l2:.2f}× faster than"
+    else:
+        pace = f", against expectation, {l2 / l50:.2f}× slower than" if l2 > l50 else " as fast as"
+    if m2 <= m50:
+        change = "for a drop of" if l2 < l50 else "and drops"
+    else:
+        change = "and, against expectation, gains" if l2 < l50 else "and gains"
     return (
-        f"MobileNetV2-PPM runs {l50 / l2:.2f}× faster than ResNet50-PPM ({l2:.1f} vs {l50:.1f} ms) {change} "
-        f"{abs(m50 - m2):.2f} mIoU points ({m50:.2f} → {m2:.2f}, {(m2 - m50) / m50 * 100:+.1f} % relative"
+        f"{display_name('mobilenetv2-ppm')} runs{pace} {display_name('resnet50-ppm')} ({l2:.1f} vs {l50:.1f} ms) "
+        f"{change} {abs(m50 - m2):.2f} mIoU points ({m50:.2f} → {m2:.2f}, {(m2 - m50) / m50 * 100:+.1f} % relative"
         + (f"; {verdict}" if verdict else "")
         + ")."
     )
@@ -112,7 +162,7 @@ def _finding_context(study: Study) -> str:
         m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if study.value(m, "miou") is not None
     ]
     if len(models) < 2:
-        return "Not available: fewer than two ResNet18 context modules have results."
+        return f"Not available: fewer than two {BACKBONE_LABELS['resnet18']} context modules have results."
     ranked = sorted(models, key=lambda m: -study.value(m, "miou"))
     order = " > ".join(f"{HEAD_LABELS[arch_of(m)[1]]} {study.value(m, 'miou'):.2f}" for m in ranked)
     margin = study.value(ranked[0], "miou") - study.value(ranked[1], "miou")
@@ -123,14 +173,14 @@ def _finding_context(study: Study) -> str:
     else:
         seeds = "from a single seed, so not tested against seed-to-seed variation"
     interval = _verdict(study, ranked[0], ranked[1])
-    text = f"Best context module on ResNet18: {HEAD_LABELS[arch_of(ranked[0])[1]]} ({order}); "
+    text = f"Best context module on {BACKBONE_LABELS['resnet18']}: {HEAD_LABELS[arch_of(ranked[0])[1]]} ({order}); "
     if interval is None:
         text += f"its lead over the runner-up is {margin:.2f} points, {seeds}."
     else:
         text += f"its lead over the runner-up is {margin:.2f} points ({interval}), {seeds}."
         pairs = [study.comparison(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1 :]]
         pairs = [c for c in pairs if c is not None]
-        apart = [f"{HEAD_LABELS[arch_of(c.a)[1]]} > {HEAD_LABELS[arch_of(c.b)[1]]}"
+        apart = [" > ".join(HEAD_LABELS[arch_of(m)[1]] for m in ((c.a, c.b) if c.diff > 0 else (c.b, c.a)))
                  for c in pairs if c.significant]  # fmt: skip
         if len(pairs) > 1:
             text += (
@@ -142,8 +192,8 @@ def _finding_context(study: Study) -> str:
             )
     fcn = study.reference_run("resnet18-fcn")
     if fcn in models and ranked[0] != fcn:
-        gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")
-        text += f" Over the plain FCN head (no context module) it gains {gain:+.2f} points."
+        gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")  # >= 0: ranked[0] is the best
+        text += f" Over the plain {HEAD_LABELS['fcn']} head (no context module) it gains {gain:.2f} points."
     earlier = sorted((m for m in EARLIER_STUDY if m.startswith("resnet18-")), key=lambda m: -EARLIER_STUDY[m]["miou"])
     text += " The earlier study ranked " + " > ".join(
         f"{HEAD_LABELS[arch_of(m)[1]]} {EARLIER_STUDY[m]['miou']:.2f}" for m in earlier
@@ -158,7 +208,7 @@ def _cost_clause(study: Study, v3: str, v2: str, rl: float) -> str:
         return ""
     rg = v(v3, "gflops") / v(v2, "gflops")
     ms3, ms2 = v(v3, "latency_ms") / v(v3, "gflops"), v(v2, "latency_ms") / v(v2, "gflops")
-    text = f" It computes {v(v3, 'gflops'):.1f} GFLOPs per image, {rg:.2f}× MobileNetV2's"
+    text = f" It computes {v(v3, 'gflops'):.1f} GFLOPs per image, {rg:.2f}× {BACKBONE_LABELS['mobilenetv2']}'s"
     if v(v3, "params_m") and v(v2, "params_m"):
         text += f", with {v(v3, 'params_m') / v(v2, 'params_m'):.2f}× its parameters"
     if rg < 1 <= rl:
@@ -176,25 +226,26 @@ def _finding_mobilenetv3(study: Study) -> str:
     v = study.value
     dm, rl = v(v3, "miou") - v(v2, "miou"), v(v3, "latency_ms") / v(v2, "latency_ms")
     text = (
-        f"MobileNetV3-PPM reaches {v(v3, 'miou'):.2f} mIoU ({dm:+.2f} against MobileNetV2-PPM) at "
-        f"{v(v3, 'latency_ms'):.1f} ms ({rl:.2f}× MobileNetV2's)"
+        f"{display_name('mobilenetv3-ppm')} reaches {v(v3, 'miou'):.2f} mIoU ({dm:+.2f} against "
+        f"{display_name('mobilenetv2-ppm')}) at {v(v3, 'latency_ms'):.1f} ms ({rl:.2f}× "
+        f"{BACKBONE_LABELS['mobilenetv2']}'s)"
     )
-    if rl < 1:
-        text += "; it is faster and more accurate" if dm >= 0 else f", trading {-dm:.2f} points for speed"
-    elif dm >= 0:
+    if rl < 1 and dm < 0:
+        text += f", trading {-dm:.2f} points for speed"
+    elif rl > 1 and dm > 0:
         text += f", buying {dm:.2f} points with time"
     else:
-        text += ", slower and less accurate"
+        speed = "faster" if rl < 1 else "slower" if rl > 1 else "as fast"
+        text += f"; it is {speed} and {'more' if dm > 0 else 'less' if dm < 0 else 'as'} accurate"
     text += "." + _cost_clause(study, v3, v2, rl)
     if verdict := _verdict(study, v3, v2):
         text += f" The mIoU difference has the {verdict}."
     points = {m: (v(m, "latency_ms"), v(m, "miou")) for m in study.summary.index if v(m, "latency_ms") and v(m, "miou")}
     text += f" It {'lies on' if v3 in pareto_front(points) else 'is off'} the study's mIoU-latency Pareto front"
     published, earlier_v2 = EARLIER_STUDY["mobilenetv3-ppm"]["miou"], EARLIER_STUDY["mobilenetv2-ppm"]["miou"]
-    return (
-        text
-        + f"; the earlier study's MobileNetV3 gave {published:.2f} mIoU against its MobileNetV2's {earlier_v2:.2f}."
-    )
+    v3_label, v2_label = BACKBONE_LABELS["mobilenetv3"], BACKBONE_LABELS["mobilenetv2"]
+    earlier = f"the earlier study's {v3_label} gave {published:.2f} mIoU against its {v2_label}'s {earlier_v2:.2f}"
+    return f"{text}; {earlier}."
 
 
 def _finding_earlier(study: Study) -> str:
@@ -259,13 +310,14 @@ def _finding_uncertainty(study: Study) -> str:
         + (f"{n} " if n else "")
         + f"validation images ({st.resamples} resamples, seed {st.seed}, the same resampled image sets for every "
         f"model, so differences are paired); mIoU half-widths reach ±{widths[widest]:.2f} points "
-        f"({display_name(widest)})."
+        f"({display_name(widest)}). {interval_coverage(study, bounded)}"
     )
+    if rule := verdict_rule(study):
+        text += f" {rule}"
     seeded = [m for m in bounded if (v(m, "seeds") or 0) > 1 and v(m, "miou_std") is not None]
     seeded = [m for m in seeded if v(m, "miou_boot_std") is not None]
     if not seeded:
-        return text + (" Each model has one training seed, so only the choice of images is measured; the "
-                       "seed-to-seed variation, not measured here, adds to it.")  # fmt: skip
+        return text
     by_seed = [m for m in seeded if v(m, "miou_std") > v(m, "miou_boot_std")]
     by_images = [m for m in seeded if m not in by_seed]
 
@@ -278,10 +330,7 @@ def _finding_uncertainty(study: Study) -> str:
         parts.append(f"the training seed dominates for {listed(by_seed)}")
     if by_images:
         parts.append(f"the choice of images dominates for {listed(by_images)}")
-    text += "; ".join(parts) + "."
-    if by_seed:
-        text += " Where the seed dominates, the intervals (images only) understate the uncertainty of a difference."
-    return text
+    return text + "; ".join(parts) + "."
 
 
 def _finding_chance(study: Study) -> str:
@@ -328,12 +377,13 @@ def _finding_cost(study: Study) -> str:
 
 def findings(study: Study) -> list[dict[str, str]]:
     """The findings, each a title and one sentence or two computed from the numbers."""
+    b = BACKBONE_LABELS
     return [
         {"title": "Chance level", "text": _finding_chance(study)},
-        {"title": "MobileNetV2 against ResNet50", "text": _finding_mobilenet(study)},
-        {"title": "Depth (PPM head)", "text": _finding_depth(study)},
+        {"title": f"{b['mobilenetv2']} against {b['resnet50']}", "text": _finding_mobilenet(study)},
+        {"title": f"Depth ({HEAD_LABELS['ppm']} head)", "text": _finding_depth(study)},
         {"title": "Context modules", "text": _finding_context(study)},
-        {"title": "MobileNetV3", "text": _finding_mobilenetv3(study)},
+        {"title": b["mobilenetv3"], "text": _finding_mobilenetv3(study)},
         {"title": "How sure", "text": _finding_uncertainty(study)},
         {"title": "Training cost", "text": _finding_cost(study)},
         {"title": "The earlier study", "text": _finding_earlier(study)},

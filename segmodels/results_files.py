@@ -15,7 +15,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pandas as pd
 
 from segmodels.config import StudyConfig
 from segmodels.matrix import arch_of, pair_of, reference_variant, run_names, variant_of, with_variant
-from segmodels.stats import COMPARISON_COLUMNS, Comparison
+from segmodels.stats import COMPARISON_COLUMNS, Comparison, comparisons_from_table
 from segmodels.summary import read_json, summarize
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "Study",
     "class_iou",
     "display_name",
+    "head_label",
     "load_study",
     "pareto_front",
     "read_comparisons",
@@ -52,7 +53,8 @@ BACKBONE_LABELS = {
     "mobilenetv2": "MobileNetV2",
     "mobilenetv3": "MobileNetV3",
 }
-HEAD_LABELS = {"ppm": "PPM", "aspp": "ASPP", "ocr": "OCR", "fcn": "FCN"}
+# The default heads: ASPP is the earlier study's variant (rates 1, 2, 3, 6, no image pooling), not DeepLabV3's.
+HEAD_LABELS = {"ppm": "PPM", "aspp": "ASPP (1,2,3,6)", "ocr": "OCR", "fcn": "FCN"}
 SUMMARY_COLUMNS = ("model", "status", "miou", "latency_ms")  # the least a summary.csv must hold
 _SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")  # samples/{index:04d}_{image_id}[_input|_gt].png
 
@@ -63,6 +65,31 @@ def display_name(model: str) -> str:
     variant = variant_of(model)
     name = f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
     return f"{name} {variant.replace('_', ' ')}" if variant else name
+
+
+def head_label(head: str, head_options: Mapping[str, Any] | None = None) -> str:
+    """The head's label with its ``model.head_options``: ``HEAD_LABELS[head]`` for the defaults, else the
+    structure in the ASPP/PPM short form (``"ASPP (1,12,24,36)+pool"``, ``"PPM (1,2,4)"``) and any other changed
+    width as ``name=value``. Dropout rates change no layer and are left out."""
+    from segmodels.models import HEAD_OPTIONS  # light: no torch
+
+    defaults = {name: default for name, (_, default) in HEAD_OPTIONS.get(head, {}).items()}
+    changed = {}
+    for name, value in (head_options or {}).items():
+        value = list(value) if isinstance(value, (list, tuple)) else value
+        default = defaults.get(name)
+        if "dropout" not in name and value != (list(default) if isinstance(default, tuple) else default):
+            changed[name] = value
+    if not changed:
+        return HEAD_LABELS.get(head, head.upper())
+    if head == "aspp":
+        rates = changed.pop("rates", defaults["rates"])
+        label = f"ASPP ({','.join(map(str, rates))})" + ("+pool" if changed.pop("image_pool", False) else "")
+    elif head == "ppm":
+        label = f"PPM ({','.join(map(str, changed.pop('bins', defaults['bins'])))})"
+    else:
+        label = HEAD_LABELS.get(head, head.upper())
+    return " ".join([label, *(f"{name}={value}" for name, value in changed.items())])
 
 
 # --- readers: one per file type -------------------------------------------------------------------------------
@@ -113,14 +140,7 @@ def read_confusion(path: Path) -> np.ndarray | None:
 def read_comparisons(path: Path) -> list[Comparison] | None:
     """comparisons.csv (``segmodels compare``) as :class:`~segmodels.stats.Comparison` objects, or None."""
     table = _read_csv(path, COMPARISON_COLUMNS)
-    if table is None:
-        return None
-    return [
-        Comparison(
-            str(r.a), str(r.b), float(r.diff), float(r.lo), float(r.hi), str(r.group), int(r.seeds_a), int(r.seeds_b)
-        )  # fmt: skip
-        for r in table.itertuples()
-    ]
+    return None if table is None else comparisons_from_table(table)
 
 
 def read_latency(path: Path) -> dict[str, Any] | None:
@@ -241,10 +261,10 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     if comparisons is not None:  # a file of a larger study: only the pairs of this config's runs
         comparisons = [c for c in comparisons if c.a in names and c.b in names]
     else:
-        from segmodels.stats import bootstrap_study, compare, study_pairs
+        from segmodels.stats import bootstrap_study, study_comparisons
 
         boots, _ = bootstrap_study(cfg, Path(results))
-        comparisons = [compare(boots, a, b, confidence=cfg.stats.confidence, group=g) for g, a, b in study_pairs(boots)]
+        comparisons = study_comparisons(boots, cfg.stats)
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
     return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)

@@ -14,11 +14,22 @@ two models is taken image set by image set and the scene-to-scene variation both
 paired design that makes small differences testable, as in Bouthillier et al., *Accounting for Variance in
 Machine Learning Benchmarks*, MLSys 2021).
 
-Several training seeds: each seed is bootstrapped with the same draws and the per-resample scores are
-averaged over seeds; the interval is that of the seed mean. It covers the choice of validation images
-only, not the choice of seeds: the seed-to-seed standard deviation is reported beside it
-(:attr:`ModelBootstrap.seed_std`), and :attr:`ModelBootstrap.boot_std` is the matching standard deviation
-of the image sampling, so the two sources of variance can be compared like for like.
+Several training seeds: a two-level bootstrap (Davison and Hinkley, *Bootstrap Methods and their
+Application*, 1997, sec. 3.8), so that an interval holds the seed-to-seed variation as well as the image
+sampling. Each resample draws S of the S seeds with replacement and one image draw shared by those seeds
+(the seeds are scored on the same images, so image effects are crossed with seeds, not nested in them),
+and averages the drawn seeds' scores. The seed indices come from ``stats.seed`` too and are the same for
+every model with as many seeds, so differences stay paired: the k-th seed of each model is, as a rule, the
+same training seed (the same data order). With one seed the draw is that seed every time and the interval
+covers the image sampling only. :attr:`ModelBootstrap.boot_std` is the standard deviation of the image
+sampling alone (every seed kept), to set beside the seed-to-seed :attr:`ModelBootstrap.seed_std` like for
+like.
+
+Tests: each discussed difference gets a two-sided bootstrap p-value, 2·min(P(d ≤ 0), P(d ≥ 0)) with the
++1 correction (Davison and Hinkley, ch. 4), and the report's family of comparisons is adjusted with
+Holm's step-down procedure (Holm, *A simple sequentially rejective multiple test procedure*, Scand. J.
+Statist. 1979), so the chance of calling any of the dozen differences significant by accident stays at
+1 − confidence. A verdict uses the adjusted p-value; the percentile interval is shown beside it.
 
 Vectorised: the (R, N) count matrix times the (N, C·C) per-image matrices is one matrix product giving
 all R resampled matrices; 1,000 resamples of 500 images × 19 classes take well under a second
@@ -31,13 +42,17 @@ import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segmodels.config import StatsConfig, StudyConfig
 from segmodels.matrix import pair_of, reference_variant, run_names, variant_of, with_variant
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "COMPARISON_COLUMNS",
@@ -46,19 +61,27 @@ __all__ = [
     "Interval",
     "ModelBootstrap",
     "bootstrap_models",
+    "bootstrap_p_value",
     "bootstrap_study",
     "compare",
+    "comparisons_from_table",
     "comparisons_table",
+    "holm",
     "load_per_image",
     "metrics_of_matrices",
     "resample_counts",
+    "resample_seeds",
     "resampled_matrices",
+    "study_comparisons",
     "study_pairs",
+    "with_holm",
 ]
 
 METRICS = ("miou", "macc", "allacc")
+# significant: Holm-adjusted p (p_holm) ≤ 1 − confidence within the family of the file's `family` comparisons
 COMPARISON_COLUMNS = (
     "pair", "group", "a", "b", "diff", "lo", "hi", "significant", "seeds_a", "seeds_b", "resamples", "confidence",
+    "p_value", "p_holm", "family",
 )  # fmt: skip
 
 # The pairs the report discusses, as (group, a, b): the difference is a − b in mIoU points.
@@ -128,6 +151,20 @@ def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
     return np.bincount((draws + offsets).ravel(), minlength=resamples * n_images).reshape(resamples, n_images)
 
 
+def resample_seeds(n_seeds: int, resamples: int, seed: int) -> np.ndarray:
+    """(R, S) int64: the S seed indices, drawn with replacement, of each of R resamples.
+
+    Column k is drawn from the k-th uniform of its own stream, scaled to S, so every model with S seeds
+    gets the same indices (paired) and one seed gives index 0 throughout (no seed variation to resample).
+    """
+    if n_seeds < 1 or resamples < 1:
+        raise ValueError(f"need at least one seed and one resample, got {n_seeds} seeds, {resamples} resamples")
+    # A child stream of stats.seed: the image draws of resample_counts stay what they were with one seed.
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
+    uniforms = rng.random((n_seeds, resamples)).T  # filled row by row: column k does not depend on S
+    return np.minimum((uniforms * n_seeds).astype(np.int64), n_seeds - 1)
+
+
 def resampled_matrices(per_image: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """(R, C, C) float64: the summed confusion matrix of each resample, ``counts`` (R, N) @ ``per_image`` (N, C, C).
 
@@ -155,10 +192,6 @@ class Interval:
     def half_width(self) -> float:
         return (self.hi - self.lo) / 2
 
-    @property
-    def excludes_zero(self) -> bool:
-        return self.lo > 0 or self.hi < 0
-
 
 @dataclass
 class ModelBootstrap:
@@ -166,10 +199,10 @@ class ModelBootstrap:
 
     model: str
     seeds: int
-    interval: dict[str, Interval]  # metric → estimate (seed mean of the full-set scores) and interval
+    interval: dict[str, Interval]  # metric → seed mean of the full-set scores, interval over seeds and images
     seed_std: dict[str, float]  # standard deviation over seeds of the full-set scores; NaN for one seed
-    boot_std: dict[str, float]  # standard deviation of the resampled seed mean (image sampling)
-    samples: dict[str, np.ndarray]  # metric → (R,) resampled seed means, for paired differences
+    boot_std: dict[str, float]  # standard deviation of the resampled seed mean over images alone (all seeds kept)
+    samples: dict[str, np.ndarray]  # metric → (R,) two-level resampled seed means, for paired differences
 
 
 def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -197,7 +230,7 @@ def load_per_image(path: str | Path) -> np.ndarray:
 def bootstrap_models(
     per_image: Mapping[str, Sequence[np.ndarray]], cfg: StatsConfig | None = None
 ) -> dict[str, ModelBootstrap]:
-    """Paired bootstrap of every model: ``per_image`` maps a model to one (N, C, C) array per seed.
+    """Paired two-level bootstrap of every model: ``per_image`` maps a model to one (N, C, C) array per seed.
 
     Every array must describe the same N images (the same validation split in the same order); that is
     what makes the draws shared and the differences paired. Scores are returned in percent.
@@ -222,23 +255,26 @@ def bootstrap_models(
             continue
         full = [metrics_of_matrices(a.sum(axis=0)) for a in arrays]
         boot = [metrics_of_matrices(resampled_matrices(a, counts)) for a in arrays]
+        drawn = resample_seeds(len(arrays), cfg.resamples, cfg.seed)
         interval, seed_std, boot_std, samples = {}, {}, {}, {}
         for key in METRICS:
             values = np.array([float(f[key]) for f in full]) * 100
-            mean_samples = np.mean([b[key] for b in boot], axis=0) * 100
-            lo, hi = _percentiles(mean_samples, cfg.confidence)
+            per_seed = np.stack([b[key] for b in boot], axis=1) * 100  # (R, S)
+            two_level = np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)
+            lo, hi = _percentiles(two_level, cfg.confidence)
             interval[key] = Interval(float(values.mean()), lo, hi)
             seed_std[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            finite = mean_samples[np.isfinite(mean_samples)]
+            images_only = per_seed.mean(axis=1)
+            finite = images_only[np.isfinite(images_only)]
             boot_std[key] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-            samples[key] = mean_samples
+            samples[key] = two_level
         out[model] = ModelBootstrap(model, len(arrays), interval, seed_std, boot_std, samples)
     return out
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The paired difference a − b of one metric (points), with its interval and verdict."""
+    """The paired difference a − b of one metric (points), with its interval, p-values and verdict."""
 
     a: str
     b: str
@@ -248,46 +284,108 @@ class Comparison:
     group: str = ""
     seeds_a: int = 1
     seeds_b: int = 1
+    p_value: float = math.nan  # two-sided bootstrap p-value of this difference alone
+    p_holm: float = math.nan  # Holm-adjusted within its family; NaN when it was not tested in one
+    family: int = 0  # how many comparisons the adjustment covered
+    confidence: float = 0.95
+
+    @property
+    def tested(self) -> bool:
+        """Adjusted for multiplicity: the verdict comes from :attr:`p_holm`."""
+        return math.isfinite(self.p_holm)
 
     @property
     def significant(self) -> bool:
-        """The interval excludes zero (both ends finite)."""
+        """Holm-adjusted p ≤ 1 − confidence; a comparison made alone (no family): its interval excludes zero."""
+        if self.tested:
+            return self.p_holm <= 1 - self.confidence
         return math.isfinite(self.lo) and math.isfinite(self.hi) and (self.lo > 0 or self.hi < 0)
 
     def flipped(self) -> Comparison:
-        """b − a: the same comparison seen from the other model."""
-        return Comparison(self.b, self.a, -self.diff, -self.hi, -self.lo, self.group, self.seeds_b, self.seeds_a)
+        """b − a: the same comparison seen from the other model (the p-values are two-sided)."""
+        return replace(self, a=self.b, b=self.a, diff=-self.diff, lo=-self.hi, hi=-self.lo,
+                       seeds_a=self.seeds_b, seeds_b=self.seeds_a)  # fmt: skip
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from resampled differences: 2·min(P(d ≤ 0), P(d ≥ 0)), each
+    share counted as (1 + count) / (1 + R) so that R resamples never claim p below 2 / (1 + R)."""
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return math.nan
+    tail = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    return min(1.0, 2 * (1 + tail) / (1 + d.size))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given; NaN stays NaN and is not counted in the family.
+
+    The i-th smallest of m p-values becomes max over j ≤ i of min(1, (m − j + 1)·p_(j)); rejecting where the
+    adjusted value is ≤ alpha is Holm's procedure at family-wise error alpha.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    running = 0.0
+    for rank, i in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+        running = max(running, min(1.0, (finite.size - rank) * p[i]))  # monotone: a later p never rejects first
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def with_holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """The comparisons as one family: each with its Holm-adjusted p-value and the family size."""
+    adjusted = holm([c.p_value for c in comparisons])
+    family = sum(math.isfinite(q) for q in adjusted)
+    return [replace(c, p_holm=q, family=family if math.isfinite(q) else 0)
+            for c, q in zip(comparisons, adjusted, strict=True)]  # fmt: skip
 
 
 def compare(
     boots: Mapping[str, ModelBootstrap], a: str, b: str, *, metric: str = "miou", confidence: float = 0.95,
     group: str = "",
 ) -> Comparison:  # fmt: skip
-    """The paired bootstrap interval of ``metric``(a) − ``metric``(b) in points."""
+    """The paired bootstrap interval and p-value of ``metric``(a) − ``metric``(b) in points, not yet adjusted."""
     for model in (a, b):
         if model not in boots:
             raise ValueError(f"no bootstrap of {model}: its per-image confusion matrices are missing")
     ba, bb = boots[a], boots[b]
-    lo, hi = _percentiles(ba.samples[metric] - bb.samples[metric], confidence)
+    differences = ba.samples[metric] - bb.samples[metric]
+    lo, hi = _percentiles(differences, confidence)
     diff = ba.interval[metric].estimate - bb.interval[metric].estimate
-    return Comparison(a, b, diff, lo, hi, group, ba.seeds, bb.seeds)
+    return Comparison(a, b, diff, lo, hi, group, ba.seeds, bb.seeds, bootstrap_p_value(differences),
+                      confidence=confidence)  # fmt: skip
 
 
-def comparisons_table(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None):
-    """The discussed pairs (:func:`study_pairs`) with bootstrapped models, as a pandas table of
-    :data:`COMPARISON_COLUMNS` (mIoU differences in points)."""
+def study_comparisons(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None) -> list[Comparison]:
+    """The discussed pairs (:func:`study_pairs`) among ``boots``, compared and Holm-adjusted as one family."""
+    cfg = cfg or StatsConfig()
+    pairs = study_pairs(list(boots))
+    return with_holm([compare(boots, a, b, confidence=cfg.confidence, group=g) for g, a, b in pairs])
+
+
+def comparisons_table(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None) -> pd.DataFrame:
+    """:func:`study_comparisons` as a pandas table of :data:`COMPARISON_COLUMNS` (mIoU differences in points)."""
     import pandas as pd
 
     cfg = cfg or StatsConfig()
-    rows = []
-    for group, a, b in study_pairs(list(boots)):
-        c = compare(boots, a, b, confidence=cfg.confidence, group=group)
-        rows.append({
-            "pair": f"{a} vs {b}", "group": group, "a": a, "b": b, "diff": c.diff, "lo": c.lo, "hi": c.hi,
-            "significant": c.significant, "seeds_a": c.seeds_a, "seeds_b": c.seeds_b,
-            "resamples": cfg.resamples, "confidence": cfg.confidence,
-        })  # fmt: skip
+    rows = [
+        {"pair": f"{c.a} vs {c.b}", "group": c.group, "a": c.a, "b": c.b, "diff": c.diff, "lo": c.lo, "hi": c.hi,
+         "significant": c.significant, "seeds_a": c.seeds_a, "seeds_b": c.seeds_b, "resamples": cfg.resamples,
+         "confidence": c.confidence, "p_value": c.p_value, "p_holm": c.p_holm, "family": c.family}
+        for c in study_comparisons(boots, cfg)
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
+
+
+def comparisons_from_table(table: pd.DataFrame) -> list[Comparison]:
+    """The rows of a comparisons.csv table (:func:`comparisons_table`) as :class:`Comparison` objects."""
+    return [
+        Comparison(str(r.a), str(r.b), float(r.diff), float(r.lo), float(r.hi), str(r.group), int(r.seeds_a),
+                   int(r.seeds_b), float(r.p_value), float(r.p_holm), int(r.family), float(r.confidence))
+        for r in table.itertuples()
+    ]  # fmt: skip
 
 
 def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, ModelBootstrap], list[str]]:

@@ -9,15 +9,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
 from segmodels.config import StudyConfig
 from segmodels.data.labels import NUM_CLASSES, colorize
-from segmodels.figures import FIGURES, make_figures
+from segmodels.figures import FIGURES, fig_differences, make_figures
 from segmodels.metrics import compute_metrics
 from segmodels.results_files import load_study, pareto_front, read_samples
-from segmodels.stats import bootstrap_study, comparisons_table
+from segmodels.stats import bootstrap_study, comparisons_from_table, comparisons_table
 from segmodels.summary import run_dir, summarize
 
 # model → (per-seed diagonal strength, per-seed latency ms, params M, GFLOPs); None: no results (missing).
@@ -169,6 +170,11 @@ def test_figure_contents_follow_the_results(drawn):
                                                             ("resnet50-ppm", "mobilenetv2-ppm")]  # fmt: skip
     assert by_name["differences"]["models"] == sorted({m for c in study.comparisons for m in (c.a, c.b)})
     assert "resnet101-ppm" not in by_name["differences"]["models"]
+    # Filled markers: significant by the Holm-adjusted p of comparisons.csv's family, as the caption says.
+    study.comparisons = comparisons_from_table(pd.read_csv(results / cfg.experiment / "comparisons.csv"))
+    caption = fig_differences(study).caption
+    assert "significant (Holm-adjusted p ≤ 5% over 5 comparisons)" in caption
+    assert "intervals over the training seeds and validation images" in caption
 
 
 def test_pareto_front_drops_dominated_points():

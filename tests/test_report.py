@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -13,12 +15,15 @@ from test_figures import FAKE_MODELS, fabricate_results
 
 from segmodels.config import StudyConfig
 from segmodels.figures import make_figures
-from segmodels.findings import findings
+from segmodels.findings import findings, interval_coverage, verdict_rule
 from segmodels.metrics import majority_baseline
 from segmodels.report import DEFAULT_TEMPLATE, report_data, write_report
 from segmodels.report_cli import COMMANDS
-from segmodels.results_files import BACKBONE_LABELS, Study, display_name
-from segmodels.stats import Comparison
+from segmodels.report_tables import uncertainty_section
+from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, load_study
+from segmodels.stats import Comparison, comparisons_from_table, with_holm
+
+PPM, ASPP, OCR = HEAD_LABELS["ppm"], HEAD_LABELS["aspp"], HEAD_LABELS["ocr"]
 
 
 def _by_title(found: list[dict[str, str]]) -> dict[str, str]:
@@ -130,7 +135,8 @@ def test_earlier_study_numbers_reproduce_its_claims(tmp_path):
     assert "drop of 9.72 mIoU points" in by_title["MobileNetV2 against ResNet50"]
     depth = by_title["Depth (PPM head)"]
     assert "+6.08 mIoU for 2.32×" in depth and "+2.10 mIoU for 2.32×" in depth
-    assert by_title["Context modules"].startswith("Best context module on ResNet18: PPM (PPM 62.89 > ASPP 62.09 > OCR")
+    assert by_title["Context modules"].startswith(f"Best context module on ResNet18: {PPM} ({PPM} 62.89 > {ASPP} 62.09 > "
+                                                  f"{OCR}")  # fmt: skip
     assert "lead over the runner-up is 0.80 points, from a single seed" in by_title["Context modules"]
     assert by_title["MobileNetV3"] == "Not available, inputs missing: MobileNetV3-PPM (not among this study's models)."
 
@@ -141,18 +147,66 @@ def test_mobilenet_sentence_says_which_way_the_difference_goes(tmp_path):
     assert "7.50× faster than ResNet50-PPM (8.0 vs 60.0 ms) and, against expectation, gains 1.00 mIoU points" in text
     assert "(10.00 → 11.00, +10.0 % relative)" in text and "-" not in text.split("points")[1]
     usual = _study(tmp_path, {"resnet50-ppm": (60.0, 60.0, 9.0), "mobilenetv2-ppm": (57.0, 8.0, 1.0)})
-    assert "for a drop of 3.00 mIoU points (60.00 → 57.00, -5.0 % relative)" in _by_title(findings(usual))["MobileNetV2 against ResNet50"]
+    assert (
+        "for a drop of 3.00 mIoU points (60.00 → 57.00, -5.0 % relative)"
+        in _by_title(findings(usual))["MobileNetV2 against ResNet50"]
+    )
 
 
 def test_mobilenetv3_sentence_follows_its_numbers(tmp_path):
     slower = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (57.0, 30.0, 16.0)})
     text = _by_title(findings(slower))["MobileNetV3"]
-    assert "(-2.00 against MobileNetV2-PPM) at 30.0 ms (1.50× MobileNetV2's), slower and less accurate" in text
+    assert "(-2.00 against MobileNetV2-PPM) at 30.0 ms (1.50× MobileNetV2's); it is slower and less accurate" in text
     assert "1.60× MobileNetV2's: the extra arithmetic covers all of the extra time" in text
     assert "is off the study's mIoU-latency Pareto front" in text
     faster = _study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0), "mobilenetv3-ppm": (60.0, 15.0, 8.0)})
     text = _by_title(findings(faster))["MobileNetV3"]
     assert "it is faster and more accurate" in text and "lies on the study's" in text
+    # The two trades: each names the positive amount it trades.
+    cases = {(57.0, 15.0): ", trading 2.00 points for speed", (61.0, 30.0): ", buying 2.00 points with time",
+             (57.0, 20.0): "; it is as fast and less accurate"}  # fmt: skip
+    for (miou, ms), words in cases.items():
+        text = _by_title(findings(_study(tmp_path, {"mobilenetv2-ppm": (59.0, 20.0, 10.0),
+                                                    "mobilenetv3-ppm": (miou, ms, 8.0)})))["MobileNetV3"]  # fmt: skip
+        assert words in text and "-2.00 points" not in text
+
+
+def test_direction_words_follow_the_sign_of_the_number(tmp_path):
+    """Every sentence with a direction word, each sign: the word changes, the number printed stays positive."""
+    r50_mv2 = {  # (MobileNetV2 mIoU, ms) against ResNet50-PPM at 60.0 mIoU, 20.0 ms
+        (57.0, 8.0): "runs 2.50× faster than ResNet50-PPM (8.0 vs 20.0 ms) for a drop of 3.00 mIoU points",
+        (61.0, 8.0): "runs 2.50× faster than ResNet50-PPM (8.0 vs 20.0 ms) and, against expectation, gains 1.00 mIoU",
+        (57.0, 25.0): "runs, against expectation, 1.25× slower than ResNet50-PPM (25.0 vs 20.0 ms) and drops 3.00 mIoU",
+        (61.0, 25.0): "runs, against expectation, 1.25× slower than ResNet50-PPM (25.0 vs 20.0 ms) and gains 1.00 mIoU",
+        (60.0, 20.0): "runs as fast as ResNet50-PPM (20.0 vs 20.0 ms) and drops 0.00 mIoU points",
+    }  # fmt: skip
+    for (miou, ms), words in r50_mv2.items():
+        text = _by_title(findings(_study(tmp_path, {"resnet50-ppm": (60.0, 20.0, 9.0),
+                                                    "mobilenetv2-ppm": (miou, ms, 1.0)})))  # fmt: skip
+        sentence = text["MobileNetV2 against ResNet50"]
+        assert words in sentence, sentence
+        assert "× faster" not in sentence or ms < 20.0
+        assert not re.search(r"(drop of|drops|gains) -", sentence) and "0.80× faster" not in sentence
+    # Depth: a signed change, "per extra ms" only when the deeper model is slower.
+    worse = _study(tmp_path, {"resnet18-ppm": (62.0, 30.0, 1.0), "resnet50-ppm": (61.0, 60.0, 1.0)})
+    depth = _by_title(findings(worse))["Depth (PPM head)"]
+    assert "ResNet18 → ResNet50: -1.00 mIoU for 2.00× the latency, -0.033 points per extra ms" in depth
+    faster = _study(tmp_path, {"resnet18-ppm": (62.0, 30.0, 1.0), "resnet50-ppm": (63.0, 20.0, 1.0)})
+    depth = _by_title(findings(faster))["Depth (PPM head)"]
+    assert "ResNet18 → ResNet50: +1.00 mIoU for 0.67× the latency;" in depth + ";" and "per extra ms" not in depth
+    # Context modules: a significant pair is named best first, whichever way it was stored.
+    for stored in (Comparison("resnet18-ocr", "resnet18-ppm", -2.0, -3.0, -1.0),
+                   Comparison("resnet18-ppm", "resnet18-ocr", 2.0, 1.0, 3.0)):  # fmt: skip
+        rows = {"resnet18-ppm": (63.0, 30.0, 1.0), "resnet18-ocr": (61.0, 30.0, 1.0)}
+        context = _by_title(findings(_study(tmp_path, rows, [stored])))["Context modules"]
+        assert "its lead over the runner-up is 2.00 points (95% CI [+1.00, +3.00]: significant)" in context
+    rows = {"resnet18-ppm": (63.0, 30.0, 1.0), "resnet18-ocr": (61.0, 30.0, 1.0), "resnet18-aspp": (60.0, 30.0, 1.0)}
+    # The order of a significant pair follows its difference, even one that disagrees with the ranked means.
+    pairs = [Comparison("resnet18-aspp", "resnet18-ppm", -3.0, -4.0, -2.0),
+             Comparison("resnet18-ocr", "resnet18-aspp", -1.5, -2.5, -0.5),
+             Comparison("resnet18-ppm", "resnet18-ocr", 2.0, -1.0, 3.0)]  # fmt: skip
+    context = _by_title(findings(_study(tmp_path, rows, pairs)))["Context modules"]
+    assert f"2 differ significantly ({PPM} > {ASPP}, {ASPP} > {OCR})" in context
 
 
 def test_partial_study_without_figures_and_the_command(tmp_path):
@@ -198,9 +252,8 @@ def test_significance_wording_follows_the_interval(tmp_path):
     by_title = {f["title"]: f["text"] for f in findings(_study(tmp_path, EARLIER_ROWS, close))}
     context = by_title["Context modules"]
     assert "lead over the runner-up is 0.80 points (95% CI [-0.35, +1.95]: not distinguishable)" in context
-    assert (
-        "Of the 3 pairs of modules, 1 differs significantly (PPM > OCR); the others are not distinguishable" in context
-    )
+    apart = f"Of the 3 pairs of modules, 1 differs significantly ({PPM} > {OCR}); the others are not distinguishable"
+    assert apart in context
     assert "ResNet18 → ResNet50: +6.08 mIoU (95% CI [+5.10, +7.02]: significant) for 2.32×" in by_title[
         "Depth (PPM head)"]  # fmt: skip
 
@@ -239,3 +292,64 @@ def test_report_shows_intervals_verdicts_and_cost(built):
     assert "the training seed dominates for ResNet18-PPM" in flat  # fabricated seeds differ more than images do
     assert f"{s['train_gpu_hours'].min():.3g} GPU-h (MobileNetV3-PPM)" in flat
     assert "kWh of GPU energy measured" in flat
+
+
+def test_verdicts_and_method_follow_the_holm_adjusted_p(tmp_path):
+    """Four differences whose intervals all exclude zero; as one family Holm keeps two (the textbook p-values of
+    tests/test_stats.py), and the findings, the differences table and the method sentence say so."""
+    rows = {"resnet18-ppm": (63.0, 30.0, None), "resnet50-ppm": (64.0, 60.0, None),
+            "resnet18-aspp": (62.0, 31.0, None), "resnet18-ocr": (61.5, 32.0, None)}  # fmt: skip
+    family = with_holm([Comparison("resnet50-ppm", "resnet18-ppm", 1.0, 0.1, 1.9, p_value=0.01),
+                        Comparison("resnet18-ppm", "resnet18-aspp", 1.0, 0.2, 1.8, p_value=0.04),
+                        Comparison("resnet18-ppm", "resnet18-ocr", 1.5, 0.3, 2.7, p_value=0.03),
+                        Comparison("resnet18-aspp", "resnet18-ocr", 0.5, 0.1, 0.9, p_value=0.005)])  # fmt: skip
+    study = _study(tmp_path, rows, family)
+    study.summary["miou_lo"], study.summary["miou_hi"] = study.summary["miou"] - 1, study.summary["miou"] + 1
+    by_title = _by_title(findings(study))
+    assert "ResNet18 → ResNet50: +1.00 mIoU (95% CI [+0.10, +1.90], Holm p = 0.030: significant)" in by_title[
+        "Depth (PPM head)"]  # fmt: skip
+    context = by_title["Context modules"]
+    assert "runner-up is 1.00 points (95% CI [+0.20, +1.80], Holm p = 0.060: not distinguishable)" in context
+    assert f"Of the 3 pairs of modules, 1 differs significantly ({ASPP} > {OCR})" in context
+    how = by_title["How sure"]
+    assert "adjusted by the Holm–Bonferroni method over the family of 4 pairwise comparisons, is at most 5%" in how
+    assert "Each model has one training seed, so the interval covers image sampling only" in how
+    diffs = next(t for t in uncertainty_section(study)["tables"] if t["title"] == "Pairwise mIoU differences")
+    assert diffs["header"][-2:] == ["Holm p", "Verdict"]
+    assert [[c["t"] for c in row[-2:]] for row in diffs["rows"]] == [
+        ["0.030", "significant"], ["0.060", "not distinguishable"], ["0.060", "not distinguishable"],
+        ["0.020", "significant"]]  # fmt: skip
+    assert "family of 4 pairwise comparisons" in diffs["note"] and "image sampling only" in diffs["note"]
+    # A family the report shows part of: both sizes are given.
+    assert "family of 4 pairwise comparisons (2 of them shown here)" in verdict_rule(_study(tmp_path, rows, family[:2]))
+    # Untested comparisons (no family): the verdict is the interval's, and the sentence says it is unadjusted.
+    alone = _study(tmp_path, rows, [replace(c, p_holm=math.nan, family=0) for c in family])
+    assert "each of the 4 comparisons on its own: not adjusted for multiple comparisons" in verdict_rule(alone)
+    assert "Holm" not in _by_title(findings(alone))["Depth (PPM head)"]
+    # Several seeds for some models: their intervals hold the seeds, the others' the images only.
+    study.summary.loc[["resnet18-ppm", "resnet50-ppm"], "seeds"] = 3
+    coverage = interval_coverage(study, list(rows))
+    assert "Where a model has several seeds, the training seeds are resampled, then the validation images" in coverage
+    one = f"{display_name('resnet18-aspp')}, {display_name('resnet18-ocr')}"
+    assert f"with one seed ({one}), the interval covers image sampling only" in coverage
+
+
+def test_report_reads_the_holm_family_of_comparisons_csv(built):
+    """The fabricated study's comparisons.csv as the report reads it: one Holm family of five, two seeds for all
+    models but MobileNetV3-PPM, whose one-seed spread is blank, never 0."""
+    cfg, results, _, _, s = built
+    study = load_study(cfg, results)
+    study.comparisons = comparisons_from_table(pd.read_csv(results / cfg.experiment / "comparisons.csv"))
+    how = _by_title(findings(study))["How sure"]
+    assert "over the family of 5 pairwise comparisons, is at most 5%" in how
+    assert "with one seed (MobileNetV3-PPM), the interval covers image sampling only" in how
+    assert pd.isna(s.at["mobilenetv3-ppm", "miou_std"]) and s.at["resnet18-ppm", "miou_std"] > 0
+    scores = next(t for t in uncertainty_section(study)["tables"] if t["title"].startswith("Scores with"))
+    row = next(r for r in scores["rows"] if r[0]["t"] == "MobileNetV3-PPM")
+    assert row[scores["header"].index("Seed std")]["t"] == "–"
+
+
+
+def test_built_report_states_the_holm_family(built):
+    _, _, _, out, _ = built
+    assert "family of 5 pairwise comparisons" in " ".join(_text(out).split())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,20 @@ from segmodels.stats import (
     COMPARISON_COLUMNS,
     Comparison,
     bootstrap_models,
+    bootstrap_p_value,
     bootstrap_study,
     compare,
+    comparisons_from_table,
     comparisons_table,
+    holm,
     load_per_image,
     metrics_of_matrices,
     resample_counts,
+    resample_seeds,
     resampled_matrices,
+    study_comparisons,
     study_pairs,
+    with_holm,
 )
 
 C = 6
@@ -110,7 +117,8 @@ def test_better_on_every_image_is_significant():
     assert c.lo > 0 and c.significant and c.lo <= c.diff <= c.hi
     flipped = compare(boots, "worse", "better")
     assert flipped.hi < 0 and flipped.significant and flipped.diff == pytest.approx(-c.diff)
-    assert c.flipped() == Comparison("worse", "better", -c.diff, -c.hi, -c.lo)
+    assert c.flipped() == Comparison("worse", "better", -c.diff, -c.hi, -c.lo, p_value=c.p_value)
+    assert c.p_value == flipped.p_value == pytest.approx(2 / 501)  # no resample at or below 0: the floor 2 / (1 + R)
 
 
 def test_interval_width_matches_the_standard_error_of_a_mean():
@@ -140,15 +148,113 @@ def test_fixed_seed_reproduces_and_seeds_average():
     assert compare(first, "a", "b") == compare(again, "a", "b")
     moved = bootstrap_models({"a": [s0, s1], "b": [other]}, StatsConfig(resamples=200, seed=12))
     assert moved["a"].interval["miou"] != first["a"].interval["miou"]
-    # Two training seeds: the estimate is their mean, the samples the mean of each seed's resampled scores.
+    # Two training seeds: the estimate is their mean; each resample draws two of the two seeds with replacement
+    # and scores them on one shared image draw (two-level); the image std keeps both seeds in every resample.
     alone = [bootstrap_models({"x": [s]}, cfg)["x"] for s in (s0, s1)]
     a = first["a"]
     assert a.seeds == 2
     assert a.interval["miou"].estimate == pytest.approx(np.mean([x.interval["miou"].estimate for x in alone]))
-    np.testing.assert_allclose(a.samples["miou"], (alone[0].samples["miou"] + alone[1].samples["miou"]) / 2)
+    per_seed = np.stack([x.samples["miou"] for x in alone], axis=1)  # one seed alone: image sampling only
+    drawn = resample_seeds(2, 200, 11)
+    np.testing.assert_allclose(a.samples["miou"], np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1))
+    assert a.boot_std["miou"] == pytest.approx(per_seed.mean(axis=1).std(ddof=1))
     values = [x.interval["miou"].estimate for x in alone]
     assert a.seed_std["miou"] == pytest.approx(np.std(values, ddof=1))
     assert math.isnan(first["b"].seed_std["miou"])
+
+
+def test_seed_draws_are_shared_and_reproducible():
+    drawn = resample_seeds(3, 3000, seed=4)
+    assert drawn.shape == (3000, 3) and drawn.min() == 0 and drawn.max() == 2
+    np.testing.assert_array_equal(drawn, resample_seeds(3, 3000, seed=4))  # every model with three seeds: paired
+    assert np.bincount(drawn.ravel()) / drawn.size == pytest.approx([1 / 3] * 3, abs=0.02)
+    assert (resample_seeds(1, 50, seed=4) == 0).all()  # one seed: nothing to resample
+    with pytest.raises(ValueError, match="at least one seed"):
+        resample_seeds(0, 10, seed=0)
+
+
+def _quality_images(rng: np.random.Generator, difficulty: np.ndarray, quality: float, pixels: int = 2000):
+    """Two-class per-image matrices whose share of correct pixels is ``quality`` minus the image's difficulty
+    (shared by every model and seed, as hard scenes are), plus a little pixel noise of this run's own."""
+    share = np.clip(quality - difficulty + rng.normal(0, 0.005, difficulty.size), 0.05, 0.99)
+    correct = np.round(share * pixels / 2).astype(np.int64)
+    m = np.zeros((difficulty.size, 2, 2), dtype=np.int64)
+    m[:, 0, 0], m[:, 1, 1] = correct, correct
+    m[:, 0, 1], m[:, 1, 0] = pixels // 2 - correct, pixels // 2 - correct
+    return m.astype(np.int32)
+
+
+def test_a_difference_within_the_seed_spread_is_not_significant():
+    """Three seeds per model whose mIoUs differ by less than their seed-to-seed spread, on many images: image
+    sampling alone calls the seed means different, the two-level bootstrap does not; one seed of each, the same
+    images, the same gap: significant, and the interval covers the image sampling only."""
+    rng = np.random.default_rng(8)
+    difficulty = rng.normal(0, 0.05, 400)
+    a = [_quality_images(rng, difficulty, 0.80 + off) for off in (0.04, -0.04, 0.0)]
+    b = [_quality_images(rng, difficulty, 0.79 + off) for off in (-0.04, 0.04, 0.0)]  # seed effects not aligned
+    cfg = StatsConfig(resamples=1000, seed=3)
+    boots = bootstrap_models({"a": a, "b": b}, cfg)
+    c = compare(boots, "a", "b")
+    assert 0 < c.diff < min(boots["a"].seed_std["miou"], boots["b"].seed_std["miou"])
+    assert not c.significant and c.lo < 0 < c.hi and c.p_value > 0.05
+    # The same data through image sampling alone (every seed in every resample): the interval excludes zero.
+    counts = resample_counts(400, 1000, seed=3)
+    images_only = [np.mean([metrics_of_matrices(resampled_matrices(s, counts))["miou"] for s in runs], axis=0) * 100
+                   for runs in (a, b)]  # fmt: skip
+    assert np.percentile(images_only[0] - images_only[1], 2.5) > 0
+    # One seed each, with the same images and the same one-point gap: significant.
+    single = bootstrap_models({"a": [a[2]], "b": [b[2]]}, cfg)
+    one = compare(single, "a", "b")
+    assert one.significant and one.lo > 0 and one.p_value < 0.01 and one.seeds_a == one.seeds_b == 1
+    assert single["a"].interval["miou"].half_width < boots["a"].interval["miou"].half_width
+
+
+def test_holm_on_a_textbook_case():
+    """Four p-values at alpha 0.05: uncorrected all four reject; Holm compares the smallest with 0.05/4, the next
+    with 0.05/3, and stops at 0.03 > 0.05/2, so only 0.005 and 0.01 are rejected."""
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [q <= 0.05 for q in adjusted] == [True, False, False, True]
+    nan_kept = holm([0.01, math.nan, 0.04])  # an untested pair is not counted in the family
+    assert nan_kept[0] == pytest.approx(0.02) and math.isnan(nan_kept[1]) and nan_kept[2] == pytest.approx(0.04)
+    assert holm([0.5, 0.6]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_bootstrap_p_value_counts_both_tails():
+    assert bootstrap_p_value(np.full(999, 1.5)) == pytest.approx(2 / 1000)
+    assert bootstrap_p_value(np.zeros(999)) == 1.0  # no difference at all
+    d = np.r_[np.full(30, -1.0), np.full(969, 2.0)]
+    assert bootstrap_p_value(d) == pytest.approx(2 * 31 / 1000) == bootstrap_p_value(-d)
+    assert math.isnan(bootstrap_p_value(np.full(5, np.nan)))
+
+
+def test_verdicts_use_the_adjusted_p_value():
+    """Every interval below excludes zero, so alone each is significant; as one family of four, Holm keeps two."""
+    alone = [Comparison("a", "b", 1.0, 0.1, 1.9, p_value=p) for p in (0.01, 0.04, 0.03, 0.005)]
+    assert all(c.significant and not c.tested for c in alone)
+    family = with_holm(alone)
+    assert [c.significant for c in family] == [True, False, False, True]
+    assert [c.family for c in family] == [4] * 4 and family[1].p_holm == pytest.approx(0.06)
+    assert family[1].flipped().p_holm == family[1].p_holm and not family[1].flipped().significant
+    strict = [replace(c, confidence=0.99) for c in family]  # alpha 0.01: none of the adjusted p-values is below
+    assert not any(c.significant for c in strict)
+
+
+def test_study_family_is_adjusted_and_round_trips_through_the_table():
+    rng = np.random.default_rng(9)
+    base = _per_image(rng, 30, c=19)
+    models = {m: [_per_image(rng, 30, c=19, diag=d)] for m, d in (("resnet18-ppm", 5.0), ("resnet50-ppm", 5.3),
+              ("mobilenetv2-ppm", 4.0), ("resnet18-aspp", 5.0), ("resnet18-ocr", 5.1))}  # fmt: skip
+    models["resnet18-fcn"] = [base]
+    cfg = StatsConfig(resamples=400, seed=1)
+    boots = bootstrap_models(models, cfg)
+    family = study_comparisons(boots, cfg)
+    assert len(family) == len(study_pairs(list(models))) and {c.family for c in family} == {len(family)}
+    assert holm([c.p_value for c in family]) == [c.p_holm for c in family]
+    assert all(c.p_holm >= c.p_value for c in family)
+    table = comparisons_table(boots, cfg)
+    assert table["significant"].tolist() == [c.p_holm <= 0.05 for c in family]
+    assert comparisons_from_table(table) == family
 
 
 def test_mismatched_image_sets_are_refused():
@@ -214,6 +320,10 @@ def test_study_files_summary_columns_and_compare_command(tmp_path, capsys):
     assert written["pair"].tolist() == expected["pair"].tolist() == ["resnet50-ppm vs resnet18-ppm"]
     assert written["lo"].iloc[0] == pytest.approx(expected["lo"].iloc[0], abs=1e-4)
     assert bool(written["significant"].iloc[0]) is True and written["resamples"].iloc[0] == 300
+    assert "Holm-adjusted p 0.0066: significant" in out and "one Holm family at alpha 0.05" in out
+    read = comparisons_from_table(written)  # p-values written exactly: the verdict re-read is the one written
+    assert [c.significant for c in read] == written["significant"].tolist()
+    assert read[0].p_holm == read[0].p_value == 2 / 301 and read[0].family == 1 and read[0].seeds_a == 2
 
 
 def test_bad_files_and_settings(tmp_path):
