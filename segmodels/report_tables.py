@@ -2,8 +2,9 @@
 
 The result tables (performance, context modules, backbone efficiency, per-class IoU), the earlier
 study's published table beside this run, and the uncertainty section: every mIoU with its paired
-bootstrap interval over the validation images, every discussed difference with its verdict
-(:mod:`segmodels.stats`), and every model's training cost (:mod:`segmodels.cost`).
+bootstrap interval over the training seeds and validation images, every discussed difference with its
+Holm-adjusted p-value and verdict (:mod:`segmodels.stats`), and every model's training cost
+(:mod:`segmodels.cost`). A standard deviation over one seed is undefined and shown as –, never as 0.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY
+from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY, interval_coverage, verdict_rule
 from segmodels.matrix import arch_of, variant_of
 from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name
 
-__all__ = ["earlier_table", "result_tables", "uncertainty_section"]
+__all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
 
 _SHORT = {"resnet18": "R18", "resnet50": "R50", "resnet101": "R101", "mobilenetv2": "MNv2", "mobilenetv3": "MNv3"}
 _METRIC_HEADER = ("mIoU", "CI", "mAcc", "allAcc", "Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Train cost",
@@ -54,7 +55,7 @@ def _table(title: str, header: list[str], columns: list[list[dict]], align: str,
 
 
 def _miou_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
-    """mIoU-like column: mean, ± std when more than one seed, bold at the best mean."""
+    """mIoU-like column: mean, ± std when more than one seed (one has no spread), bold at the best mean."""
     cells = _column([study.value(m, key) for m in models])
     for cell, m in zip(cells, models, strict=True):
         if (study.value(m, "seeds") or 0) > 1 and study.value(m, f"{key}_std") is not None:
@@ -105,7 +106,27 @@ def _metric_table(study: Study, models: list[str], title: str, first: list[tuple
     ]
     names = {"CI": f"{_level(study)} CI", "Train cost": cost[0]}
     header = [h for h, _ in first] + [names.get(h, h) for h in _METRIC_HEADER]
-    return _table(title, header, columns, "l" * len(first) + "r" * 9 + "l", note)
+    if any(study.value(m, "miou_packed") is not None for m in models):  # full-resolution scoring: both numbers
+        at = len(first) + 2
+        columns.insert(at, _column([study.value(m, "miou_packed") for m in models]))
+        header.insert(at, "mIoU packed")
+    return _table(title, header, columns, "l" * len(first) + "r" * (len(header) - len(first) - 1) + "l", note)
+
+
+def _distinct(study: Study, column: str) -> list[str]:
+    if column not in study.summary:
+        return []
+    return list(dict.fromkeys(str(v) for v in study.summary[column] if isinstance(v, str) and v))
+
+
+def protocol_note(study: Study) -> str:
+    """What the study's mIoU and latency numbers are: scored how, timed in which mode (from summary.csv)."""
+    scored = _distinct(study, "miou_protocol")
+    modes = _distinct(study, "latency_mode")
+    text = f"mIoU scored on {'; '.join(scored)}" if scored else "mIoU at the packed resolution"
+    if "miou_packed" in study.summary and study.summary["miou_packed"].notna().any():
+        text += "; mIoU packed: the same predictions scored against the packed labels (the earlier study's protocol)"
+    return text + (f"; latency timed in {', '.join(modes)} (the mIoU's precision)" if modes else "")
 
 
 def result_tables(study: Study) -> list[dict[str, Any]]:
@@ -116,9 +137,10 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
     if any(variant_of(m) for m in models):
         first.append(("Variant", [variant_of(m).replace("_", " ") for m in models]))
     speed_note = (
-        "mIoU, mAcc, allAcc in %, mean ± std over seeds; CI: bootstrap interval of the mIoU over validation images; "
-        "latency: median, batch 1; mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process "
-        "CPU-hours (CPU-h)."
+        "mIoU, mAcc, allAcc in %, mean over seeds, ± std where there are several; CI: bootstrap interval of the "
+        "mIoU over training seeds and validation images (images only for one seed); latency: median, batch 1; "
+        "mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
+        f"{protocol_note(study)}."
     )
     tables = [
         _metric_table(
@@ -132,7 +154,8 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
     context = [m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if m in models]
     if context:
         heads = [HEAD_LABELS[arch_of(m)[1]] for m in context]
-        tables.append(_metric_table(study, context, "Context modules on ResNet18", [("Module", heads)], speed_note))
+        title = f"Context modules on {BACKBONE_LABELS['resnet18']}"
+        tables.append(_metric_table(study, context, title, [("Module", heads)], speed_note))
     backbones = [m for m in (study.reference_run(f"{b}-ppm") for b in BACKBONE_LABELS) if m in models]
     if backbones:
         ref = study.value(study.reference_run("resnet50-ppm"), "latency_ms")
@@ -153,7 +176,7 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
             "Median (ms)",
             "p90 (ms)",
             "FPS",
-            "Speed vs R50",
+            f"Speed vs {_SHORT['resnet50']}",
             "Params (M)",
             "GFLOPs",
             "mIoU",
@@ -161,11 +184,11 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
         ]
         tables.append(
             _table(
-                "Efficiency of the backbones (PPM head)",
+                f"Efficiency of the backbones ({HEAD_LABELS['ppm']} head)",
                 header,
                 columns,
                 "l" + "r" * 8,
-                "Speed vs R50: ResNet50-PPM's latency divided by the row's.",
+                f"Speed vs {_SHORT['resnet50']}: {display_name('resnet50-ppm')}'s latency divided by the row's.",
             )
         )
     tables.append(_per_class_table(study))
@@ -197,26 +220,36 @@ def _per_class_table(study: Study) -> dict[str, Any]:
     return {"title": "Per-class IoU", "header": header, "rows": rows, "align": "l" + "r" * len(ious), "note": note}
 
 
+def _earlier_protocol_miou(study: Study, model: str) -> float | None:
+    """The mIoU as the earlier study scored it (against the packed labels): the packed-size score where the run
+    was scored at full resolution, else its mIoU."""
+    packed = study.value(model, "miou_packed")
+    return packed if packed is not None else study.value(model, "miou")
+
+
 def earlier_table(study: Study) -> dict[str, Any]:
     """The earlier study's published numbers beside this run's, grouped under their devices."""
     models = [m for m in EARLIER_STUDY if study.reference_run(m) in study.summary.index] or list(EARLIER_STUDY)
     ours = [study.reference_run(m) for m in models]
     pub = [EARLIER_STUDY[m] for m in models]
     recomputed = [p["miou"] / p["latency_ms"] * 10 if "latency_ms" in p else None for p in pub]
+    miou = [_earlier_protocol_miou(study, m) for m in ours]
+    ms = [study.value(m, "latency_ms") for m in ours]
     columns = [
         _text([display_name(m) for m in models]),
         _column([p["miou"] for p in pub], 2, None),
         _column([p.get("latency_ms") for p in pub], 0, None),
         _column([p.get("miou_per_speed") for p in pub], 2, None),
         _column(recomputed, 2, None),
-        _column([study.value(m, "miou") for m in ours], 2, None),
-        _column([study.value(m, "latency_ms") for m in ours], 1, None),
-        _column([study.value(m, "miou_per_speed") for m in ours], 2, None),
+        _column(miou, 2, None),
+        _column(ms, 1, None),
+        _column([a / b * 10 if a is not None and b else None for a, b in zip(miou, ms, strict=True)], 2, None),
     ]
     header = ["Model", "mIoU", "ms", "mIoU/speed printed", "mIoU/speed recomputed", "mIoU", "ms", "mIoU/speed"]
     note = (
         f"Earlier study: a different run on a different device ({EARLIER_DEVICE}, 1024×512); its numbers are "
-        "quoted as published and are not comparable one to one with this run's. Recomputed: mIoU / ms × 10."
+        "quoted as published and are not comparable one to one with this run's. Recomputed: mIoU / ms × 10. "
+        "This run's mIoU here follows the earlier study's protocol: scored at the packed resolution."
     )
     table = _table("The earlier study's published table beside this run", header, columns, "l" + "r" * 7, note)
     devices = study.devices()
@@ -257,9 +290,10 @@ def _interval_table(study: Study) -> dict[str, Any]:
               "Image std", "Dominant"]  # fmt: skip
     st = study.cfg.stats
     note = (
-        f"Percentile bootstrap over the validation images, {st.resamples} resamples (seed {st.seed}), the same image "
-        "sets for every model; with several seeds, the interval of the seed mean. Seed std: standard deviation of the "
-        "mIoU over training seeds; image std: standard deviation of the bootstrapped mIoU; dominant: the larger."
+        f"Percentile bootstrap of the seed mean, {st.resamples} resamples (seed {st.seed}), the same image sets for "
+        f"every model. {interval_coverage(study, models)} Seed std: standard deviation of the mIoU over training "
+        "seeds (– for one seed); image std: standard deviation of the mIoU over resampled images alone; dominant: "
+        "the larger."
     )
     return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * 6 + "l", note)
 
@@ -267,19 +301,21 @@ def _interval_table(study: Study) -> dict[str, Any]:
 def _differences_table(study: Study) -> dict[str, Any]:
     level = _level(study)
     rows = study.comparisons
+    models = sorted({m for c in rows for m in (c.a, c.b)})
     columns = [
         _text([c.group for c in rows]),
         _text([f"{display_name(c.a)} − {display_name(c.b)}" for c in rows]),
         _text([f"{c.diff:+.2f}" for c in rows]),
         _text([f"{c.lo:+.2f} to {c.hi:+.2f}" for c in rows]),
+        _text([f"{c.p_holm:.3f}" if c.tested else "–" for c in rows]),
         [{"t": "significant" if c.significant else "not distinguishable", "b": c.significant} for c in rows],
     ]
-    header = ["Comparison", "Pair (a − b)", "mIoU diff.", f"{level} CI", "Verdict"]
+    header = ["Comparison", "Pair (a − b)", "mIoU diff.", f"{level} CI", "Holm p", "Verdict"]
     note = (
-        "Paired bootstrap of the mIoU difference in points; significant only when the interval excludes zero. The "
-        "interval covers the choice of validation images, not of training seeds (see the seed std above)."
+        f"Paired bootstrap of the mIoU difference in points; the {level} interval is shown unadjusted. "
+        f"{verdict_rule(study)} {interval_coverage(study, models)}"
     )
-    return _table("Pairwise mIoU differences", header, columns, "llrrl", note)
+    return _table("Pairwise mIoU differences", header, columns, "llrrrl", note)
 
 
 def _cost_table(study: Study) -> dict[str, Any]:

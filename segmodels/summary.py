@@ -1,11 +1,15 @@
 """One row per run of the matrix: accuracy (mean ± std over seeds, with bootstrap intervals), latency, size,
-training cost, and where each number came from. ``model`` is the run name, ``backbone`` and ``head`` its
-architecture, ``variant`` its ``_tag`` part (empty for a plain {backbone}-{head}).
+training cost, and where each number came from. A standard deviation over one seed is undefined and left
+blank, never written as 0. ``model`` is the run name, ``backbone`` and ``head`` its
+architecture, ``variant`` its ``_tag`` part (empty for a plain {backbone}-{head}). ``miou_protocol`` says how the
+mIoU was scored (resolution, precision, inference, TTA); with full-resolution scoring ``miou_packed`` is the same
+predictions scored at the packed size, the earlier study's protocol. The latency is of the mode in the mIoU's
+precision (``latency_mode``), and ``fps`` is images per second (batch size / latency).
 
 Intervals (``miou_lo``/``miou_hi``, ``macc_…``, ``allacc_…``, percent) are the paired percentile bootstrap of
-:mod:`segmodels.stats` over the validation images, with the config's ``stats`` section, from each run's
-``confusion_per_image.npy``; ``miou_boot_std`` is the image-sampling standard deviation of the mIoU, to
-set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
+:mod:`segmodels.stats` over the training seeds and validation images (images only for one seed), with the
+config's ``stats`` section, from each run's ``confusion_per_image.npy``; ``miou_boot_std`` is the
+image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
 ``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
 ``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
 final weights were trained on, ``energy_wh`` GPU energy where NVML measured it, ``eval_hours``.
@@ -27,7 +31,7 @@ __all__ = ["COLUMNS", "collect_run", "publish", "read_json", "run_dir", "summari
 
 COLUMNS = [
     "model", "backbone", "head", "variant", "seeds", "status",
-    "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std",
+    "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std", "miou_protocol", "miou_packed",
     "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
     "params_m", "gflops", "device", "mlflow_run_ids",
     "miou_lo", "miou_hi", "macc_lo", "macc_hi", "allacc_lo", "allacc_hi", "miou_boot_std",
@@ -53,12 +57,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _primary_latency(latency: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """The fp32 mode if it was timed, else the first mode that was: the study's latency column."""
-    modes = {name: m for name, m in latency.get("modes", {}).items() if m.get("median_ms") is not None}
-    if not modes:
-        return None
-    name = "fp32" if "fp32" in modes else next(iter(modes))
-    return name, modes[name]
+    """The study's latency column: the mode the benchmark chose to match the mIoU's precision (``primary_mode``)."""
+    from segmodels.engine.benchmark import primary_mode
+
+    name = latency.get("primary_mode") or primary_mode(latency)
+    return (name, latency["modes"][name]) if name else None
 
 
 def collect_run(path: Path) -> dict[str, Any]:
@@ -67,6 +70,9 @@ def collect_run(path: Path) -> dict[str, Any]:
     metrics = read_json(path / "metrics.json")
     if metrics and metrics.get("miou") is not None:  # None: nothing was labelled, no score
         row.update(miou=metrics["miou"], macc=metrics["macc"], allacc=metrics["allacc"])
+        row["miou_protocol"] = (metrics.get("protocol") or {}).get("label")
+        if (metrics.get("packed") or {}).get("miou") is not None:  # the same predictions scored at the packed size
+            row["miou_packed"] = metrics["packed"]["miou"]
     latency = read_json(path / "latency.json")
     if latency:
         primary = _primary_latency(latency)
@@ -91,9 +97,10 @@ def _number(value: Any) -> bool:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; one value has no spread to measure, so its std is NaN (blank)."""
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
@@ -116,13 +123,17 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
         row["status"] = "missing" if not done else ("complete" if len(done) == len(runs) else "partial")
         for key in ("miou", "macc", "allacc"):
             row[key], row[f"{key}_std"] = _mean_std([r[key] * 100 for r in done])
+        packed = [r["miou_packed"] * 100 for r in done if "miou_packed" in r]
+        row["miou_packed"] = statistics.fmean(packed) if packed else None
+        row["miou_protocol"] = next((r["miou_protocol"] for r in done if r.get("miou_protocol")), None)
         timed = [r for r in runs if "latency_ms" in r]
         if timed:
             first = timed[0]
             row["latency_ms"] = statistics.median(r["latency_ms"] for r in timed)
             p90 = [r["latency_p90_ms"] for r in timed if r.get("latency_p90_ms") is not None]
             row["latency_p90_ms"] = statistics.median(p90) if p90 else None
-            row["fps"] = 1000.0 / row["latency_ms"]
+            fps = [r["fps"] for r in timed if r.get("fps") is not None]  # images/s: the batch over the latency
+            row["fps"] = statistics.median(fps) if fps else None
             row.update({k: first.get(k) for k in ("latency_mode", "params_m", "gflops", "device")})
             # The earlier study's column: mIoU (%) / latency (ms) × 10, computed, never copied.
             row["miou_per_speed"] = row["miou"] / row["latency_ms"] * 10

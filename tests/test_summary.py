@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -14,13 +15,17 @@ from segmodels.config import StudyConfig
 from segmodels.summary import run_dir, summarize
 
 
-def _write_run(results, cfg, model, seed, miou, latency_ms, run_id):
+def _write_run(results, cfg, model, seed, miou, latency_ms, run_id, batch=2):
     folder = run_dir(results, cfg, model, seed)
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"miou": miou, "macc": miou + 0.1, "allacc": 0.9}))
-    modes = {"fp32": {"median_ms": latency_ms, "p90_ms": latency_ms * 1.1, "fps": 1000 / latency_ms}}
-    modes["compile"] = {"skipped": "not asked"}
-    latency = {"modes": modes, "params_m": 12.5, "gflops": 50.0, "device": {"name": "cpu"}}
+    protocol = {"label": "64×128 raw labels, fp32, whole image, no TTA"}
+    (folder / "metrics.json").write_text(json.dumps({"miou": miou, "macc": miou + 0.1, "allacc": 0.9,
+                                                     "protocol": protocol, "packed": {"miou": miou - 0.01}}))
+    ok = {"status": "ok", "p90_ms": latency_ms * 1.1, "fps": batch * 1000 / latency_ms}
+    modes = {"fp32": {**ok, "median_ms": latency_ms}, "amp": {**ok, "median_ms": latency_ms / 2}}
+    modes["compile"] = {"status": "skipped", "reason": "not asked"}
+    latency = {"modes": modes, "primary_mode": "fp32", "batch_size": batch, "params_m": 12.5, "gflops": 50.0,
+               "device": {"name": "cpu"}}
     (folder / "latency.json").write_text(json.dumps(latency))
     (folder / "mlflow_run_id").write_text(run_id + "\n")
 
@@ -38,18 +43,25 @@ def test_seeds_are_averaged_and_speed_column_follows_its_formula(tmp_path):
     assert r18["status"] == "complete" and r18["seeds"] == 2
     assert math.isclose(r18["miou"], 63.89, abs_tol=1e-9)
     assert math.isclose(r18["miou_std"], 1.4142135, abs_tol=1e-6)  # stdev of 62.89 and 64.89
-    assert r18["latency_ms"] == 35.0
+    assert r18["latency_ms"] == 35.0 and r18["latency_mode"] == "fp32"  # the benchmark's choice, not amp's 17.5
+    assert math.isclose(r18["fps"], (2000 / 34 + 2000 / 36) / 2)  # images per second: a batch of 2 per latency
+    assert math.isclose(r18["miou_packed"], 62.89)  # the packed-size scores, averaged over seeds as the mIoU
+    assert r18["miou_protocol"] == "64×128 raw labels, fp32, whole image, no TTA"
     assert math.isclose(r18["miou_per_speed"], 63.89 / 35.0 * 10)
     assert r18["mlflow_run_ids"] == "a b"
 
     r50 = table.loc["resnet50-ppm"]
     assert r50["status"] == "partial" and r50["seeds"] == 1
+    assert all(math.isnan(r50[f"{k}_std"]) for k in ("miou", "macc", "allacc"))  # one seed: undefined, not 0
     assert round(r50["miou_per_speed"], 1) == 8.7  # the earlier study's 68.97 / 79 × 10
     assert table.loc["mobilenetv2-ppm", "status"] == "missing"
     assert math.isnan(table.loc["mobilenetv2-ppm", "miou"])
 
     written = pd.read_csv(out)
     assert list(written["model"]) == cfg.models
+    header, _, r50_line = list(csv.reader(out.read_text().splitlines()))[:3]
+    cells = dict(zip(header, r50_line, strict=True))
+    assert cells["model"] == "resnet50-ppm" and cells["miou_std"] == cells["macc_std"] == "" != cells["miou"]
 
 
 def test_summarize_command(tmp_path, capsys):
