@@ -173,6 +173,7 @@ def test_small_model_overfits_and_the_run_is_tracked(tmp_path, packed_data, mlfl
     for key, value in run_params(cfg, "mobilenetv2-fcn", 0).items():
         assert params[key] == str(value), key
     assert params["model.backbone"] == "mobilenetv2" and params["model.head"] == "fcn"
+    assert params["model.head_label"] == "FCN"
     assert int(params["model.params"]) == sum(p.numel() for p in result.model.parameters())
     assert {"git_commit", "device", "torch_version"} <= set(run.data.tags)
     assert run.data.tags["torch_version"] == torch.__version__

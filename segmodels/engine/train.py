@@ -206,6 +206,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     from segmodels.data.loader import PackedSplit, TrainLoader
     from segmodels.matrix import run_config, variant_of
     from segmodels.models import build_model, count_parameters
+    from segmodels.results_files import head_label
     from segmodels.tracking import RunLogger, git_commit, tracking_uri
 
     out = Path(out)
@@ -300,6 +301,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                                run_name=f"{model_name}-seed{seed}", flush_seconds=cfg.tracking.flush_seconds,
                                tags={"model": model_name, "seed": seed, "study": cfg.experiment}).start()
             logger.log_params({**params, "model.backbone": backbone, "model.head": head, "model.params": n_params,
+                               "model.head_label": head_label(head, cfg.model.head_options),
                                "run.variant": variant_of(model_name)})
             logger.set_tags({
                 "git_commit": git_commit(), "torch_version": torch.__version__, "world_size": info.world_size,
