@@ -161,7 +161,8 @@ def test_cli_prepare(raw, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _copy_tree(raw, tmp_path / "data" / "raw" / "tiny")
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"data": {"dataset": "tiny", "source": "synthetic", "size": [24, 48]}}))
+    config.write_text(yaml.safe_dump({"data": {"dataset": "tiny", "source": "synthetic", "size": [24, 48]},
+                                      "train": {"crop_size": [24, 48]}}))  # a study whose crops fit its data
     assert main(["prepare", "--config", str(config), "--size", "16", "32", "--workers", "1", "--quiet"]) == 0
     assert np.load(tmp_path / "data/packed/tiny/val/labels.npy").shape == (2, 16, 32)
 
