@@ -205,6 +205,19 @@ def test_evaluate_run_writes_everything_and_logs_to_mlflow(tmp_path, packed, mon
     assert logged["latency_ms"] == pytest.approx(latency["latency_ms"])
     assert logged["miou_per_speed"] == pytest.approx(saved["miou"] * 100 / latency["latency_ms"] * 10)
 
+    # Scored by the benchmark's protocol (full resolution), the run's own evaluation is still its headline: val_miou
+    # and its files, the protocol named in a tag, the packed-size score beside it.
+    cfg.evaluate.full_resolution = True
+    full = evaluate(cfg, run, data=packed / "packed", progress=False)
+    client = MlflowClient(uri)
+    data = client.get_run(run_id).data
+    history = client.get_metric_history(run_id, "val_miou")
+    assert history[-1].value == pytest.approx(full["miou"])
+    assert data.metrics["val_packed_miou"] == pytest.approx(full["packed"]["miou"])
+    assert data.tags["protocol"] == full["protocol"]["label"] and "raw labels" in data.tags["protocol"]
+    assert not any(k.startswith("val_fullres") for k in data.metrics)
+    assert {"metrics.json", "per_class.csv"} <= {a.path for a in client.list_artifacts(run_id)}
+
 
 def _write_config(tmp_path, **evaluate):
     data = {"experiment": "t", "models": ["mobilenetv3-fcn"], "evaluate": {"batch_size": 2, "samples": [1], **evaluate}}

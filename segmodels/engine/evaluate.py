@@ -329,7 +329,9 @@ def evaluate(
     if log_mlflow:
         from segmodels.tracking import log_to_run, tracking_uri
 
-        tag = settings["tag"]
+        # Inference variants (TTA, sliding windows) get their own keys; full-resolution scoring is the protocol the
+        # run is scored by (its "protocol" tag says which), so the study's headline stays val_miou.
+        tag = settings_tag(dataclasses.replace(ev, full_resolution=False))
         prefix = f"val_{tag}_" if tag else "val_"
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
         canonical = not tag and out_dir.resolve() == run_dir.resolve() and checkpoint is None
