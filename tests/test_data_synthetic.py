@@ -160,3 +160,63 @@ def test_cli_synth_with_flags_and_config(tmp_path, capsys, monkeypatch):
     assert (written["train"], written["val"], written["size"]) == (1, 2, [40, 80])  # the flag overrides the config
     assert main(["synth", "--out", str(out), "--size", "8", "80"]) == 2
     assert "at least 32" in capsys.readouterr().err
+
+
+def test_zips_hold_the_same_scenes_as_the_tree_in_the_official_layout(tmp_path, capsys):
+    """`synth --zip` writes the two archives Cityscapes ships; prepare reads them into the same arrays."""
+    import zipfile
+
+    from segmodels.data.pack import prepare
+
+    params = SynthParams(train=4, val=2, size=(64, 128), seed=3, color=True)
+    generate(tmp_path / "tree", params, workers=1, progress=False)
+    assert main(["synth", "--zip", "--out", str(tmp_path / "zips"), "--train", "4", "--val", "2", "--size", "64",
+                 "128", "--seed", "3", "--workers", "2", "--quiet"]) == 0  # fmt: skip
+    assert "wrote 6 images" in capsys.readouterr().out
+    images = zipfile.ZipFile(tmp_path / "zips" / "leftImg8bit_trainvaltest.zip")
+    labels = zipfile.ZipFile(tmp_path / "zips" / "gtFine_trainvaltest.zip")
+    assert all(i.compress_type == zipfile.ZIP_STORED for i in images.infolist())  # PNG: nothing left to deflate
+    tree_names = sorted(str(p.relative_to(tmp_path / "tree")) for p in (tmp_path / "tree").rglob("*.png"))
+    assert sorted(images.namelist() + labels.namelist()) == tree_names  # leftImg8bit/train/{city}/..., gtFine/...
+    for name in images.namelist()[:2] + labels.namelist()[:2]:
+        archive = images if name.startswith("leftImg8bit") else labels
+        assert archive.read(name) == (tmp_path / "tree" / name).read_bytes()
+    assert CityscapesSource.open(tmp_path / "zips").layout == "zip"
+    a = prepare(root=tmp_path / "tree", out=tmp_path / "pa", size=(32, 64), workers=1, progress=False)
+    b = prepare(root=tmp_path / "zips", out=tmp_path / "pb", size=(32, 64), source="cityscapes", workers=1,
+                progress=False)  # fmt: skip
+    for split in ("train", "val"):
+        for array in ("images.npy", "labels.npy"):
+            np.testing.assert_array_equal(np.load(a.path / split / array), np.load(b.path / split / array))
+    # Up to date: a second run writes nothing; no temporary archive is left behind.
+    assert main(["synth", "--zip", "--out", str(tmp_path / "zips"), "--train", "4", "--val", "2", "--size", "64",
+                 "128", "--seed", "3", "--quiet"]) == 0  # fmt: skip
+    assert "is up to date" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "zips").iterdir()) == [
+        "gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip", PARAMS_FILE]  # fmt: skip
+
+
+class _Big:
+    """A result that can tell whether it is still alive (bytes cannot be weakly referenced)."""
+
+    def __init__(self, n: int) -> None:
+        self.payload = bytes(n)
+
+
+def _make_big(n: int) -> _Big:
+    return _Big(n)
+
+
+def test_parallel_map_lets_each_result_go_once_yielded():
+    """Generating 2975 full-size scenes must not hold every encoded image until the end."""
+    import gc
+    import weakref
+
+    from segmodels.data._io import parallel_map
+
+    refs = []
+    for _, result in parallel_map(_make_big, [1000] * 6, workers=2):
+        refs.append(weakref.ref(result))
+        del result
+        gc.collect()
+        assert all(r() is None for r in refs[:-1]), "results already yielded are still referenced"

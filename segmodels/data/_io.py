@@ -92,7 +92,8 @@ def parallel_map(
     """Yield ``(position, fn(item))`` as items finish, over ``workers`` processes (in-process when ``workers <= 1``).
 
     The first exception cancels the pending items and is raised as it is, so a worker's message (naming the file
-    at fault) reaches the user unchanged.
+    at fault) reaches the user unchanged. A result is let go once yielded, so results as large as encoded images
+    stream through instead of piling up until the last item.
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:
@@ -111,7 +112,8 @@ def parallel_map(
                 result = fut.result()  # a worker's exception is raised here, as it is
                 if progress is not None:
                     progress.update()
-                yield futures[fut], result
+                yield futures.pop(fut), result
+                del result
         finally:
             for fut in futures:
                 fut.cancel()

@@ -44,12 +44,14 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image height and width (default 256 512)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed; the same seed gives the same files (default 0)")
     p.add_argument("--no-color", action="store_true", help="do not write the *_gtFine_color.png previews")
+    p.add_argument("--zip", action="store_true", help="write the two official archives (leftImg8bit_trainvaltest.zip, "
+                   "gtFine_trainvaltest.zip) instead of a folder tree; `prepare --source cityscapes` reads them")
     _add_workers(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _synth_run(args: argparse.Namespace) -> int:
-    from segmodels.data.synthetic import SynthParams, generate
+    from segmodels.data.synthetic import SynthParams, generate, generate_zips
 
     cfg = _config(args)
     syn = cfg.data.synthetic if cfg else None
@@ -63,7 +65,7 @@ def _synth_run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else Path("data/raw") / (cfg.data.dataset if cfg else "synthetic")
     start = time.perf_counter()
-    n = generate(out, params, workers=args.workers, progress=not args.quiet)
+    n = (generate_zips if args.zip else generate)(out, params, workers=args.workers, progress=not args.quiet)
     what = f"train={params.train} val={params.val} size={size[0]}×{size[1]} seed={params.seed}"
     if n == 0:
         print(f"synth: {out} is up to date ({what})")

@@ -14,17 +14,19 @@ every model of the study on within minutes; scenes are described in :mod:`segmod
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from segmodels.atomic import write_bytes_atomic
+from segmodels.atomic import fsync_dir, write_bytes_atomic
 from segmodels.data._io import Progress, atomic_write_json, default_workers, encode_png
-from segmodels.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, LABEL_DIR, LABEL_SUFFIX
+from segmodels.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, IMAGE_ZIP, LABEL_DIR, LABEL_SUFFIX, LABEL_ZIP
 
-__all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "image_ids"]
+__all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "generate_zips", "image_ids"]
 
 GENERATOR_VERSION = 1  # bump when the scenes change, so that existing output is regenerated
 PARAMS_FILE = "synth.json"
@@ -99,6 +101,67 @@ def _write_one(task: tuple[Path, SynthParams, str, int, str, str]) -> None:
     write_bytes_atomic(paths[1], encode_png(Image.fromarray(label), 3))
     if params.color:
         write_bytes_atomic(paths[2], encode_png(Image.fromarray(ID_PALETTE[label]), 3))
+
+
+def _encode_one(task: tuple[SynthParams, str, int, str, str]) -> list[tuple[str, bytes]]:
+    """One scene as (zip member name, PNG bytes) pairs, in the official archives' member layout."""
+    from PIL import Image
+
+    from segmodels.data.labels import ID_PALETTE
+
+    params, split, index, city, name = task
+    image, label = render(params, split, index)
+    folder = f"{split}/{city}/{name}"
+    members = [(f"{IMAGE_DIR}/{folder}{IMAGE_SUFFIX}", encode_png(Image.fromarray(image), 3)),
+               (f"{LABEL_DIR}/{folder}{LABEL_SUFFIX}", encode_png(Image.fromarray(label), 3))]  # fmt: skip
+    if params.color:
+        members.append((f"{LABEL_DIR}/{folder}{COLOR_SUFFIX}", encode_png(Image.fromarray(ID_PALETTE[label]), 3)))
+    return members
+
+
+def generate_zips(
+    out: str | Path, params: SynthParams | None = None, *, workers: int | None = None, progress: bool = True
+) -> int:
+    """Write the dataset as the two official archives, ``out/leftImg8bit_trainvaltest.zip`` and
+    ``out/gtFine_trainvaltest.zip``, as Cityscapes ships them; returns the number of scenes (0 when up to date).
+
+    Scenes stream from the workers into the archives (stored: PNG is compressed already), so neither memory nor
+    disk holds an extracted copy. The archives are written under temporary names and renamed when complete; an
+    interrupted run leaves the previous archives, or none, and starts over.
+    """
+    from segmodels.data._io import parallel_map
+
+    root, params = Path(out), params or SynthParams()
+    finals = {IMAGE_DIR: root / IMAGE_ZIP, LABEL_DIR: root / LABEL_ZIP}
+    record = {**params.record(), "layout": "zip"}
+    if _read_record(root) == {**record, "complete": True} and all(p.is_file() for p in finals.values()):
+        return 0
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(root / PARAMS_FILE, {**record, "complete": False})
+    todo = [(params, split, i, city, name) for split in ("train", "val")
+            for i, (city, name) in enumerate(image_ids(split, getattr(params, split)))]  # fmt: skip
+    temps = {top: root / f".{path.name}.tmp-{os.getpid()}" for top, path in finals.items()}
+    archives = {top: zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) for top, tmp in temps.items()}
+    try:
+        n_workers = default_workers() if workers is None else max(1, workers)
+        with Progress(len(todo), "synth", enabled=progress) as bar:
+            for _, members in parallel_map(_encode_one, todo, workers=n_workers, progress=bar):
+                for name, data in members:
+                    # A fixed timestamp: the same parameters give archives of the same members and CRCs.
+                    info = zipfile.ZipInfo(name, date_time=(2016, 2, 1, 0, 0, 0))
+                    archives[name.split("/", 1)[0]].writestr(info, data)
+        for top, archive in archives.items():
+            archive.close()
+            with open(temps[top], "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(temps[top], finals[top])
+        fsync_dir(root)
+    finally:
+        for top, archive in archives.items():
+            archive.close()
+            temps[top].unlink(missing_ok=True)
+    atomic_write_json(root / PARAMS_FILE, {**record, "complete": True})
+    return len(todo)
 
 
 def _read_record(root: Path) -> dict | None:
