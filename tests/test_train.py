@@ -302,3 +302,26 @@ def test_bench_train_prints_both_variants_and_the_ratio(capsys):
     off = float(text.split("speed features off:")[1].split()[0])
     ratio = float(text.split("ratio on/off      :")[1].split("x")[0])
     assert on > 0 and off > 0 and ratio == pytest.approx(on / off, rel=0.02, abs=2e-3)
+
+
+def test_fused_sgd_after_a_skipped_first_step_matches_the_plain_optimizer():
+    """fp16 training on a GPU without bf16: GradScaler may skip the very first step (an inf gradient). Fused SGD
+    must then not read uninitialised momentum buffers on the next step."""
+    t = small_config().train
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)]
+    models[1].load_state_dict(models[0].state_dict())
+    torch.empty(1 << 20).fill_(1e30)  # leave garbage where the allocator may hand out the buffers
+    results = []
+    for model, fused in zip(models, (True, False), strict=True):
+        optimizer = build_optimizer(model, t, fused=fused)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        for step in range(3):
+            optimizer.zero_grad()
+            loss = model(torch.ones(4, 64)).square().mean()
+            scaler.scale(loss * (math.inf if step == 0 else 1.0)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.isfinite(results[0]).all()
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)

@@ -60,7 +60,15 @@ def build_optimizer(model: nn.Module, tcfg: TrainConfig, *, fused: bool = False,
     """SGD with momentum over :func:`param_groups`; ``fused`` (CUDA) runs one kernel for all tensors."""
     groups = param_groups(model, weight_decay=tcfg.weight_decay, head_lr_mult=tcfg.head_lr_mult)
     kwargs = {"fused": True} if fused else {"foreach": foreach}
-    return torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, **kwargs)
+    optimizer = torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, **kwargs)
+    if fused and tcfg.momentum > 0:
+        # Fused SGD allocates its momentum buffers uninitialised and, when GradScaler finds an inf on the very first
+        # step (fp16), returns before filling them: the next step would read leftover memory. Zeros give the same
+        # first update (0.9 * 0 + g = g) and nothing undefined.
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return optimizer
 
 
 @dataclass(frozen=True)
