@@ -14,7 +14,7 @@ SHELL  := bash
 # pip's notes about absent local index folders are noise.
 QUIET_PIP := { grep -v '^WARNING: Location' || true; }
 
-.PHONY: setup run test lint mlflow-ui clean
+.PHONY: setup run test lint mlflow-ui gpu-check clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ lint: setup
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --default-artifact-root results/mlartifacts --host 127.0.0.1
+
+# A few minutes on a lent GPU machine: results/gpu-check/report.{md,json}. `make gpu-check GPU_CHECK_ARGS=--plan`
+# shows what it runs; GPU_CHECK_ARGS="--only latency,ddp" reruns some sections.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf results logs reports/figures reports/report.pdf .snakemake
