@@ -520,8 +520,8 @@ def section_train(ctx: Context, sec: Section) -> None:
     sec.notes.append(f"peak GPU memory in use (nvidia-smi, both variants, CUDA context and allocator cache "
                      f"included): {_cell(peak)} MiB")  # fmt: skip
     sec.notes.append("not measured: peak allocated memory per variant (bench-train does not report it); time "
-                     "waiting for data per step (bench-train times the step on batches already on the GPU, so "
-                     "there is none; the ddp section's images/s includes the real loader)")  # fmt: skip
+                     "waiting for data per step here (bench-train times the step on batches already on the GPU); "
+                     "the ddp section reports it from the real loader (train_log.csv data_wait_ms)")  # fmt: skip
     sec.summary = f"{rates['on']:.1f} images/s with speed features, {rates['off']:.1f} without ({r['speedup']:.2f}x)"
 
 
@@ -576,13 +576,16 @@ def section_ddp(ctx: Context, sec: Section) -> None:
         log = list(csv.DictReader(fh))
     first, last = float(log[0]["loss"]), float(log[-1]["loss"])
     rates = [float(r["images_per_s"]) for r in log[1:] if r.get("images_per_s")]  # the first includes start-up
+    # Time a step waited for its batch (the training loop's own clock): did the loader ever make the GPU wait?
+    waits = [float(r["data_wait_ms"]) for r in log[1:] if r.get("data_wait_ms")]
     busy = sorted(g for g, mb in sampler.peak_memory_mb().items() if mb > 1024)
     sec.data.update(train_log=log, nvidia_smi_peak_memory_mb=sampler.peak_memory_mb())
     sec.table(f"{DDP_MODEL}, {DDP_ITERATIONS} iterations, {ctx.gpus} process(es), global batch "
               f"{study['train']['batch_size']}, crop {study['train']['crop_size']}",
-              ["first logged loss", "last logged loss", "last / first", "images/s (median)", "final val mIoU",
-               "GPUs with > 1 GiB in use"],
+              ["first logged loss", "last logged loss", "last / first", "images/s (median)",
+               "data wait ms/step (median, max)", "final val mIoU", "GPUs with > 1 GiB in use"],
               [[first, last, last / first, statistics.median(rates) if rates else None,
+                f"{statistics.median(waits):.2f}, {max(waits):.2f}" if waits else "not logged",
                 float(log[-1]["val_miou"]) if log[-1].get("val_miou") else None,
                 ", ".join(map(str, busy)) or "not sampled"]])  # fmt: skip
     if last >= first:

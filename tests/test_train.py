@@ -177,7 +177,7 @@ def test_small_model_overfits_and_the_run_is_tracked(tmp_path, packed_data, mlfl
     assert int(params["model.params"]) == sum(p.numel() for p in result.model.parameters())
     assert {"git_commit", "device", "torch_version"} <= set(run.data.tags)
     assert run.data.tags["torch_version"] == torch.__version__
-    for key in ("loss", "loss_main", "loss_aux", "lr", "images_per_s"):
+    for key in ("loss", "loss_main", "loss_aux", "lr", "images_per_s", "data_wait_ms"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"train/{key}")]
         assert sorted(steps) == list(range(10, 81, 10)), key
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/val_miou")) == [40, 80]
@@ -325,3 +325,20 @@ def test_fused_sgd_after_a_skipped_first_step_matches_the_plain_optimizer():
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.isfinite(results[0]).all()
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_time_a_step_waits_for_its_batch_is_measured():
+    import time
+
+    from segmodels.engine.train import _WaitClock
+
+    def slow_loader():
+        for i in range(4):
+            time.sleep(0.05 if i < 2 else 0.0)  # a loader that falls behind, then keeps up
+            yield i
+
+    clock = _WaitClock(slow_loader())
+    assert [next(clock), next(clock)] == [0, 1]
+    assert 0.1 <= clock.take() < 0.5
+    assert [next(clock), next(clock)] == [2, 3]
+    assert clock.take() < 0.01  # the wait since the last take only

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 LOG_COLUMNS = ("iteration", "loss", "loss_main", "loss_aux", "loss_distill", "lr",
-               "images_per_s", "val_miou", "val_allacc", "elapsed_s")
+               "images_per_s", "data_wait_ms", "val_miou", "val_allacc", "elapsed_s")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -374,8 +374,9 @@ class _Loop:
         count, last_good, val = 0, start, {}
         bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         batches = loader.iterate(start)
+        waited = _WaitClock(batches)
         try:
-            for step, (images, labels) in zip(range(start, total), batches, strict=False):
+            for step, (images, labels) in zip(range(start, total), waited, strict=False):
                 lr = poly_lr(step, base_lr=t.lr, total=total, power=t.poly_power, warmup_iters=t.warmup_iters,
                              warmup_ratio=t.warmup_ratio)
                 loss, parts = self.stepper(images, labels, lr)
@@ -402,7 +403,8 @@ class _Loop:
                 if is_log:
                     names = sorted(sums)
                     means = all_reduce_mean(torch.stack([sums[k] for k in names]).float() / count).tolist()
-                    row = {**dict(zip(names, means, strict=True)), "lr": lr, "images_per_s": progress.rate(iteration)}
+                    row = {**dict(zip(names, means, strict=True)), "lr": lr, "images_per_s": progress.rate(iteration),
+                           "data_wait_ms": waited.take() * 1000.0 / count}  # fmt: skip
                     sums, count = {}, 0
                     if is_val:
                         row.update(self.validate(val_split))
@@ -428,6 +430,29 @@ class _Loop:
             if hasattr(batches, "close"):
                 batches.close()
         return val
+
+
+class _WaitClock:
+    """Iterates ``batches`` and adds up the time spent waiting for the next one: a loader that keeps up makes the
+    step wait for nothing (on a GPU, what remains is the copy and the augmentation kernels' launch)."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches, self.seconds = iter(batches), 0.0
+
+    def __iter__(self) -> _WaitClock:
+        return self
+
+    def __next__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def take(self) -> float:
+        """The seconds waited since the last call."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
 
 
 def _yaml(cfg: StudyConfig, model_name: str, seed: int) -> str:
