@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,8 +60,11 @@ def run_measured(cmd: list[str], log: Path) -> dict[str, float]:
 
         def sample() -> None:
             nonlocal peak
-            while not done.wait(0.2):
-                peak = max(peak, _tree_rss(proc))
+            while True:
+                with contextlib.suppress(psutil.Error):  # the command may be gone already
+                    peak = max(peak, _tree_rss(proc))
+                if done.wait(0.2):
+                    return
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -69,7 +73,9 @@ def run_measured(cmd: list[str], log: Path) -> dict[str, float]:
         thread.join()
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log}")
-    return {"seconds": time.perf_counter() - start, "peak_rss_gb": peak / 2**30}
+    # A command shorter than one sampling period: the kernel's own peak of the largest process it waited for.
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"seconds": time.perf_counter() - start, "peak_rss_gb": max(peak, largest) / 2**30}
 
 
 def _size_gb(path: Path) -> float:
