@@ -330,14 +330,14 @@ def test_fused_sgd_after_a_skipped_first_step_matches_the_plain_optimizer():
 def test_the_time_a_step_waits_for_its_batch_is_measured():
     import time
 
-    from segmodels.engine.train import _WaitClock
+    from segmodels.data.loader import WaitClock
 
     def slow_loader():
         for i in range(4):
             time.sleep(0.05 if i < 2 else 0.0)  # a loader that falls behind, then keeps up
             yield i
 
-    clock = _WaitClock(slow_loader())
+    clock = WaitClock(slow_loader())
     assert [next(clock), next(clock)] == [0, 1]
     assert 0.1 <= clock.take() < 0.5
     assert [next(clock), next(clock)] == [2, 3]

@@ -14,8 +14,10 @@ import functools
 import itertools
 import queue
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ from segmodels.data.augment import AugmentParams, augment_batch, sample_params
 from segmodels.data.labels import IGNORE_INDEX
 from segmodels.data.pack import read_manifest
 
-__all__ = ["MEAN", "STD", "PackedSplit", "TrainLoader", "normalize", "val_batches"]
+__all__ = ["MEAN", "STD", "PackedSplit", "TrainLoader", "WaitClock", "normalize", "val_batches"]
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, 0-1 scale: the backbones are ImageNet-pretrained
 STD = (0.229, 0.224, 0.225)
@@ -307,3 +309,26 @@ def val_batches(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, labels.to(device, non_blocking=pin).long(), torch.from_numpy(idx)
+
+
+class WaitClock:
+    """Iterates ``batches`` and adds up the time spent waiting for the next one: a loader that keeps up makes the
+    training step wait for nothing (on a GPU, what remains is the copy and the augmentation kernels' launch)."""
+
+    def __init__(self, batches: Iterable[Any]) -> None:
+        self.batches, self.seconds = iter(batches), 0.0
+
+    def __iter__(self) -> WaitClock:
+        return self
+
+    def __next__(self) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return next(self.batches)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def take(self) -> float:
+        """The seconds waited since the last call."""
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds

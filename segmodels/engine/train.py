@@ -373,8 +373,10 @@ class _Loop:
         sums: dict[str, torch.Tensor] = {}
         count, last_good, val = 0, start, {}
         bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        from segmodels.data.loader import WaitClock
+
         batches = loader.iterate(start)
-        waited = _WaitClock(batches)
+        waited = WaitClock(batches)
         try:
             for step, (images, labels) in zip(range(start, total), waited, strict=False):
                 lr = poly_lr(step, base_lr=t.lr, total=total, power=t.poly_power, warmup_iters=t.warmup_iters,
@@ -430,29 +432,6 @@ class _Loop:
             if hasattr(batches, "close"):
                 batches.close()
         return val
-
-
-class _WaitClock:
-    """Iterates ``batches`` and adds up the time spent waiting for the next one: a loader that keeps up makes the
-    step wait for nothing (on a GPU, what remains is the copy and the augmentation kernels' launch)."""
-
-    def __init__(self, batches: Any) -> None:
-        self.batches, self.seconds = iter(batches), 0.0
-
-    def __iter__(self) -> _WaitClock:
-        return self
-
-    def __next__(self) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return next(self.batches)
-        finally:
-            self.seconds += time.perf_counter() - t0
-
-    def take(self) -> float:
-        """The seconds waited since the last call."""
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
 
 
 def _yaml(cfg: StudyConfig, model_name: str, seed: int) -> str:
