@@ -1,6 +1,6 @@
 """Bootstrap benchmark: ``python benchmarks/bench_bootstrap.py [--images 500 --resamples 1000 ...]``.
 
-Times the paired bootstrap of :mod:`segmodels.stats` on Cityscapes-sized inputs (500 validation images,
+Times the paired bootstrap of :mod:`segmodels.study.stats` on Cityscapes-sized inputs (500 validation images,
 19 classes, per-image matrices summing to a 1024×2048 image each): the draw counts, the resampled
 matrices (one matrix product), the scores of every resample, and a whole study of several models and
 seeds with all discussed pairs. Prints the median of ``--repeats`` runs of each, with the machine.
@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from segmodels.config import StatsConfig
-from segmodels.cost import cpu_name
-from segmodels.stats import (
+from segmodels.study.config import StatsConfig
+from segmodels.engine.cost import cpu_name
+from segmodels.study.stats import (
     bootstrap_models,
     comparisons_table,
     metrics_of_matrices,

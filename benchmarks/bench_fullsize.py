@@ -103,11 +103,11 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
     import torch
     import torch.nn.functional as F
 
-    from segmodels.config import load_config
+    from segmodels.study.config import load_config
     from segmodels.data.loader import PackedSplit, normalize
     from segmodels.engine.evaluate import RawLabels
     from segmodels.engine.inference import predict_scores
-    from segmodels.matrix import arch_of, run_config, run_names
+    from segmodels.study.matrix import arch_of, run_config, run_names
     from segmodels.metrics import batch_confusion
     from segmodels.models import CASCADE_HEADS, build_model
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) < 1:
             p.error(f"--{key} must be at least 1, got {getattr(args, key)}")
 
-    from segmodels.cost import cpu_name
+    from segmodels.engine.cost import cpu_name
 
     args.out.mkdir(parents=True, exist_ok=True)
     synth = _segmodels("synth", "--zip", "--out", str(args.raw), "--train", str(args.train), "--val", str(args.val),

@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.repeats < 1 or args.budget <= 0:
         parser.error("--warmup must be >= 0, --repeats >= 1 and --budget > 0")
-    from segmodels.matrix import arch_of
+    from segmodels.study.matrix import arch_of
 
     for name in args.compile_models:
         try:
@@ -371,7 +371,7 @@ def _build(name: str, cfg: Any) -> Any:
         from torchvision.models import segmentation
 
         return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=cfg.model.num_classes)
-    from segmodels.matrix import arch_of, run_config
+    from segmodels.study.matrix import arch_of, run_config
     from segmodels.models import CASCADE_HEADS, build_model
 
     run = run_config(cfg, name)
@@ -385,9 +385,9 @@ def worker_latency(args: argparse.Namespace, save: Any) -> dict[str, Any]:
     ``save`` is called after each model so a kill at the cap keeps what was timed."""
     import torch
 
-    from segmodels.config import load_config
+    from segmodels.study.config import load_config
     from segmodels.engine.benchmark import benchmark_model
-    from segmodels.matrix import run_names
+    from segmodels.study.matrix import run_names
 
     cfg = load_config(args.config)
     result: dict[str, Any] = {"models": {}, "amp_dtype": cfg.benchmark.amp_dtype}
@@ -557,7 +557,7 @@ def ddp_commands(tmp: Path, gpus: str) -> list[list[str]]:
 
 def section_ddp(ctx: Context, sec: Section) -> None:
     from segmodels.atomic import write_text_atomic
-    from segmodels.config import load_config
+    from segmodels.study.config import load_config
 
     study, notes = ddp_study(ctx.args.config, ctx.gpus)
     sec.notes += notes
@@ -659,7 +659,7 @@ def _placement(sampler: GpuSampler, jobs: dict[int, dict[str, Any]]) -> tuple[st
 
 def section_snakemake(ctx: Context, sec: Section) -> None:
     from segmodels.atomic import write_text_atomic
-    from segmodels.config import load_config
+    from segmodels.study.config import load_config
 
     work = ctx.tmp / "snakemake"
     write_text_atomic(work / "study.yaml", yaml.safe_dump(placement_study(), sort_keys=False))
@@ -704,8 +704,8 @@ RUNNERS = {"environment": section_environment, "latency": section_latency, "trai
 
 
 def plan(args: argparse.Namespace) -> str:
-    from segmodels.config import load_config
-    from segmodels.matrix import run_names
+    from segmodels.study.config import load_config
+    from segmodels.study.matrix import run_names
 
     tmp, seg = Path("$TMP"), "python -m segmodels"
     models = run_names(load_config(args.config))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from segmodels.config import StudyConfig, config_to_dict, from_dict
+from segmodels.study.config import StudyConfig, config_to_dict, from_dict
 
 # Three classes with distinct colours (train ids of Cityscapes: road, sky, car), noise on top.
 _CLASSES = {0: (128, 64, 128), 10: (70, 130, 180), 13: (200, 30, 30)}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from segmodels.cli import main
-from segmodels.config import StudyConfig
+from segmodels.study.config import StudyConfig
 from segmodels.engine.benchmark import benchmark_model, benchmark_run, miou_per_speed, parse_mode, time_fn
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.models import build_model, count_flops

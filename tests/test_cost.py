@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from segmodels.cost import CostMeter, cost_metrics, integrate_power, read_cost
+from segmodels.engine.cost import CostMeter, cost_metrics, integrate_power, read_cost
 
 
 def _busy(seconds: float) -> None:
@@ -187,7 +187,7 @@ def test_checkpoint_on_a_full_disk_warns_and_the_job_goes_on(tmp_path, monkeypat
 
 _KILLED_JOB = """
 import sys, time
-from segmodels.cost import CostMeter
+from segmodels.engine.cost import CostMeter
 meter = CostMeter("train", path=sys.argv[1], snapshot_seconds=3600).__enter__()
 end = time.monotonic() + 0.3
 while time.monotonic() < end:

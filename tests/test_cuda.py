@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from segmodels.config import TrainConfig
-from segmodels.cost import CostMeter
+from segmodels.study.config import TrainConfig
+from segmodels.engine.cost import CostMeter
 from segmodels.data.loader import TrainLoader
 from segmodels.engine.benchmark import _torch_forward, benchmark_model, parse_mode
 from segmodels.engine.distributed import DistInfo

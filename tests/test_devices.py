@@ -211,7 +211,7 @@ def test_run_on_gpus_hands_the_claimed_devices_to_the_launcher_and_frees_them(tm
 
 def test_train_with_several_gpus_launches_torchrun_with_the_same_arguments():
     from segmodels.cli import build_parser
-    from segmodels.engine.train_cli import _torchrun_command
+    from segmodels.cli.train import _torchrun_command
 
     args = build_parser().parse_args(["train", "--config", "c.yaml", "--model", "resnet18-ppm", "--out", "r/x y",
                                       "--set", "train.lr=0.02", "--gpus", "4", "--restart"])  # fmt: skip

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from segmodels.cli import main
-from segmodels.config import EvaluateConfig, StudyConfig, config_to_dict
+from segmodels.study.config import EvaluateConfig, StudyConfig, config_to_dict
 from segmodels.data.labels import ID_TO_TRAINID, colorize
 from segmodels.data.loader import normalize
 from segmodels.data.pack import prepare

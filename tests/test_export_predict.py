@@ -11,7 +11,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.config import StudyConfig, config_to_dict
+from segmodels.study.config import StudyConfig, config_to_dict
 from segmodels.data.labels import colorize
 from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic

@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segmodels.config import StudyConfig
+from segmodels.study.config import StudyConfig
 from segmodels.data.labels import NUM_CLASSES, colorize
-from segmodels.figures import FIGURES, fig_differences, make_figures
+from segmodels.report.figures import FIGURES, fig_differences, make_figures
 from segmodels.metrics import compute_metrics
-from segmodels.results_files import load_study, pareto_front, read_samples
-from segmodels.stats import bootstrap_study, comparisons_from_table, comparisons_table
-from segmodels.summary import run_dir, summarize
+from segmodels.report.results import load_study, pareto_front, read_samples
+from segmodels.study.stats import bootstrap_study, comparisons_from_table, comparisons_table
+from segmodels.study.summary import run_dir, summarize
 
 # model → (per-seed diagonal strength, per-seed latency ms, params M, GFLOPs); None: no results (missing).
 FAKE_MODELS = {
@@ -193,8 +193,8 @@ def test_figures_without_inputs_are_skipped_with_a_note(tmp_path):
 
 
 def test_figures_command_and_bad_summary(tmp_path, capsys):
-    from segmodels.report_cli import COMMANDS
-    from segmodels.summary import COLUMNS
+    from segmodels.cli.report import COMMANDS
+    from segmodels.study.summary import COLUMNS
 
     config = tmp_path / "study.yaml"
     config.write_text("experiment: x\nmodels: [resnet18-ppm]\n")

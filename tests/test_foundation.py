@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from segmodels.cli import main
-from segmodels.config import ConfigError, flatten, load_config
+from segmodels.study.config import ConfigError, flatten, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name → conda-forge name where they differ

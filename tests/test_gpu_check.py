@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from segmodels.config import load_config, study_from_dict
-from segmodels.matrix import run_names
+from segmodels.study.config import load_config, study_from_dict
+from segmodels.study.matrix import run_names
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.config import StudyConfig, config_to_dict
+from segmodels.study.config import StudyConfig, config_to_dict
 from segmodels.data.images import read_rgb8, to_rgb8
 from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic

@@ -16,11 +16,11 @@ import yaml
 from conftest import small_config, write_config
 
 from segmodels.cli import main
-from segmodels.config import ConfigError, StudyConfig, load_config, study_schema
-from segmodels.matrix import arch_of, expand_runs, pair_of, reference_variant, run_config, run_names, run_sections
-from segmodels.results_files import HEAD_LABELS, display_name, head_label, load_study
-from segmodels.stats import study_pairs
-from segmodels.summary import run_dir, summarize
+from segmodels.study.config import ConfigError, StudyConfig, load_config, study_schema
+from segmodels.study.matrix import arch_of, expand_runs, pair_of, reference_variant, run_config, run_names, run_sections
+from segmodels.report.results import HEAD_LABELS, display_name, head_label, load_study
+from segmodels.study.stats import study_pairs
+from segmodels.study.summary import run_dir, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -301,8 +301,8 @@ def test_fixed_comparisons_use_the_plain_runs_else_one_variant():
 def test_a_study_without_plain_runs_compares_within_its_first_variant(tmp_path):
     from test_figures import _write_run as write_fabricated_run
 
-    from segmodels.figures import fig_context_modules
-    from segmodels.report import report_data
+    from segmodels.report.figures import fig_context_modules
+    from segmodels.report.typeset import report_data
 
     cfg = StudyConfig(experiment="ax", models=["resnet18-ppm", "resnet50-ppm", "resnet18-aspp"],
                       axes={"model.output_stride": [8, 16]})  # fmt: skip

@@ -155,7 +155,7 @@ def test_head_options_table_is_the_heads_signatures() -> None:
     their defaults, and every default passes the option's config type."""
     import inspect
 
-    from segmodels.config import _check
+    from segmodels.study.config import _check
 
     for head, cls in HEAD_BUILDERS.items():
         params = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY}
@@ -423,7 +423,7 @@ def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_registry_module_is_light() -> None:
-    code = "import sys, segmodels.models, segmodels.models.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, segmodels.models, segmodels.cli.models; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

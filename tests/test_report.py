@@ -13,15 +13,15 @@ import pytest
 from pypdf import PdfReader
 from test_figures import FAKE_MODELS, fabricate_results
 
-from segmodels.config import StudyConfig
-from segmodels.figures import make_figures
-from segmodels.findings import findings, interval_coverage, verdict_rule
+from segmodels.study.config import StudyConfig
+from segmodels.report.figures import make_figures
+from segmodels.report.findings import findings, interval_coverage, verdict_rule
 from segmodels.metrics import majority_baseline
-from segmodels.report import DEFAULT_TEMPLATE, report_data, write_report
-from segmodels.report_cli import COMMANDS
-from segmodels.report_tables import uncertainty_section
-from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, load_study
-from segmodels.stats import Comparison, comparisons_from_table, with_holm
+from segmodels.report.typeset import DEFAULT_TEMPLATE, report_data, write_report
+from segmodels.cli.report import COMMANDS
+from segmodels.report.tables import uncertainty_section
+from segmodels.report.results import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, load_study
+from segmodels.study.stats import Comparison, comparisons_from_table, with_holm
 
 PPM, ASPP, OCR = HEAD_LABELS["ppm"], HEAD_LABELS["aspp"], HEAD_LABELS["ocr"]
 

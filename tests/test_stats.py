@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from segmodels.cli import main
-from segmodels.config import StatsConfig, StudyConfig
+from segmodels.study.config import StatsConfig, StudyConfig
 from segmodels.metrics import compute_metrics
-from segmodels.stats import (
+from segmodels.study.stats import (
     COMPARISON_COLUMNS,
     Comparison,
     bootstrap_models,
@@ -288,7 +288,7 @@ def _runs(tmp_path, cfg: StudyConfig, spec: dict[str, list[np.ndarray | None]]):
 
 
 def test_study_files_summary_columns_and_compare_command(tmp_path, capsys):
-    from segmodels.summary import summarize
+    from segmodels.study.summary import summarize
 
     rng = np.random.default_rng(7)
     cfg = StudyConfig(experiment="s", models=["resnet18-ppm", "resnet50-ppm", "resnet18-aspp"], seeds=[0, 1])

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from segmodels.cli import main
-from segmodels.config import StudyConfig
-from segmodels.summary import run_dir, summarize
+from segmodels.study.config import StudyConfig
+from segmodels.study.summary import run_dir, summarize
 
 
 def _write_run(results, cfg, model, seed, miou, latency_ms, run_id, batch=2):

@@ -19,7 +19,7 @@ from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.losses import cross_entropy, distillation_loss, segmentation_loss
 from segmodels.engine.step import Stepper, build_optimizer, param_groups, poly_lr, speed_settings
 from segmodels.engine.train import run_params, train
-from segmodels.engine.train_cli import parse_overrides
+from segmodels.cli.train import parse_overrides
 from segmodels.tracking import read_run_id
 
 # --- the recipe ----------------------------------------------------------------------------------
@@ -79,7 +79,7 @@ def test_distillation_is_kl_on_softened_logits_times_t_squared():
 
 def test_gpu_speed_features_run_the_same_step_on_the_cpu():
     """Autocast (bf16; fp16 with a gradient scaler), channels_last and the fused SGD, exercised on the CPU."""
-    from segmodels.config import TrainConfig
+    from segmodels.study.config import TrainConfig
     from segmodels.models import build_model
 
     t = TrainConfig()

@@ -26,7 +26,7 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: in
 
 
 def test_schema_file_is_generated_from_the_config_dataclasses():
-    from segmodels.config import study_schema
+    from segmodels.study.config import study_schema
 
     on_disk = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     assert on_disk == study_schema(), "config/schema.yaml is stale: run `segmodels schema --out config/schema.yaml`"

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from segmodels.config import StudyConfig, load_config
+from segmodels.study.config import StudyConfig, load_config
 from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
 
 __all__ = ["bench_train", "main"]
@@ -29,7 +29,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
-    from segmodels.matrix import arch_of
+    from segmodels.study.matrix import arch_of
     from segmodels.models import build_model
 
     backbone, head = arch_of(model_name)
@@ -105,7 +105,7 @@ def _describe(s: dict[str, str]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from segmodels.devices import resolve_device
-    from segmodels.matrix import run_config
+    from segmodels.study.matrix import run_config
 
     cfg = run_config(load_config(args.config) if args.config else StudyConfig(), args.model)
     if args.compile:

@@ -321,7 +321,7 @@ def benchmark_run(
     folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
 
     ``cfg`` is a StudyConfig: the ``benchmark`` and ``model`` sections of the run (the one the checkpoint records,
-    or ``model_name``; :func:`segmodels.matrix.run_config`) give the defaults, and latency.json's ``model`` is
+    or ``model_name``; :func:`segmodels.study.matrix.run_config`) give the defaults, and latency.json's ``model`` is
     that run's name. Explicit ``repeats``/``warmup`` are used as given; the config's are capped by
     ``cpu_repeats``/``cpu_warmup`` on the CPU.
     """
@@ -329,7 +329,7 @@ def benchmark_run(
     from segmodels.devices import resolve_device
     from segmodels.engine.evaluate import json_safe
     from segmodels.engine.inference import recorded_run
-    from segmodels.matrix import arch_of, run_config
+    from segmodels.study.matrix import arch_of, run_config
 
     if run_dir is None and model_name is None:
         raise ValueError("give a run folder (--run) or a model name (--model)")

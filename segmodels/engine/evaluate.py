@@ -12,7 +12,7 @@ the config). Writes into the output folder (the run folder by default):
 * ``metrics.json`` last, so that its presence means the evaluation is complete. Undefined scores (NaN)
   are written as ``null``, which strict JSON readers accept. Its ``cost`` entry is what the evaluation
   cost (wall and CPU time, device, images, GPU-hours and energy where measurable; see
-  :mod:`segmodels.cost`), also logged to the run's MLflow run as ``cost/eval_*`` metrics.
+  :mod:`segmodels.engine.cost`), also logged to the run's MLflow run as ``cost/eval_*`` metrics.
 
 Every file is written atomically.
 
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segmodels.config import EvaluateConfig, StudyConfig
+from segmodels.study.config import EvaluateConfig, StudyConfig
 
 __all__ = ["RawLabels", "evaluate", "json_safe", "protocol", "resolve_split", "settings_tag"]
 
@@ -176,13 +176,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
-    The settings are those of the run the checkpoint records (:func:`segmodels.matrix.run_config`; a run's own
+    The settings are those of the run the checkpoint records (:func:`segmodels.study.matrix.run_config`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
     default the run folder's name) and ``cfg.model.num_classes`` must match the checkpoint. All inputs are
     checked before the model runs.
     """
     from segmodels.atomic import write_bytes_atomic, write_text_atomic
-    from segmodels.cost import CostMeter, cost_metrics
+    from segmodels.engine.cost import CostMeter, cost_metrics
     from segmodels.data._io import Progress
     from segmodels.data.labels import colorize
     from segmodels.data.loader import PackedSplit, val_batches
@@ -196,7 +196,7 @@ def evaluate(
         predict_scores,
         recorded_run,
     )
-    from segmodels.matrix import run_config
+    from segmodels.study.matrix import run_config
     from segmodels.metrics import ConfusionMatrix, batch_confusion, class_names_for, compute_metrics
 
     run_dir = Path(run_dir)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.config import TrainConfig
+from segmodels.study.config import TrainConfig
 from segmodels.engine.distributed import DistInfo
 from segmodels.engine.losses import distillation_loss, segmentation_loss
 

@@ -1,6 +1,6 @@
 """Training of one model and seed into one run folder, resumable after a kill at any point.
 
-The recipe (defaults in :class:`segmodels.config.TrainConfig`): SGD with momentum 0.9, weight
+The recipe (defaults in :class:`segmodels.study.config.TrainConfig`): SGD with momentum 0.9, weight
 decay 1e-4 on conv and linear weights only, poly decay (power 0.9) of the learning rate over an
 iteration-based schedule with optional linear warm-up, cross-entropy ignoring label 255, the
 auxiliary loss at 0.4 (PSPNet, Zhao et al. 2017), which for OCR is also the soft-object-region loss (its
@@ -20,7 +20,7 @@ Files in the run folder (``--out``):
   while the tracking server is unreachable;
 - ``config.yaml``: the resolved config of the run (also an MLflow artifact);
 - ``cost.json``: wall, CPU and GPU hours, images and GPU energy where NVML reads it, summed over resumed
-  segments (:mod:`segmodels.cost`); also ``cost/train_*`` metrics and a ``cost.train_device`` tag of the
+  segments (:mod:`segmodels.engine.cost`); also ``cost/train_*`` metrics and a ``cost.train_device`` tag of the
   MLflow run.
 
 The optimisation step and the GPU speed features are in :mod:`segmodels.engine.step`.
@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.config import StudyConfig, config_to_dict, flatten
+from segmodels.study.config import StudyConfig, config_to_dict, flatten
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.distributed import (
     DistInfo,
@@ -140,7 +140,7 @@ def run_params(cfg: StudyConfig, model_name: str, seed: int) -> dict[str, Any]:
 
 def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[str, str, Path | None]:
     from segmodels.data.pack import check_num_classes
-    from segmodels.matrix import arch_of
+    from segmodels.study.matrix import arch_of
 
     backbone, head = arch_of(model_name)
     if not (data_dir / "train" / "images.npy").is_file():
@@ -196,17 +196,17 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     """Train run ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
 
     ``model_name`` is a run of the study's matrix (or any plain {backbone}-{head}); training uses the run's
-    effective config, :func:`segmodels.matrix.run_config` (a run's own effective config passes unchanged).
+    effective config, :func:`segmodels.study.matrix.run_config` (a run's own effective config passes unchanged).
     ``data_dir`` defaults to ``data/packed/{data.dataset}``. Bad input raises ValueError or
     FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
     raises :class:`NonFiniteLossError`; ``last.pt`` then keeps the last good state.
     """
-    from segmodels.cost import CostMeter, cost_metrics
+    from segmodels.engine.cost import CostMeter, cost_metrics
     from segmodels.data.loader import PackedSplit, TrainLoader
-    from segmodels.matrix import run_config, variant_of
+    from segmodels.study.matrix import run_config, variant_of
     from segmodels.models import build_model, count_parameters
-    from segmodels.results_files import head_label
+    from segmodels.report.results import head_label
     from segmodels.tracking import RunLogger, git_commit, tracking_uri
 
     out = Path(out)

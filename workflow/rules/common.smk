@@ -3,8 +3,9 @@ import json
 import os
 import re
 
-from segmodels.config import study_from_dict
-from segmodels.matrix import expand_runs, run_sections
+from segmodels.study.config import study_from_dict
+from segmodels.study.matrix import expand_runs, run_sections
+from segmodels.report import TEMPLATE as REPORT_TEMPLATE
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -26,7 +27,7 @@ COMPARISONS = f"results/{EXP}/comparisons.csv"
 FIGURES = "reports/figures/figures.json"
 REPORT = "reports/report.pdf"
 PUBLISHED = f"results/{EXP}/summary/published.json"
-TEMPLATE = f"{workflow.basedir}/workflow/report/report.typ"  # from the checkout, whatever the --directory
+TEMPLATE = str(REPORT_TEMPLATE)  # the template installed with segmodels
 
 
 wildcard_constraints:

@@ -17,13 +17,13 @@ __all__ = ["build_parser", "main"]
 
 # Modules whose COMMANDS dict maps a subcommand to (help, add_arguments, run).
 _AREAS = (
-    "segmodels.data.cli",
-    "segmodels.models.cli",
-    "segmodels.engine.train_cli",
-    "segmodels.engine.eval_cli",
-    "segmodels.study_cli",
-    "segmodels.stats_cli",
-    "segmodels.report_cli",
+    "segmodels.cli.data",
+    "segmodels.cli.models",
+    "segmodels.cli.train",
+    "segmodels.cli.inference",
+    "segmodels.cli.study",
+    "segmodels.cli.stats",
+    "segmodels.cli.report",
 )
 
 

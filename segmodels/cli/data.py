@@ -13,7 +13,7 @@ __all__ = ["COMMANDS"]
 
 def _config(args: argparse.Namespace):
     if getattr(args, "config", None):
-        from segmodels.config import load_config
+        from segmodels.study.config import load_config
 
         return load_config(args.config)
     return None
@@ -103,7 +103,7 @@ def _raw_root(source: str, root: str | None, dataset: str) -> Path:
 
 
 def _prepare_run(args: argparse.Namespace) -> int:
-    from segmodels.config import DataConfig
+    from segmodels.study.config import DataConfig
     from segmodels.data.pack import prepare
 
     cfg = _config(args)

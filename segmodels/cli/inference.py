@@ -35,10 +35,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from segmodels.config import load_config
+    from segmodels.study.config import load_config
     from segmodels.engine.evaluate import evaluate
     from segmodels.engine.inference import recorded_run
-    from segmodels.matrix import run_config
+    from segmodels.study.matrix import run_config
 
     cfg = load_config(args.config)
     run_name = recorded_run(args.checkpoint or args.run / "checkpoint.pt")
@@ -90,7 +90,7 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from segmodels.config import StudyConfig, load_config
+    from segmodels.study.config import StudyConfig, load_config
     from segmodels.engine.benchmark import benchmark_run
 
     if args.run is not None and args.config is None:
@@ -126,7 +126,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import sys
 
-    from segmodels.config import StudyConfig, load_config
+    from segmodels.study.config import StudyConfig, load_config
     from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
 
     cfg = load_config(args.config) if args.config else StudyConfig()
@@ -137,7 +137,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if not atol >= 0:
         raise ValueError(f"--atol must be >= 0, got {args.atol}")
     if args.model:
-        from segmodels.matrix import arch_of, run_config
+        from segmodels.study.matrix import arch_of, run_config
         from segmodels.models import CASCADE_HEADS, build_model
 
         backbone, head = arch_of(args.model)

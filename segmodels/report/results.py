@@ -1,11 +1,11 @@
 """Reading a study's results files: one small function per file type, and the study as one object.
 
-The study also holds the paired bootstrap comparisons of :mod:`segmodels.stats`: read from
+The study also holds the paired bootstrap comparisons of :mod:`segmodels.study.stats`: read from
 ``comparisons.csv`` (``segmodels compare``) when present, else bootstrapped in memory from the runs'
 ``confusion_per_image.npy`` (a note says so).
 
 Every figure and the report read results through here, so a change in a producer's file format
-(``segmodels/engine/evaluate.py``, ``benchmark.py``, ``train.py``, ``segmodels/summary.py``) is a change in
+(``segmodels/engine/evaluate.py``, ``benchmark.py``, ``train.py``, ``segmodels/study/summary.py``) is a change in
 one ``read_*`` function. A missing file reads as None, never as an error: a partial study is normal.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segmodels.config import StudyConfig
-from segmodels.matrix import arch_of, pair_of, reference_variant, run_names, variant_of, with_variant
-from segmodels.stats import COMPARISON_COLUMNS, Comparison, comparisons_from_table
-from segmodels.summary import read_json, summarize
+from segmodels.study.config import StudyConfig
+from segmodels.study.matrix import arch_of, pair_of, reference_variant, run_names, variant_of, with_variant
+from segmodels.study.stats import COMPARISON_COLUMNS, Comparison, comparisons_from_table
+from segmodels.study.summary import read_json, summarize
 
 __all__ = [
     "BACKBONE_LABELS",
@@ -138,7 +138,7 @@ def read_confusion(path: Path) -> np.ndarray | None:
 
 
 def read_comparisons(path: Path) -> list[Comparison] | None:
-    """comparisons.csv (``segmodels compare``) as :class:`~segmodels.stats.Comparison` objects, or None."""
+    """comparisons.csv (``segmodels compare``) as :class:`~segmodels.study.stats.Comparison` objects, or None."""
     table = _read_csv(path, COMPARISON_COLUMNS)
     return None if table is None else comparisons_from_table(table)
 
@@ -261,7 +261,7 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     if comparisons is not None:  # a file of a larger study: only the pairs of this config's runs
         comparisons = [c for c in comparisons if c.a in names and c.b in names]
     else:
-        from segmodels.stats import bootstrap_study, study_comparisons
+        from segmodels.study.stats import bootstrap_study, study_comparisons
 
         boots, _ = bootstrap_study(cfg, Path(results))
         comparisons = study_comparisons(boots, cfg.stats)

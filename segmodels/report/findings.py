@@ -2,13 +2,13 @@
 
 Each finding names the numbers it is computed from; when an input is missing it says which instead.
 The comparisons of fixed models (ResNet50-PPM against MobileNetV2-PPM, ...) use the plain runs, or the runs of
-the study's reference variant when it has no plain run (:attr:`segmodels.results_files.Study.reference`).
+the study's reference variant when it has no plain run (:attr:`segmodels.report.results.Study.reference`).
 A difference between two models is called significant when its Holm-adjusted paired bootstrap p-value
-(:mod:`segmodels.stats`) is at most 1 − confidence, and "not distinguishable" otherwise; without per-image
+(:mod:`segmodels.study.stats`) is at most 1 − confidence, and "not distinguishable" otherwise; without per-image
 matrices no interval exists and the finding says the difference was not tested. Words of direction
 (faster/slower, gains/drops, more/less) are chosen from the sign of the number they describe, and a number
 after such a word is printed without its sign, so no sentence reads "0.8× faster" or "a drop of -0.88".
-Model and module names come from :mod:`segmodels.results_files` (``display_name``, the label tables).
+Model and module names come from :mod:`segmodels.report.results` (``display_name``, the label tables).
 The earlier study's published table is kept here as printed, to compare against and to check its
 mIoU/speed column against its own formula (mIoU / latency in ms × 10).
 """
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segmodels.matrix import arch_of
+from segmodels.study.matrix import arch_of
 from segmodels.metrics import majority_baseline
-from segmodels.results_files import (
+from segmodels.report.results import (
     BACKBONE_LABELS,
     HEAD_LABELS,
     Study,

@@ -73,8 +73,8 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
 def _run_train(args: argparse.Namespace) -> int:
     import signal
 
-    from segmodels.config import load_config
-    from segmodels.matrix import run_config, with_overrides
+    from segmodels.study.config import load_config
+    from segmodels.study.matrix import run_config, with_overrides
 
     overrides = parse_overrides(args.overrides)
     if args.device:
@@ -144,7 +144,7 @@ def _run_sync(args: argparse.Namespace) -> int:
 
     uri = args.uri
     if uri is None and args.config is not None:
-        from segmodels.config import load_config
+        from segmodels.study.config import load_config
 
         uri = load_config(args.config).tracking.uri
     uri = args.uri or tracking_uri(uri)

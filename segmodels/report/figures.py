@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from segmodels.config import StudyConfig
-from segmodels.results_files import (
+from segmodels.study.config import StudyConfig
+from segmodels.report.results import (
     BACKBONE_LABELS,
     HEAD_LABELS,
     Study,

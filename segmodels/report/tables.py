@@ -3,8 +3,8 @@
 The result tables (performance, context modules, backbone efficiency, per-class IoU), the earlier
 study's published table beside this run, and the uncertainty section: every mIoU with its paired
 bootstrap interval over the training seeds and validation images, every discussed difference with its
-Holm-adjusted p-value and verdict (:mod:`segmodels.stats`), and every model's training cost
-(:mod:`segmodels.cost`). A standard deviation over one seed is undefined and shown as –, never as 0.
+Holm-adjusted p-value and verdict (:mod:`segmodels.study.stats`), and every model's training cost
+(:mod:`segmodels.engine.cost`). A standard deviation over one seed is undefined and shown as –, never as 0.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from segmodels.findings import EARLIER_DEVICE, EARLIER_STUDY, interval_coverage, verdict_rule
-from segmodels.matrix import arch_of, variant_of
-from segmodels.results_files import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name
+from segmodels.report.findings import EARLIER_DEVICE, EARLIER_STUDY, interval_coverage, verdict_rule
+from segmodels.study.matrix import arch_of, variant_of
+from segmodels.report.results import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name
 
 __all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
 

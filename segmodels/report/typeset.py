@@ -1,12 +1,12 @@
 """The study's PDF report: tables, figures and findings, all computed from the results files.
 
 ``report_data`` gathers everything the template shows into one JSON-ready dict (cell texts, best values
-marked, finding sentences); ``workflow/report/report.typ`` lays it out; ``write_report`` typesets it with
+marked, finding sentences); ``segmodels/report/template/report.typ`` lays it out; ``write_report`` typesets it with
 Typst (the PyPI ``typst`` package, its embedded fonts only, so the result needs no system fonts and no
 network) and replaces the PDF atomically. A model without results is listed as missing, and a finding
 whose inputs are missing says so, so a partial study still gives a report.
 
-The tables, with their intervals, verdicts and costs, are built in :mod:`segmodels.report_tables`.
+The tables, with their intervals, verdicts and costs, are built in :mod:`segmodels.report.tables`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from segmodels.config import StudyConfig
-from segmodels.findings import findings
-from segmodels.report_tables import earlier_table, result_tables, uncertainty_section
-from segmodels.results_files import Study, display_name, load_study
+from segmodels.report import TEMPLATE
+from segmodels.study.config import StudyConfig
+from segmodels.report.findings import findings
+from segmodels.report.tables import earlier_table, result_tables, uncertainty_section
+from segmodels.report.results import Study, display_name, load_study
 
 __all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "workflow" / "report" / "report.typ"
+DEFAULT_TEMPLATE = TEMPLATE
 
 # % of the text width; the others use all of it
 _FIGURE_WIDTH = {"miou_latency": 85, "confusion": 72, "miou_cost": 85, "differences": 85}
@@ -50,7 +51,7 @@ def _dataset(cfg: StudyConfig, data_root: Path) -> str:
 
 
 def _environment(study: Study) -> list[list[str]]:
-    from segmodels.results_files import read_latency
+    from segmodels.report.results import read_latency
 
     rows = []
     for model in study.finished():

@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segmodels.config import StatsConfig, StudyConfig
-from segmodels.matrix import pair_of, reference_variant, run_names, variant_of, with_variant
+from segmodels.study.config import StatsConfig, StudyConfig
+from segmodels.study.matrix import pair_of, reference_variant, run_names, variant_of, with_variant
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +98,7 @@ _HEADS = ("ppm", "aspp", "ocr", "fcn")
 def study_pairs(models: Sequence[str]) -> list[tuple[str, str, str]]:
     """The discussed pairs among the runs ``models``: backbones under PPM, context modules on ResNet18,
     MobileNetV3 against MobileNetV2, all among the plain runs (else among the runs of the first run's variant,
-    :func:`segmodels.matrix.reference_variant`); then each other variant against its architecture there.
+    :func:`segmodels.study.matrix.reference_variant`); then each other variant against its architecture there.
     Each as (group, a, b)."""
     present = set(models)
     ref = reference_variant(models)

@@ -14,7 +14,7 @@ names the runs ``{entry}_{tag}``, one tag per axis in the order given (``resnet1
 Precedence: the study's sections, then the axis values, then the entry's own overrides. An entry may not
 set a key that an axis sets (a ConfigError at load naming the file, the entry and the key), so a run's tags
 always name the values it runs with: ``resnet18-ppm_os8`` never runs at output stride 16. Every run's
-effective config is built through :func:`segmodels.config.from_dict`, so overrides are type-checked like
+effective config is built through :func:`segmodels.study.config.from_dict`, so overrides are type-checked like
 the file itself.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmodels.config import (
+from segmodels.study.config import (
     ConfigError,
     StudyConfig,
     config_to_dict,

@@ -29,8 +29,8 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
 
 
 def _run_figures(args: argparse.Namespace) -> int:
-    from segmodels.config import load_config
-    from segmodels.figures import make_figures
+    from segmodels.study.config import load_config
+    from segmodels.report.figures import make_figures
 
     cfg = load_config(args.config)
     index = make_figures(cfg, args.results, args.out)
@@ -53,7 +53,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
         "--template",
         type=Path,
         default=None,
-        help="Typst template (default: workflow/report/report.typ of this checkout)",
+        help="Typst template (default: the template installed with segmodels)",
     )
     p.add_argument(
         "--data-root",
@@ -64,8 +64,8 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from segmodels.config import load_config
-    from segmodels.report import DEFAULT_TEMPLATE, write_report
+    from segmodels.study.config import load_config
+    from segmodels.report.typeset import DEFAULT_TEMPLATE, write_report
 
     cfg = load_config(args.config)
     template = args.template or DEFAULT_TEMPLATE

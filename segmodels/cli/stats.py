@@ -23,8 +23,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     import time
 
     from segmodels.atomic import write_text_atomic
-    from segmodels.config import load_config
-    from segmodels.stats import bootstrap_study, comparisons_table
+    from segmodels.study.config import load_config
+    from segmodels.study.stats import bootstrap_study, comparisons_table
 
     cfg = load_config(args.config)
     changes = {k: v for k, v in {"resamples": args.resamples, "seed": args.seed}.items() if v is not None}

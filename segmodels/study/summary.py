@@ -7,7 +7,7 @@ predictions scored at the packed size, the earlier study's protocol. The latency
 precision (``latency_mode``), and ``fps`` is images per second (batch size / latency).
 
 Intervals (``miou_lo``/``miou_hi``, ``macc_…``, ``allacc_…``, percent) are the paired percentile bootstrap of
-:mod:`segmodels.stats` over the training seeds and validation images (images only for one seed), with the
+:mod:`segmodels.study.stats` over the training seeds and validation images (images only for one seed), with the
 config's ``stats`` section, from each run's ``confusion_per_image.npy``; ``miou_boot_std`` is the
 image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
 ``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
@@ -24,8 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from segmodels.config import StudyConfig
-from segmodels.matrix import expand_runs, run_names
+from segmodels.study.config import StudyConfig
+from segmodels.study.matrix import expand_runs, run_names
 
 __all__ = ["COLUMNS", "collect_run", "publish", "read_json", "run_dir", "summarize"]
 
@@ -108,7 +108,7 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
     import pandas as pd
 
     from segmodels.atomic import write_text_atomic
-    from segmodels.stats import bootstrap_study
+    from segmodels.study.stats import bootstrap_study
 
     boots, notes = bootstrap_study(cfg, Path(results))
     for note in notes:
