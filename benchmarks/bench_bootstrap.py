@@ -16,12 +16,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from segmodels.study.config import StatsConfig
 from segmodels.engine.cost import cpu_name
+from segmodels.metrics import metrics_of_matrices
+from segmodels.report.design import fixed_pairs
+from segmodels.study.config import StatsConfig
 from segmodels.study.stats import (
     bootstrap_models,
     comparisons_table,
-    metrics_of_matrices,
     resample_counts,
     resampled_matrices,
 )
@@ -65,7 +66,7 @@ def main() -> None:
     study = {m: [_per_image(rng, args.images, args.classes, 1024 * 2048) for _ in range(args.seeds)] for m in STUDY}
 
     def whole_study() -> None:
-        comparisons_table(bootstrap_models(study, cfg), cfg)
+        comparisons_table(bootstrap_models(study, cfg), cfg, design=fixed_pairs())
 
     rows = [
         ("draw counts (R×N)", _median_seconds(lambda: resample_counts(args.images, args.resamples, 0), args.repeats)),

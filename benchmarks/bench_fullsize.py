@@ -103,13 +103,13 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
     import torch
     import torch.nn.functional as F
 
-    from segmodels.study.config import load_config
     from segmodels.data.loader import PackedSplit, normalize
     from segmodels.engine.evaluate import RawLabels
     from segmodels.engine.inference import predict_scores
-    from segmodels.study.matrix import arch_of, run_config, run_names
     from segmodels.metrics import batch_confusion
-    from segmodels.models import CASCADE_HEADS, build_model
+    from segmodels.models import build_model, catalog
+    from segmodels.study.config import load_config
+    from segmodels.study.matrix import run_config, run_names
 
     study = load_config(config)
     split = PackedSplit(packed / "val")
@@ -118,9 +118,9 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
     rows = []
     for name in run_names(study):
         cfg = run_config(study, name)
-        backbone, head = arch_of(name)
+        backbone, head = catalog.arch_of(name)
         model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=head in CASCADE_HEADS, pretrained=None, head_options=cfg.model.head_options).eval()
+                            aux=catalog.head(head).cascade, pretrained=None, head_options=cfg.model.head_options).eval()
         predict_scores(model, x)  # warm-up: thread pools, allocator
         start = time.perf_counter()
         target = torch.from_numpy(raw.read(0))

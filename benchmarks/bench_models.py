@@ -28,8 +28,8 @@ from torch import nn
 
 from segmodels.atomic import write_text_atomic
 from segmodels.models import (
-    CASCADE_HEADS,
     build_model,
+    catalog,
     count_flops,
     count_parameters,
     list_models,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, name in enumerate(names, start=2):
         backbone, head = parse_model_name(name)
-        build = lambda b=backbone, h=head: build_model(b, h, aux=h in CASCADE_HEADS)  # noqa: E731
+        build = lambda b=backbone, h=head: build_model(b, h, aux=catalog.head(h).cascade)  # noqa: E731
         row, paired = measure(name, build, args, baseline=reference)
         rows.append(row)
         baseline_times += paired

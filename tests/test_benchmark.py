@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from segmodels.cli import main
-from segmodels.study.config import StudyConfig
 from segmodels.engine.benchmark import benchmark_model, benchmark_run, miou_per_speed, parse_mode, time_fn
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.models import build_model, count_flops
+from segmodels.study.config import StudyConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,7 +132,7 @@ def test_fps_is_images_per_second_and_memory_the_peak_rss_growth(tmp_path, monke
 
 
 def test_the_headline_latency_is_timed_in_the_precision_the_miou_was_measured_in():
-    from segmodels.engine.benchmark import primary_mode
+    from segmodels.study.runs import primary_mode
 
     ok, skipped = {"status": "ok", "median_ms": 1.0}, {"status": "skipped", "reason": "no GPU"}
     both = {"modes": {"fp32": ok, "amp": ok, "channels_last": ok}}

@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from segmodels.study.config import TrainConfig
-from segmodels.engine.cost import CostMeter
 from segmodels.data.loader import TrainLoader
 from segmodels.engine.benchmark import _torch_forward, benchmark_model, parse_mode
+from segmodels.engine.cost import CostMeter
 from segmodels.engine.distributed import DistInfo
 from segmodels.engine.step import Stepper, build_optimizer, speed_settings, state_is_finite
 from segmodels.models import build_model
+from segmodels.study.config import TrainConfig
 
 pytestmark = [
     pytest.mark.cuda,

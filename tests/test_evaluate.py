@@ -14,7 +14,6 @@ from PIL import Image
 from torch import nn
 
 from segmodels.cli import main
-from segmodels.study.config import EvaluateConfig, StudyConfig, config_to_dict
 from segmodels.data.labels import ID_TO_TRAINID, colorize
 from segmodels.data.loader import normalize
 from segmodels.data.pack import prepare
@@ -23,6 +22,7 @@ from segmodels.engine.evaluate import evaluate
 from segmodels.engine.inference import forward_logits, predict_scores, slide_windows
 from segmodels.metrics import batch_confusion, compute_metrics
 from segmodels.models import build_model
+from segmodels.study.config import EvaluateConfig, StudyConfig, config_to_dict
 
 
 @pytest.fixture(autouse=True, scope="module")

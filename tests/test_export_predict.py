@@ -11,12 +11,12 @@ from onnx import numpy_helper
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.study.config import StudyConfig, config_to_dict
 from segmodels.data.labels import colorize
 from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
 from segmodels.models import build_model
+from segmodels.study.config import StudyConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from segmodels.study.config import StudyConfig
 from segmodels.data.labels import NUM_CLASSES, colorize
-from segmodels.report.figures import FIGURES, fig_differences, make_figures
 from segmodels.metrics import compute_metrics
+from segmodels.report.design import fixed_pairs
+from segmodels.report.figures import FIGURES, fig_differences, make_figures
 from segmodels.report.results import load_study, pareto_front, read_samples
+from segmodels.study.config import StudyConfig
 from segmodels.study.stats import bootstrap_study, comparisons_from_table, comparisons_table
 from segmodels.study.summary import run_dir, summarize
 
@@ -115,7 +116,8 @@ def fabricate_results(root: Path) -> tuple[StudyConfig, Path]:
             _write_run(run_dir(results, cfg, model, seed), model, seed, strength, latency, params, gflops)
     summarize(cfg, results, results / cfg.experiment / "summary.csv")
     boots, _ = bootstrap_study(cfg, results)  # what `segmodels compare` writes
-    comparisons_table(boots, cfg.stats).to_csv(results / cfg.experiment / "comparisons.csv", index=False)
+    table = comparisons_table(boots, cfg.stats, design=fixed_pairs())
+    table.to_csv(results / cfg.experiment / "comparisons.csv", index=False)
     (results / cfg.experiment / "mlflow_experiment_id").write_text("7\n")
     splits = {"train": {"count": 48, "source_sizes": {"1024×2048": 48}}, "val": {"count": 16}}
     manifest = {"dataset": "fabdata", "source": "synthetic", "size": [512, 1024], "splits": splits}
@@ -194,13 +196,13 @@ def test_figures_without_inputs_are_skipped_with_a_note(tmp_path):
 
 def test_figures_command_and_bad_summary(tmp_path, capsys):
     from segmodels.cli.report import COMMANDS
-    from segmodels.study.summary import COLUMNS
+    from segmodels.study.summary import summary_columns
 
     config = tmp_path / "study.yaml"
     config.write_text("experiment: x\nmodels: [resnet18-ppm]\n")
     summary = tmp_path / "results" / "x" / "summary.csv"
     summary.parent.mkdir(parents=True)
-    summary.write_text(",".join(c for c in COLUMNS if c != "miou") + "\n")
+    summary.write_text(",".join(c for c in summary_columns() if c != "miou") + "\n")
     parser = argparse.ArgumentParser()
     _, add_arguments, run = COMMANDS["figures"]
     add_arguments(parser)

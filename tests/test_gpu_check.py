@@ -3,7 +3,7 @@ that must be right before a lent GPU machine first runs it (generated studies, t
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import re
 import subprocess
@@ -26,13 +26,15 @@ def _gpu_check(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_check", None)
+def studies():
+    """benchmarks/gpu_check_studies.py, imported as the script imports it (its folder on sys.path)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        yield importlib.import_module("gpu_check_studies")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+        for name in [n for n in sys.modules if n.startswith("gpu_check")]:
+            del sys.modules[name]
 
 
 def test_plan_lists_every_model_mode_peer_and_section():
@@ -86,16 +88,16 @@ def test_a_bad_compile_model_is_refused():
 
 
 @pytest.mark.parametrize("gpus", [1, 2, 3, 8])
-def test_generated_ddp_study_is_valid_and_splits_its_batch(gpu_check, gpus):
-    data, notes = gpu_check.ddp_study(ROOT / "config" / "config.yaml", gpus)
+def test_generated_ddp_study_is_valid_and_splits_its_batch(studies, gpus):
+    data, notes = studies.ddp_study(ROOT / "config" / "config.yaml", gpus)
     cfg = study_from_dict(data, where="ddp study")
     assert run_names(cfg) == ["resnet18-ppm"] and cfg.train.iterations == 200 and cfg.model.pretrained is None
     assert cfg.train.batch_size % gpus == 0 and cfg.train.batch_size // gpus >= 2  # PPM's BatchNorm needs 2
     assert (cfg.train.batch_size != 8) == any("global batch" in n for n in notes)
 
 
-def test_generated_placement_study_is_valid(gpu_check):
-    cfg = study_from_dict(gpu_check.placement_study(), where="placement study")
+def test_generated_placement_study_is_valid(studies):
+    cfg = study_from_dict(studies.placement_study(), where="placement study")
     assert run_names(cfg) == ["resnet18-ppm", "mobilenetv2-fcn"] and cfg.model.pretrained is None
 
 
@@ -110,13 +112,13 @@ def _train(model):
     return ["/venv/bin/python", "/venv/bin/segmodels", "train", "--config", "s.yaml", "--model", model, ""]
 
 
-def test_placement_verdict(gpu_check):
+def test_placement_verdict(studies):
     cmdlines = {11: _train("resnet18-ppm"), 12: _train("mobilenetv2-fcn"),
                 13: ["python", "segmodels", "evaluate", "--run", "results/x/resnet18-ppm/seed0", ""]}  # fmt: skip
 
     def verdict(samples):
         sampler = _Samples([{"t": t, **s} for t, s in enumerate(samples)], cmdlines)
-        return gpu_check._placement(sampler, gpu_check._jobs(sampler))
+        return studies._placement(sampler, studies._jobs(sampler))
 
     apart = {"locks": {"0": 11, "1": 12}, "apps": [[0, 11], [1, 12]]}
     assert verdict([apart, apart])[0] == "ok"
@@ -126,5 +128,5 @@ def test_placement_verdict(gpu_check):
     assert verdict([{"locks": {"0": 11}, "apps": []}, {"locks": {"0": 12}, "apps": []}])[0] == "inconclusive"
     status, text = verdict([{"locks": {"0": 11, "1": 12}, "apps": []}])
     assert status == "ok" and "not confirmed" in text  # nvidia-smi saw no process: the locks alone
-    jobs = gpu_check._jobs(_Samples([{"t": 0, **apart}], cmdlines))
+    jobs = studies._jobs(_Samples([{"t": 0, **apart}], cmdlines))
     assert jobs[13]["kind"] == "evaluate" and jobs[13]["model"] == "resnet18-ppm"

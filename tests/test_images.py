@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.study.config import StudyConfig, config_to_dict
 from segmodels.data.images import read_rgb8, to_rgb8
 from segmodels.data.loader import normalize
 from segmodels.engine.checkpoint import save_atomic
 from segmodels.engine.predict import check_images
 from segmodels.models import build_model
+from segmodels.study.config import StudyConfig, config_to_dict
 
 
 def _gray16(path, values):

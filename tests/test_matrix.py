@@ -16,9 +16,11 @@ import yaml
 from conftest import small_config, write_config
 
 from segmodels.cli import main
+from segmodels.models.catalog import arch_of, display_name, head, head_label, pair_of, reference_variant
+from segmodels.report.design import fixed_pairs
+from segmodels.report.results import load_study
 from segmodels.study.config import ConfigError, StudyConfig, load_config, study_schema
-from segmodels.study.matrix import arch_of, expand_runs, pair_of, reference_variant, run_config, run_names, run_sections
-from segmodels.report.results import HEAD_LABELS, display_name, head_label, load_study
+from segmodels.study.matrix import expand_runs, run_config, run_names, run_sections
 from segmodels.study.stats import study_pairs
 from segmodels.study.summary import run_dir, summarize
 
@@ -288,11 +290,11 @@ def test_the_summary_names_backbone_head_and_variant_per_run(tmp_path):
 
 def test_fixed_comparisons_use_the_plain_runs_else_one_variant():
     plain = ["resnet18-ppm", "resnet50-ppm", "resnet18-ppm_os16"]
-    assert ("backbones (PPM)", "resnet50-ppm", "resnet18-ppm") in study_pairs(plain)
-    assert ("variants", "resnet18-ppm_os16", "resnet18-ppm") in study_pairs(plain)
+    assert ("backbones (PPM)", "resnet50-ppm", "resnet18-ppm") in study_pairs(plain, fixed_pairs())
+    assert ("variants", "resnet18-ppm_os16", "resnet18-ppm") in study_pairs(plain, fixed_pairs())
     axes = ["resnet18-ppm_os8", "resnet50-ppm_os8", "resnet18-ppm_os16", "resnet50-ppm_os16"]
     assert reference_variant(axes) == "os8" and reference_variant(plain) == ""
-    pairs = study_pairs(axes)
+    pairs = study_pairs(axes, fixed_pairs())
     assert ("backbones (PPM)", "resnet50-ppm_os8", "resnet18-ppm_os8") in pairs
     assert ("variants", "resnet50-ppm_os16", "resnet50-ppm_os8") in pairs
     assert not any(a.endswith("os16") and b.endswith("os16") for _, a, b in pairs)
@@ -365,8 +367,8 @@ def test_ocr_needs_aux_and_head_options_are_checked_per_head(tmp_path):
     assert run_config(cfg, "resnet18-aspp").model.head_options == {}
     options = run_config(cfg, "resnet18-aspp_deeplabv3").model.head_options
     assert options == {"rates": [1, 12, 24, 36], "image_pool": True, "dropout": 0.0}
-    assert head_label("aspp", options) == "ASPP (1,12,24,36)+pool" and head_label("aspp") == HEAD_LABELS["aspp"]
-    assert HEAD_LABELS["aspp"] == "ASPP (1,2,3,6)" and display_name("resnet18-aspp") == "ResNet18-ASPP (1,2,3,6)"
+    assert head_label("aspp", options) == "ASPP (1,12,24,36)+pool" and head_label("aspp") == head("aspp").label
+    assert head("aspp").label == "ASPP (1,2,3,6)" and display_name("resnet18-aspp") == "ResNet18-ASPP (1,2,3,6)"
     assert head_label("ppm", {"bins": [1, 2, 4], "channels": 256}) == "PPM (1,2,4) channels=256"
     assert head_label("ppm", {"bins": [1, 2, 3, 6], "dropout": 0.2}) == "PPM"
 

@@ -15,11 +15,8 @@ from torch import nn
 from torchvision.models._api import Weights, WeightsEnum
 
 from segmodels.models import (
-    BACKBONES,
-    CASCADE_HEADS,
-    HEAD_OPTIONS,
-    HEADS,
     build_model,
+    catalog,
     count_flops,
     count_parameters,
     list_models,
@@ -90,7 +87,7 @@ def test_output_stride_16_and_no_aux() -> None:
 
 
 def test_ocr_needs_the_aux_head() -> None:
-    assert CASCADE_HEADS == ("ocr",)
+    assert catalog.cascade_heads() == ("ocr",)
     with pytest.raises(ValueError, match="head 'ocr' needs aux=True: its soft object regions are the auxiliary"):
         build_model("resnet18", "ocr", aux=False)
 
@@ -151,20 +148,21 @@ def test_ocr_parameters_are_mmsegs_cascade(backbone: str) -> None:
 
 
 def test_head_options_table_is_the_heads_signatures() -> None:
-    """``HEAD_OPTIONS`` (what a config is checked against without torch) names each head's keyword options with
-    their defaults, and every default passes the option's config type."""
+    """The catalog's head options (what a config is checked against without torch) name each head's keyword
+    options with their defaults, and every default passes the option's config type."""
     import inspect
 
-    from segmodels.study.config import _check
+    from segmodels.study.schema import _check
 
     for head, cls in HEAD_BUILDERS.items():
         params = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY}
-        assert {n: default for n, (_, default) in HEAD_OPTIONS[head].items()} == params, head
-        for name, (tp, default) in HEAD_OPTIONS[head].items():
+        options = catalog.head(head).options
+        assert {n: default for n, (_, default) in options.items()} == params, head
+        for name, (tp, default) in options.items():
             _check(list(default) if isinstance(default, tuple) else default, tp, name, "table")
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", catalog.backbones())
 @pytest.mark.parametrize("output_stride", [16, 32])
 def test_backbone_output_stride(backbone: str, output_stride: int) -> None:
     features = build_backbone(backbone, output_stride=output_stride).eval()
@@ -185,7 +183,7 @@ _DROPPED = {
 }
 
 
-@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("backbone", catalog.backbones())
 def test_dilation_adds_and_drops_no_weight(backbone: str) -> None:
     reference = BACKBONE_SPECS[backbone].constructor(weights=None)
     expected = _nparams(reference) - sum(_nparams(part) for part in _DROPPED[backbone](reference))
@@ -276,7 +274,7 @@ def test_bn_momentum_reaches_every_batchnorm() -> None:
 
 
 def test_registry() -> None:
-    assert set(BACKBONE_SPECS) == set(BACKBONES) and set(HEAD_BUILDERS) == set(HEADS)
+    assert set(BACKBONE_SPECS) == set(catalog.backbones()) and set(HEAD_BUILDERS) == set(catalog.heads())
     names = list_models()
     assert len(names) == len(set(names)) == 20
     assert all(f"{parse_model_name(n)[0]}-{parse_model_name(n)[1]}" == n for n in names)

@@ -13,17 +13,18 @@ import pytest
 from pypdf import PdfReader
 from test_figures import FAKE_MODELS, fabricate_results
 
-from segmodels.study.config import StudyConfig
+from segmodels.cli.report import COMMANDS
+from segmodels.metrics import majority_baseline
+from segmodels.models.catalog import backbone, display_name, head
 from segmodels.report.figures import make_figures
 from segmodels.report.findings import findings, interval_coverage, verdict_rule
-from segmodels.metrics import majority_baseline
-from segmodels.report.typeset import DEFAULT_TEMPLATE, report_data, write_report
-from segmodels.cli.report import COMMANDS
+from segmodels.report.results import Study, load_study
 from segmodels.report.tables import uncertainty_section
-from segmodels.report.results import BACKBONE_LABELS, HEAD_LABELS, Study, display_name, load_study
+from segmodels.report.typeset import DEFAULT_TEMPLATE, report_data, write_report
+from segmodels.study.config import StudyConfig
 from segmodels.study.stats import Comparison, comparisons_from_table, with_holm
 
-PPM, ASPP, OCR = HEAD_LABELS["ppm"], HEAD_LABELS["aspp"], HEAD_LABELS["ocr"]
+PPM, ASPP, OCR = head("ppm").label, head("aspp").label, head("ocr").label
 
 
 def _by_title(found: list[dict[str, str]]) -> dict[str, str]:
@@ -55,8 +56,8 @@ def test_every_model_row_has_its_numbers(built):
         row = summary.loc[model]
         expected = f"{row['miou']:.2f} ± {row['miou_std']:.2f}" if row["seeds"] > 1 else f"{row['miou']:.2f}"
         numbers = [expected, f"{row['latency_ms']:.1f}", f"{row['miou_per_speed']:.2f}", f"{row['gflops']:.1f}"]
-        backbone = BACKBONE_LABELS[model.partition("-")[0]]
-        line = next((ln for ln in text.splitlines() if ln.startswith(backbone) and all(n in ln for n in numbers)), None)
+        label = backbone(model.partition("-")[0]).label
+        line = next((ln for ln in text.splitlines() if ln.startswith(label) and all(n in ln for n in numbers)), None)
         assert line is not None, f"no row with {numbers} for {model}"
         for run_id in str(row["mlflow_run_ids"]).split():
             assert run_id in text

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from segmodels.cli import main
+from segmodels.metrics import compute_metrics, metrics_of_matrices
+from segmodels.report.design import fixed_pairs
 from segmodels.study.config import StatsConfig, StudyConfig
-from segmodels.metrics import compute_metrics
 from segmodels.study.stats import (
     COMPARISON_COLUMNS,
     Comparison,
@@ -24,7 +25,6 @@ from segmodels.study.stats import (
     comparisons_table,
     holm,
     load_per_image,
-    metrics_of_matrices,
     resample_counts,
     resample_seeds,
     resampled_matrices,
@@ -248,11 +248,11 @@ def test_study_family_is_adjusted_and_round_trips_through_the_table():
     models["resnet18-fcn"] = [base]
     cfg = StatsConfig(resamples=400, seed=1)
     boots = bootstrap_models(models, cfg)
-    family = study_comparisons(boots, cfg)
-    assert len(family) == len(study_pairs(list(models))) and {c.family for c in family} == {len(family)}
+    family = study_comparisons(boots, cfg, design=fixed_pairs())
+    assert len(family) == len(study_pairs(list(models), fixed_pairs())) and {c.family for c in family} == {len(family)}
     assert holm([c.p_value for c in family]) == [c.p_holm for c in family]
     assert all(c.p_holm >= c.p_value for c in family)
-    table = comparisons_table(boots, cfg)
+    table = comparisons_table(boots, cfg, design=fixed_pairs())
     assert table["significant"].tolist() == [c.p_holm <= 0.05 for c in family]
     assert comparisons_from_table(table) == family
 
@@ -267,7 +267,7 @@ def test_mismatched_image_sets_are_refused():
 
 def test_study_pairs_follow_the_report():
     models = ["resnet18-ppm", "resnet50-ppm", "mobilenetv2-ppm", "mobilenetv3-ppm", "resnet18-aspp", "resnet18-ocr"]
-    pairs = study_pairs(models)
+    pairs = study_pairs(models, fixed_pairs())
     assert ("backbones (PPM)", "resnet50-ppm", "resnet18-ppm") in pairs
     assert ("MobileNetV3", "mobilenetv3-ppm", "mobilenetv2-ppm") in pairs
     context = [(a, b) for g, a, b in pairs if g.startswith("context")]
@@ -316,7 +316,7 @@ def test_study_files_summary_columns_and_compare_command(tmp_path, capsys):
     assert "resnet50-ppm vs resnet18-ppm" in out and "significant" in out
     written = pd.read_csv(tmp_path / "s" / "comparisons.csv")
     assert list(written.columns) == list(COMPARISON_COLUMNS)
-    expected = comparisons_table(boots, cfg.stats)
+    expected = comparisons_table(boots, cfg.stats, design=fixed_pairs())
     assert written["pair"].tolist() == expected["pair"].tolist() == ["resnet50-ppm vs resnet18-ppm"]
     assert written["lo"].iloc[0] == pytest.approx(expected["lo"].iloc[0], abs=1e-4)
     assert bool(written["significant"].iloc[0]) is True and written["resamples"].iloc[0] == 300

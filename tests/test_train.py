@@ -15,11 +15,11 @@ from conftest import small_config, write_config
 from mlflow import MlflowClient
 
 from segmodels.cli import main
+from segmodels.cli.train import parse_overrides
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.losses import cross_entropy, distillation_loss, segmentation_loss
 from segmodels.engine.step import Stepper, build_optimizer, param_groups, poly_lr, speed_settings
 from segmodels.engine.train import run_params, train
-from segmodels.cli.train import parse_overrides
 from segmodels.tracking import read_run_id
 
 # --- the recipe ----------------------------------------------------------------------------------
@@ -79,8 +79,8 @@ def test_distillation_is_kl_on_softened_logits_times_t_squared():
 
 def test_gpu_speed_features_run_the_same_step_on_the_cpu():
     """Autocast (bf16; fp16 with a gradient scaler), channels_last and the fused SGD, exercised on the CPU."""
-    from segmodels.study.config import TrainConfig
     from segmodels.models import build_model
+    from segmodels.study.config import TrainConfig
 
     t = TrainConfig()
     gpu = speed_settings(t, torch.device("cuda"))  # what a GPU run would switch on (no GPU needed to ask)

@@ -22,8 +22,8 @@ _AREAS = (
     "segmodels.cli.train",
     "segmodels.cli.inference",
     "segmodels.cli.study",
-    "segmodels.cli.stats",
     "segmodels.cli.report",
+    "segmodels.cli.mlflow",
 )
 
 

@@ -103,8 +103,8 @@ def _raw_root(source: str, root: str | None, dataset: str) -> Path:
 
 
 def _prepare_run(args: argparse.Namespace) -> int:
-    from segmodels.study.config import DataConfig
     from segmodels.data.pack import prepare
+    from segmodels.study.config import DataConfig
 
     cfg = _config(args)
     data = cfg.data if cfg else DataConfig()

@@ -35,15 +35,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from segmodels.study.config import load_config
     from segmodels.engine.evaluate import evaluate
-    from segmodels.engine.inference import recorded_run
-    from segmodels.study.matrix import run_config
+    from segmodels.study.config import load_config
+    from segmodels.study.runs import resolve_run
 
-    cfg = load_config(args.config)
-    run_name = recorded_run(args.checkpoint or args.run / "checkpoint.pt")
-    if run_name is not None:  # the run's own settings, then the flags given here on top
-        cfg = run_config(cfg, run_name, where=str(args.config))
+    # The run's own settings, then the flags given here on top.
+    _, cfg, _ = resolve_run(load_config(args.config), args.run, checkpoint=args.checkpoint, where=str(args.config))
     changes = {
         k: v
         for k, v in {
@@ -90,8 +87,8 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
 
 
 def _run_benchmark(args: argparse.Namespace) -> int:
-    from segmodels.study.config import StudyConfig, load_config
     from segmodels.engine.benchmark import benchmark_run
+    from segmodels.study.config import StudyConfig, load_config
 
     if args.run is not None and args.config is None:
         raise ValueError("--config is required with --run")
@@ -126,8 +123,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import sys
 
-    from segmodels.study.config import StudyConfig, load_config
     from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
+    from segmodels.study.config import StudyConfig, load_config
 
     cfg = load_config(args.config) if args.config else StudyConfig()
     size = tuple(args.size or cfg.benchmark.size)
@@ -137,20 +134,21 @@ def _run_export(args: argparse.Namespace) -> int:
     if not atol >= 0:
         raise ValueError(f"--atol must be >= 0, got {args.atol}")
     if args.model:
-        from segmodels.study.matrix import arch_of, run_config
-        from segmodels.models import CASCADE_HEADS, build_model
+        from segmodels.models import build_model, catalog
+        from segmodels.study.matrix import run_config
 
-        backbone, head = arch_of(args.model)
+        backbone, head = catalog.arch_of(args.model)
         cfg = run_config(cfg, args.model)
         model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=head in CASCADE_HEADS, pretrained=None, head_options=cfg.model.head_options)
+                            aux=catalog.head(head).cascade, pretrained=None, head_options=cfg.model.head_options)
         out = args.out or Path(f"{args.model}.onnx")
     else:
         import torch
 
         from segmodels.engine.inference import load_model, model_name_from_path
+        from segmodels.study.runs import RunFolder
 
-        ckpt = args.checkpoint or args.run / "checkpoint.pt"
+        ckpt = args.checkpoint or RunFolder(args.run).checkpoint
         expected = model_name_from_path(args.run) if args.run else None
         model, _ = load_model(ckpt, device=torch.device("cpu"), expect_model=expected)
         out = args.out or (args.run / "model.onnx" if args.run else ckpt.with_suffix(".onnx"))

@@ -39,14 +39,7 @@ def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_models(args: argparse.Namespace) -> int:
     import torch
 
-    from segmodels.models import (
-        CASCADE_HEADS,
-        build_model,
-        count_flops,
-        count_parameters,
-        list_models,
-        parse_model_name,
-    )
+    from segmodels.models import build_model, catalog, count_flops, count_parameters, list_models, parse_model_name
 
     if args.flops and min(args.flops) < 1:
         raise ValueError(f"--flops needs a positive height and width, got {args.flops[0]} {args.flops[1]}")
@@ -61,7 +54,7 @@ def _run_models(args: argparse.Namespace) -> int:
                 head,
                 num_classes=args.num_classes,
                 output_stride=args.output_stride,
-                aux=args.aux or head in CASCADE_HEADS,
+                aux=args.aux or catalog.head(head).cascade,
             )
         row: dict[str, object] = {"model": name, "backbone": backbone, "head": head}
         row["params_m"] = round(count_parameters(model) / 1e6, 3)

@@ -29,8 +29,8 @@ def _add_figures(p: argparse.ArgumentParser) -> None:
 
 
 def _run_figures(args: argparse.Namespace) -> int:
-    from segmodels.study.config import load_config
     from segmodels.report.figures import make_figures
+    from segmodels.study.config import load_config
 
     cfg = load_config(args.config)
     index = make_figures(cfg, args.results, args.out)
@@ -64,11 +64,12 @@ def _add_report(p: argparse.ArgumentParser) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from segmodels.report import TEMPLATE
+    from segmodels.report.typeset import write_report
     from segmodels.study.config import load_config
-    from segmodels.report.typeset import DEFAULT_TEMPLATE, write_report
 
     cfg = load_config(args.config)
-    template = args.template or DEFAULT_TEMPLATE
+    template = args.template or TEMPLATE
     write_report(
         cfg, args.results, args.figures, args.out, template=template, data_root=args.data_root, config_path=args.config
     )

@@ -1,4 +1,5 @@
-"""Study-level subcommands: the config schema, MLflow set-up before parallel jobs, the summary table."""
+"""Study-level subcommands: the config schema, the summary table, the paired comparisons (bootstrap intervals and
+Holm-adjusted tests of the mIoU differences the report discusses) and publishing to the summary run in MLflow."""
 
 from __future__ import annotations
 
@@ -27,24 +28,6 @@ def _run_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_mlflow_init(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
-    p.add_argument("--out", type=Path, required=True, help="file that receives the experiment id")
-
-
-def _run_mlflow_init(args: argparse.Namespace) -> int:
-    from segmodels.atomic import write_text_atomic
-    from segmodels.study.config import load_config
-    from segmodels.tracking import ensure_experiment, tracking_uri
-
-    cfg = load_config(args.config)
-    uri = tracking_uri(cfg.tracking.uri)
-    experiment_id = ensure_experiment(cfg.tracking.experiment, uri)
-    write_text_atomic(args.out, f"{experiment_id}\n")
-    print(f"MLflow experiment '{cfg.tracking.experiment}' is {experiment_id} at {uri}")
-    return 0
-
-
 def _add_summarize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
@@ -60,6 +43,48 @@ def _run_summarize(args: argparse.Namespace) -> int:
     table = summarize(cfg, args.results, out)
     print(table.to_string(index=False))
     print(f"wrote {out}")
+    return 0
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML); its 'stats' section sets the "
+                   "resample count, seed and confidence level")  # fmt: skip
+    p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
+    p.add_argument("--out", type=Path, help="comparisons CSV (default: results/{experiment}/comparisons.csv)")
+    p.add_argument("--resamples", type=int, help="bootstrap resamples (default: the config's stats.resamples)")
+    p.add_argument("--seed", type=int, help="resampling seed (default: the config's stats.seed)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    import dataclasses
+    import time
+
+    from segmodels.atomic import write_text_atomic
+    from segmodels.report.design import fixed_pairs
+    from segmodels.study.config import load_config
+    from segmodels.study.stats import bootstrap_study, comparisons_table
+
+    cfg = load_config(args.config)
+    changes = {k: v for k, v in {"resamples": args.resamples, "seed": args.seed}.items() if v is not None}
+    if changes.get("resamples", 1) < 1:
+        raise ValueError(f"--resamples must be a positive integer, got {args.resamples}")
+    cfg.stats = dataclasses.replace(cfg.stats, **changes)
+    out = args.out or args.results / cfg.experiment / "comparisons.csv"
+    start = time.perf_counter()
+    boots, notes = bootstrap_study(cfg, args.results)
+    table = comparisons_table(boots, cfg.stats, design=fixed_pairs())
+    for note in notes:
+        print(f"note: {note}")
+    # p-values in their shortest exact form, so a verdict recomputed from the file is the one printed here
+    exact = {col: table[col].map(lambda p: repr(float(p))) for col in ("p_value", "p_holm")}
+    write_text_atomic(out, table.assign(**exact).to_csv(index=False, float_format="%.4f"))
+    level = f"{cfg.stats.confidence:.0%}"
+    for row in table.itertuples():
+        verdict = "significant" if row.significant else "not distinguishable"
+        print(f"{row.pair}: {row.diff:+.2f} mIoU points, {level} interval [{row.lo:+.2f}, {row.hi:+.2f}], "
+              f"p {row.p_value:.4f}, Holm-adjusted p {row.p_holm:.4f}: {verdict}")  # fmt: skip
+    print(f"wrote {out} ({len(table)} pairs, one Holm family at alpha {1 - cfg.stats.confidence:.2g}, {len(boots)} "
+          f"models, {cfg.stats.resamples} resamples, {time.perf_counter() - start:.2f} s)")  # fmt: skip
     return 0
 
 
@@ -84,15 +109,16 @@ def _run_publish(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "schema": ("Print or write the JSON schema of a study config (config/schema.yaml).", _add_schema, _run_schema),
-    "mlflow-init": (
-        "Create the MLflow store and the study's experiment once, before parallel jobs log to it.",
-        _add_mlflow_init,
-        _run_mlflow_init,
-    ),
     "summarize": (
         "Collect every model's metrics.json and latency.json into one summary CSV (mean ± std over seeds).",
         _add_summarize,
         _run_summarize,
+    ),
+    "compare": (
+        "Paired bootstrap over training seeds and validation images: the interval and Holm-adjusted p-value of each "
+        "discussed mIoU difference (comparisons.csv).",
+        _add_compare,
+        _run_compare,
     ),
     "publish": (
         "Log the summary CSV, the figures and the report PDF to the study's summary run in MLflow.",

@@ -1,4 +1,4 @@
-"""``segmodels train``, ``segmodels bench-train`` and ``segmodels mlflow-sync`` (argparse only; heavy imports inside)."""
+"""``segmodels train`` and ``segmodels bench-train`` (argparse only; heavy imports inside)."""
 
 from __future__ import annotations
 
@@ -74,12 +74,14 @@ def _run_train(args: argparse.Namespace) -> int:
     import signal
 
     from segmodels.study.config import load_config
-    from segmodels.study.matrix import run_config, with_overrides
+    from segmodels.study.matrix import with_overrides
+    from segmodels.study.runs import resolve_run
 
     overrides = parse_overrides(args.overrides)
     if args.device:
         overrides["train.device"] = args.device
-    cfg = run_config(load_config(args.config), args.model, where=str(args.config))  # the run's effective config
+    # The run's effective config, then the flags given here on top.
+    _, cfg, _ = resolve_run(load_config(args.config), model_name=args.model, fresh=True, where=str(args.config))
     if overrides:  # the command line has the last word, over the run's own overrides too
         cfg = with_overrides(cfg, overrides, where=f"{args.config} with --set")
     if args.gpus < 1:
@@ -98,6 +100,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     from segmodels.engine.train import NonFiniteLossError, train
+    from segmodels.study.runs import RunFolder
 
     try:
         result = train(cfg, args.model, seed=args.seed, out=args.out, data_dir=args.data, restart=args.restart)
@@ -109,7 +112,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if result.val:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.val.items())
         print(f"{args.model} seed {args.seed}: {result.iteration} iterations, {scores}")
-    print(f"wrote {Path(args.out) / 'checkpoint.pt'}")
+    print(f"wrote {RunFolder(args.out).checkpoint}")
     return 0
 
 
@@ -133,39 +136,6 @@ def _run_bench(args: argparse.Namespace) -> int:
     return main(args)
 
 
-def _add_sync(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders with mlflow_offline.jsonl")
-    p.add_argument("--uri", help="tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
-    p.add_argument("--config", type=Path, help="take the tracking URI from this study config's tracking.uri")
-
-
-def _run_sync(args: argparse.Namespace) -> int:
-    from segmodels.tracking import OFFLINE_FILE, sync_offline, tracking_uri
-
-    uri = args.uri
-    if uri is None and args.config is not None:
-        from segmodels.study.config import load_config
-
-        uri = load_config(args.config).tracking.uri
-    uri = args.uri or tracking_uri(uri)
-    for run_dir in args.run_dirs:
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run folder not found: {run_dir}")
-    status = 0
-    for run_dir in args.run_dirs:
-        if not (run_dir / OFFLINE_FILE).is_file():
-            print(f"{run_dir}: nothing to push")
-            continue
-        try:
-            run_id = sync_offline(run_dir, uri)
-        except Exception as exc:  # one unreachable store or torn file must not stop the others
-            print(f"{run_dir}: not pushed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"{run_dir}: pushed to run {run_id} at {uri}")
-    return status
-
-
 COMMANDS = {
     "train": (
         "Train one model and seed into a run folder (resumes after a kill; DDP on N GPUs with --gpus N).",
@@ -176,10 +146,5 @@ COMMANDS = {
         "Training throughput (images/s) with every speed feature on, and off, in one run.",
         _add_bench,
         _run_bench,
-    ),
-    "mlflow-sync": (
-        "Push the MLflow records that runs kept locally (mlflow_offline.jsonl) while the server was unreachable.",
-        _add_sync,
-        _run_sync,
     ),
 }

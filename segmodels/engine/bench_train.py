@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from segmodels.study.config import StudyConfig, load_config
 from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
+from segmodels.study.config import StudyConfig, load_config
 
 __all__ = ["bench_train", "main"]
 
@@ -29,8 +29,8 @@ def _sync(device: torch.device) -> None:
 
 
 def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
-    from segmodels.study.matrix import arch_of
     from segmodels.models import build_model
+    from segmodels.models.catalog import arch_of
 
     backbone, head = arch_of(model_name)
     torch.manual_seed(0)  # both variants start from the same weights

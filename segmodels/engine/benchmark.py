@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import re
 import resource
 import statistics
@@ -29,6 +28,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from segmodels.study import runs
+from segmodels.study.runs import primary_mode
 
 __all__ = [
     "Mode",
@@ -279,13 +281,6 @@ def benchmark_model(
     return result
 
 
-def primary_mode(result: dict[str, Any], prefer: str = "fp32") -> str | None:
-    """The study's latency column: ``prefer`` (the precision the model's mIoU was measured in) when it was timed,
-    else fp32, else the first timed mode."""
-    timed = [name for name, m in result["modes"].items() if m.get("status") == "ok"]
-    return next((name for name in (prefer, "fp32") if name in timed), timed[0] if timed else None)
-
-
 def _set_primary(result: dict[str, Any], mode: str | None) -> None:
     result["primary_mode"] = mode
     result["latency_ms"] = result["modes"][mode]["median_ms"] if mode else None
@@ -321,90 +316,67 @@ def benchmark_run(
     folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
 
     ``cfg`` is a StudyConfig: the ``benchmark`` and ``model`` sections of the run (the one the checkpoint records,
-    or ``model_name``; :func:`segmodels.study.matrix.run_config`) give the defaults, and latency.json's ``model`` is
+    or ``model_name``; :func:`segmodels.study.runs.open_run`) give the defaults, and latency.json's ``model`` is
     that run's name. Explicit ``repeats``/``warmup`` are used as given; the config's are capped by
     ``cpu_repeats``/``cpu_warmup`` on the CPU.
     """
-    from segmodels.atomic import write_text_atomic
     from segmodels.devices import resolve_device
-    from segmodels.engine.evaluate import json_safe
-    from segmodels.engine.inference import recorded_run
-    from segmodels.study.matrix import arch_of, run_config
 
-    if run_dir is None and model_name is None:
-        raise ValueError("give a run folder (--run) or a model name (--model)")
-    run_dir = Path(run_dir) if run_dir is not None else None
-    checkpoint = run_dir / "checkpoint.pt" if run_dir is not None else None
-    if checkpoint is not None and not checkpoint.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    name = recorded_run(checkpoint) if checkpoint is not None else model_name
-    cfg = run_config(cfg, name)
-    bc = cfg.benchmark
-    size = list(size or bc.size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"--size must be HEIGHT WIDTH, positive, got {size}")
-    modes = list(modes or bc.modes)
-    for m in modes:
-        parse_mode(m)
-    out_path = Path(out) if out is not None else (run_dir / "latency.json" if run_dir else None)
-    if out_path is None:
-        raise ValueError("--out is needed when benchmarking a model without a run folder")
-    if out_path.suffix != ".json":
-        out_path = out_path / "latency.json"
+    with runs.open_run(cfg, run_dir, job="benchmark", model_name=model_name, log_mlflow=log_mlflow) as run:
+        bc = run.cfg.benchmark
+        size = list(size or bc.size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"--size must be HEIGHT WIDTH, positive, got {size}")
+        modes = list(modes or bc.modes)
+        for m in modes:
+            parse_mode(m)
+        out_path = Path(out) if out is not None else (run.folder.latency if run.folder else None)
+        if out_path is None:
+            raise ValueError("--out is needed when benchmarking a model without a run folder")
+        if out_path.suffix != ".json":
+            out_path = out_path / runs.LATENCY
 
-    dev = resolve_device(device or bc.device)
-    if repeats is None:
-        repeats = bc.repeats if dev.type == "cuda" else min(bc.repeats, bc.cpu_repeats)
-    if warmup is None:
-        warmup = bc.warmup if dev.type == "cuda" else min(bc.warmup, bc.cpu_warmup)
-    meta: dict[str, Any] = {}
-    if checkpoint is not None:
-        from segmodels.engine.inference import load_model, model_name_from_path
-
-        expected = model_name or model_name_from_path(run_dir)
-        model, meta = load_model(checkpoint, device=torch.device("cpu"), expect_model=expected)
-    else:
-        from segmodels.models import build_model
-
-        backbone, head = arch_of(model_name)
-        model = build_model(
-            backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-            aux=cfg.model.aux, pretrained=None, head_options=cfg.model.head_options,
+        dev = resolve_device(device or bc.device)
+        if repeats is None:
+            repeats = bc.repeats if dev.type == "cuda" else min(bc.repeats, bc.cpu_repeats)
+        if warmup is None:
+            warmup = bc.warmup if dev.type == "cuda" else min(bc.warmup, bc.cpu_warmup)
+        meta: dict[str, Any] = {}
+        if run.checkpoint is not None:
+            model, meta = run.load_model(torch.device("cpu"))
+        else:
+            model = run.build_model(pretrained=False)
+        print(f"benchmark {run.name}: {size[0]}x{size[1]}, batch {bc.batch_size}, modes {', '.join(modes)}, on {dev}")
+        result = {"model": run.name, "checkpoint": str(run.checkpoint) if run.checkpoint else None,
+                  "iteration": meta.get("iteration")}  # fmt: skip
+        result |= benchmark_model(
+            model, size=(size[0], size[1]), batch_size=bc.batch_size, modes=modes, warmup=warmup, repeats=repeats,
+            device=dev, amp_dtype=bc.amp_dtype, onnx_opset=bc.onnx_opset,
         )  # fmt: skip
-    print(f"benchmark {name}: {size[0]}x{size[1]}, batch {bc.batch_size}, modes {', '.join(modes)}, on {dev}")
-    result = {"model": name, "checkpoint": str(checkpoint) if checkpoint else None, "iteration": meta.get("iteration")}
-    result |= benchmark_model(
-        model, size=(size[0], size[1]), batch_size=bc.batch_size, modes=modes, warmup=warmup, repeats=repeats,
-        device=dev, amp_dtype=bc.amp_dtype, onnx_opset=bc.onnx_opset,
-    )  # fmt: skip
-    metrics_path = run_dir / "metrics.json" if run_dir is not None else None
-    if metrics_path is not None and metrics_path.is_file() and result["latency_ms"]:
-        scored = json.loads(metrics_path.read_text())
-        # mIoU/speed pairs numbers of one setup: the latency of the precision the mIoU was measured in.
-        _set_primary(result, primary_mode(result, "amp" if scored.get("settings", {}).get("amp") else "fp32"))
-        if scored.get("miou") is not None:
-            result["miou"] = scored["miou"]
-            result["miou_protocol"] = scored.get("protocol", {}).get("label")
-            result["miou_per_speed"] = miou_per_speed(scored["miou"], result["latency_ms"])
-    result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_text_atomic(out_path, json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
-    print(f"wrote {out_path}")
-    if log_mlflow and run_dir is not None:
-        from segmodels.tracking import log_to_run, tracking_uri
-
-        metrics = {"gflops": result["gflops"], "params_m": result["params_m"]}
-        if result["latency_ms"]:
-            metrics |= {"latency_ms": result["latency_ms"], "fps": result["fps"]}
-        for mode_name, entry in result["modes"].items():
-            if entry.get("status") == "ok":
-                metrics[_metric_key(f"latency_ms_{mode_name}")] = entry["median_ms"]
-        if "miou_per_speed" in result:
-            metrics["miou_per_speed"] = result["miou_per_speed"]
-        log_to_run(
-            run_dir,
-            metrics=metrics,
-            tags={"benchmark_device": result["device"]["name"]},
-            artifacts=[out_path],
-            uri=tracking_uri(cfg.tracking.uri),
-        )
+        scored = run.folder.read_metrics() if run.folder is not None else None
+        if scored is not None and result["latency_ms"]:
+            # mIoU/speed pairs numbers of one setup: the latency of the precision the mIoU was measured in.
+            _set_primary(result, primary_mode(result, "amp" if scored.get("settings", {}).get("amp") else "fp32"))
+            if scored.get("miou") is not None:
+                result["miou"] = scored["miou"]
+                result["miou_protocol"] = scored.get("protocol", {}).get("label")
+                result["miou_per_speed"] = miou_per_speed(scored["miou"], result["latency_ms"])
+        result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        runs.write_json(out_path, result)
+        print(f"wrote {out_path}")
+        run.log(metrics=_logged_metrics(result), tags={"benchmark_device": result["device"]["name"]},
+                artifacts=[out_path])  # fmt: skip
     return result
+
+
+def _logged_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """latency.json's numbers as the run's MLflow metrics."""
+    metrics = {"gflops": result["gflops"], "params_m": result["params_m"]}
+    if result["latency_ms"]:
+        metrics |= {"latency_ms": result["latency_ms"], "fps": result["fps"]}
+    for mode_name, entry in result["modes"].items():
+        if entry.get("status") == "ok":
+            metrics[_metric_key(f"latency_ms_{mode_name}")] = entry["median_ms"]
+    if "miou_per_speed" in result:
+        metrics["miou_per_speed"] = result["miou_per_speed"]
+    return metrics

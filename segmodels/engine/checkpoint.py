@@ -1,11 +1,11 @@
 """The state of a run folder: final weights (``checkpoint.pt``), resume state (``last.pt``), training log.
 
-Checkpoints hold only tensors and plain Python types, so ``torch.load(path, weights_only=True)``
-reads them: random-generator states are converted to tensors and lists here. Every file is
-written atomically (temporary file in the same folder, fsync, ``os.replace``), so a job killed at
-any instant leaves either the old file or the new one, never half of one. The training log
-grows in ``train_log.partial.csv`` and is renamed to ``train_log.csv`` when training ends; a
-resumed run first drops the rows past the iteration of ``last.pt``.
+The file names are those of :mod:`segmodels.study.runs`. Checkpoints hold only tensors and plain Python types, so
+``torch.load(path, weights_only=True)`` reads them: random-generator states are converted to tensors and lists
+here. Every file is written atomically (temporary file in the same folder, fsync, ``os.replace``), so a job killed
+at any instant leaves either the old file or the new one, never half of one. The training log grows in
+``train_log.partial.csv`` and is renamed to ``train_log.csv`` when training ends; a resumed run first drops the
+rows past the iteration of ``last.pt``. :class:`TrainState` is what a training updates and ``last.pt`` holds.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,22 @@ import torch
 from torch import nn
 
 from segmodels.atomic import fsync_dir, write_atomic
+from segmodels.engine.distributed import DistInfo, barrier
+from segmodels.study import runs
+from segmodels.study.config import StudyConfig, config_to_dict
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "RESUME_FORMAT",
     "TrainLog",
+    "TrainState",
     "clear_run_state",
     "config_differences",
     "get_rng_state",
     "load_checkpoint",
     "load_model_from_checkpoint",
     "load_resume_state",
+    "resume_state",
     "save_atomic",
     "set_rng_state",
 ]
@@ -119,7 +125,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a final checkpoint (``checkpoint.pt`` or a run folder holding one) and check its format."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = runs.RunFolder(path).checkpoint
     ckpt = _load(path, "checkpoint")
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: checkpoint format {ckpt.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
@@ -191,24 +197,105 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
 # --- the run folder ----------------------------------------------------------------------------
 
 
-def clear_run_state(out: Path) -> None:
-    """Forget a folder's previous training (``--restart``): resume state, outputs, MLflow run id."""
-    from segmodels.tracking import OFFLINE_FILE, RUN_ID_FILE
+def _folder(folder: str | Path | runs.RunFolder) -> runs.RunFolder:
+    return folder if isinstance(folder, runs.RunFolder) else runs.RunFolder(Path(folder))
 
-    for name in ("last.pt", "train_log.partial.csv", "train_log.csv", "checkpoint.pt", RUN_ID_FILE):
-        (out / name).unlink(missing_ok=True)
-    if (out / OFFLINE_FILE).is_file():  # the abandoned run's unsent records: kept aside, not mixed in
-        aside = out / f"mlflow_offline.restarted-{int(time.time())}.jsonl"
-        shutil.move(out / OFFLINE_FILE, aside)
+
+def clear_run_state(folder: str | Path | runs.RunFolder) -> None:
+    """Forget a folder's previous training (``--restart``): resume state, outputs, MLflow run id."""
+    folder = _folder(folder)
+    for path in (folder.last, folder.train_log_partial, folder.train_log, folder.checkpoint, folder.run_id_file):
+        path.unlink(missing_ok=True)
+    if folder.offline.is_file():  # the abandoned run's unsent records: kept aside, not mixed in
+        aside = folder.offline.with_name(f"{folder.offline.stem}.restarted-{int(time.time())}{folder.offline.suffix}")
+        shutil.move(folder.offline, aside)
         warnings.warn(f"--restart: unsent MLflow records of the previous run moved to {aside}", stacklevel=2)
+
+
+def resume_state(folder: runs.RunFolder, params: dict[str, Any], *, data_dir: Path, is_main: bool,
+                 restart: bool) -> dict[str, Any] | None:  # fmt: skip
+    """The folder's ``last.pt`` when training may continue from it; None to start afresh. ``restart`` clears the
+    folder first (the main process; all wait for it); a state of other data or other training-relevant settings
+    than ``params`` (the run's flat params) raises ValueError."""
+    if is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        if restart:
+            clear_run_state(folder)
+    barrier()
+    last = folder.last
+    state = load_resume_state(last) if last.is_file() else None
+    if state is not None and (saved := state["params"].get("run.data_identity")) != params["run.data_identity"]:
+        if "run.data_identity" in state["params"]:  # older resume states did not record it
+            raise ValueError(
+                f"{last} was trained on other data than {data_dir} holds now (data identity {saved} "
+                f"-> {params['run.data_identity']}: the dataset was packed again from other files, at another "
+                "size or with other classes); not resuming it. Pass --restart to train from scratch on this data."
+            )
+        state["params"]["run.data_identity"] = params["run.data_identity"]
+    if state is not None and (diff := config_differences(state["params"], params)):
+        raise ValueError(f"{last} was written with other settings; not resuming it (pass --restart "
+                         "to discard it and start over):\n  " + "\n  ".join(diff))
+    return state
+
+
+@dataclass
+class TrainState:
+    """What a training updates and ``last.pt`` holds, and where it trains."""
+
+    cfg: StudyConfig
+    model: nn.Module  # unwrapped: no DDP, no torch.compile
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    params: dict[str, Any]  # the run's flat params, compared with last.pt's on resume
+    info: DistInfo
+    device: torch.device
+    folder: runs.RunFolder
+    start: int = 0  # the iteration training continues from
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a resume state read by :func:`resume_state`."""
+        self.model.load_state_dict(saved["model"])
+        impl = [{k: g.get(k) for k in ("fused", "foreach")} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for group, keep in zip(self.optimizer.param_groups, impl, strict=True):
+            group.update(keep)  # the kernel choice suits this machine, not the one that saved
+        self.scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        self.start = int(saved["iteration"])
+        if self.info.is_main:
+            print(f"resuming from {self.folder.last} at iteration {self.start}", flush=True)
+        if saved["world_size"] != self.info.world_size and self.info.is_main:
+            warnings.warn(f"resuming with {self.info.world_size} processes where last.pt had {saved['world_size']}: "
+                          "the batches differ from an uninterrupted run", stacklevel=3)
+
+    def save_last(self, iteration: int) -> None:
+        """last.pt: everything to continue from ``iteration``."""
+        save_atomic({
+            "format": RESUME_FORMAT, "iteration": iteration, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
+            "config": config_to_dict(self.cfg), "params": self.params, "world_size": self.info.world_size,
+        }, self.folder.last)  # fmt: skip
+
+    def save_final(self, name: str) -> None:
+        """checkpoint.pt of run ``name``: the weights, the model's description and the run's config."""
+        from segmodels.models.catalog import arch_of
+
+        m, (backbone, head) = self.cfg.model, arch_of(name)
+        save_atomic({
+            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "run": name,
+            "backbone": backbone, "head": head, "num_classes": m.num_classes, "output_stride": m.output_stride,
+            "aux": m.aux, "head_options": dict(m.head_options), "config": config_to_dict(self.cfg),
+            "iteration": self.cfg.train.iterations,
+        }, self.folder.checkpoint)  # fmt: skip
 
 
 class TrainLog:
     """Rows appended (and fsynced) to ``train_log.partial.csv``; ``finish()`` renames it to ``train_log.csv``."""
 
-    def __init__(self, out: Path, columns: Sequence[str], *, resume_iteration: int = 0) -> None:
+    def __init__(self, folder: Path | runs.RunFolder, columns: Sequence[str], *, resume_iteration: int = 0) -> None:
         self.columns = list(columns)
-        self.partial, self.final = out / "train_log.partial.csv", out / "train_log.csv"
+        folder = _folder(folder)
+        self.partial, self.final = folder.train_log_partial, folder.train_log
         source = self.partial if self.partial.is_file() else self.final
         rows = []
         if resume_iteration > 0 and source.is_file():

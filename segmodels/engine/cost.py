@@ -2,10 +2,13 @@
 
 ``CostMeter`` is a context manager around a training or evaluation job::
 
-    with CostMeter("train", device=device, gpus=world_size, path=run / "cost.json", resume=start > 0) as meter:
+    with CostMeter("train", device=device, gpus=world_size, path=folder.cost, resume=start > 0) as meter:
         ...
         meter.images = iterations * batch_size
     record = meter.result()  # also written to cost.json, atomically
+
+(``folder`` is a :class:`segmodels.study.runs.RunFolder`; jobs get their meter from
+:meth:`segmodels.study.runs.OpenRun.meter`.)
 
 Wall time is ``time.monotonic``; CPU time is the process's user + system time (all its threads, and child
 processes it waited for) from ``os.times``, so CPU-hours on a many-core machine can exceed wall hours.

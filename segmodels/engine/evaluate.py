@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import time
 from pathlib import Path
@@ -38,22 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
 
-__all__ = ["RawLabels", "evaluate", "json_safe", "protocol", "resolve_split", "settings_tag"]
-
-
-def json_safe(obj: Any) -> Any:
-    """NaN and infinities → None, recursively, so ``json.dumps(..., allow_nan=False)`` succeeds."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return json_safe(obj.item())
-    return obj
+__all__ = ["RawLabels", "evaluate", "protocol", "resolve_split", "settings_tag"]
 
 
 def resolve_split(cfg: StudyConfig, data: str | Path | None, split: str = "val") -> Path:
@@ -176,183 +163,182 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
-    The settings are those of the run the checkpoint records (:func:`segmodels.study.matrix.run_config`; a run's own
+    The settings are those of the run the checkpoint records (:func:`segmodels.study.runs.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
     default the run folder's name) and ``cfg.model.num_classes`` must match the checkpoint. All inputs are
     checked before the model runs.
     """
     from segmodels.atomic import write_bytes_atomic, write_text_atomic
-    from segmodels.engine.cost import CostMeter, cost_metrics
     from segmodels.data._io import Progress
-    from segmodels.data.labels import colorize
-    from segmodels.data.loader import PackedSplit, val_batches
+    from segmodels.data.loader import PackedSplit
     from segmodels.data.pack import check_num_classes
     from segmodels.devices import resolve_device
-    from segmodels.engine.inference import (
-        amp_dtype,
-        environment,
-        load_model,
-        model_name_from_path,
-        predict_scores,
-        recorded_run,
-    )
-    from segmodels.study.matrix import run_config
-    from segmodels.metrics import ConfusionMatrix, batch_confusion, class_names_for, compute_metrics
+    from segmodels.engine.inference import amp_dtype, environment
+    from segmodels.metrics import class_names_for, compute_metrics, metric_keys
 
-    run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else run_dir
-    ckpt_path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoint.pt"
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt_path}")
-    run_name = recorded_run(ckpt_path)
-    cfg = run_config(cfg, run_name)
-    ev = cfg.evaluate
-    _check_settings(ev)
-    split_dir = resolve_split(cfg, data)
-    check_num_classes(split_dir, cfg.model.num_classes)
-    split = PackedSplit(split_dir)
-    n = len(split)
-    bad = [i for i in ev.samples if not 0 <= i < n]
-    if bad:
-        raise ValueError(f"evaluate.samples: index {bad[0]} is out of range for the {n} images of {split_dir}")
-    names = list(split.names)
-    raw_labels = RawLabels(split_dir, names) if ev.full_resolution else None
+    with runs.open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
+                       log_mlflow=log_mlflow) as run:  # fmt: skip
+        cfg = run.cfg
+        ev = cfg.evaluate
+        _check_settings(ev)
+        split_dir = resolve_split(cfg, data)
+        check_num_classes(split_dir, cfg.model.num_classes)
+        split = PackedSplit(split_dir)
+        n = len(split)
+        bad = [i for i in ev.samples if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"evaluate.samples: index {bad[0]} is out of range for the {n} images of {split_dir}")
+        raw_labels = RawLabels(split_dir, list(split.names)) if ev.full_resolution else None
+        folder = runs.RunFolder(out if out is not None else run_dir)
 
-    dev = resolve_device(device or ev.device)
-    with CostMeter("evaluate", device=dev) as meter:  # model loading and inference; not the file writes
-        expected = model_name or model_name_from_path(run_dir)
-        model, meta = load_model(ckpt_path, device=dev, expect_model=expected, expect_num_classes=cfg.model.num_classes)
-        num_classes = int(meta["num_classes"])
-        amp = ev.amp and dev.type == "cuda"
+        dev = resolve_device(device or ev.device)
+        with run.meter(dev) as meter:  # model loading and inference; not the file writes
+            model, meta = run.load_model(dev, expect_num_classes=cfg.model.num_classes)
+            num_classes = int(meta["num_classes"])
+            amp = ev.amp and dev.type == "cuda"
+            start = time.monotonic()
+            with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
+                scored = _score(model, split, raw_labels, ev, dev, num_classes=num_classes, folder=folder, bar=bar)
+            matrix = scored.confusion.cpu().numpy()
+            result = compute_metrics(matrix, class_names_for(num_classes))
+            packed_scores = None
+            if scored.packed is not None:
+                packed_scores = compute_metrics(scored.packed.cpu().numpy())
+            elapsed = time.monotonic() - start
+            meter.images = n
+        cost = meter.result()
+        del cost["segments"]  # one segment: its numbers are the totals
 
-        confusion = ConfusionMatrix(num_classes, device=dev)
-        packed_confusion = ConfusionMatrix(num_classes, device=dev) if raw_labels is not None else None
-        per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
-        samples = set(ev.samples)
-        sample_files: dict[str, bytes] = {}
-        start = time.monotonic()
-        with Progress(n, f"evaluate {run_name}", enabled=progress) as bar:
-            for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
-                idx = [int(i) for i in indices]
-                scores = predict_scores(
-                    model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-                    window=ev.window, stride=ev.stride, amp=amp,
-                )  # fmt: skip
-                preds, targets = [scores.argmax(1)], [labels]
-                if raw_labels is not None:
-                    # One forward pass, scored twice: at the packed size (the earlier study's protocol) and,
-                    # upsampled, against the raw labels (the benchmark's). Raw sizes may differ: one at a time.
-                    packed_confusion.add_(batch_confusion(preds[0], labels, num_classes).sum(0))
-                    preds, targets = [], []
-                    for row, i in enumerate(idx):
-                        target = torch.from_numpy(raw_labels.read(i)).to(dev)
-                        up = F.interpolate(scores[row : row + 1].float(), size=target.shape, mode="bilinear",
-                                           align_corners=False)  # fmt: skip
-                        preds.append(up.argmax(1))
-                        targets.append(target.unsqueeze(0))
-                rows = []
-                for pred, target in zip(preds, targets, strict=True):
-                    batch = batch_confusion(pred, target.to(pred.device), num_classes)
-                    confusion.add_(batch.sum(0))
-                    rows.append(batch.cpu().numpy())
-                per_image[idx] = np.concatenate(rows)
-                wanted = [(row, i) for row, i in enumerate(idx) if i in samples]
-                if wanted:
-                    pred_rows = [p for batch in preds for p in batch]
-                    gt_rows = [t for batch in targets for t in batch]
-                    for row, i in wanted:
-                        stem = f"samples/{i:04d}_{names[i].replace('/', '_')}"
-                        sample_files[f"{stem}.png"] = _png(colorize(pred_rows[row].cpu().numpy()))
-                        sample_files[f"{stem}_input.png"] = _png(np.asarray(split.images[i]))
-                        sample_files[f"{stem}_gt.png"] = _png(colorize(gt_rows[row].cpu().numpy()))
-                bar.update(len(idx))
-        confusion.reduce_()
-        matrix = confusion.matrix.cpu().numpy()
-        result = compute_metrics(matrix, class_names_for(num_classes))
-        packed_scores = None
-        if packed_confusion is not None:
-            packed_scores = compute_metrics(packed_confusion.reduce_().matrix.cpu().numpy())
-        elapsed = time.monotonic() - start
-        meter.images = n
-    cost = meter.result()
-    del cost["segments"]  # one segment: its numbers are the totals
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").unlink(missing_ok=True)  # its presence must keep meaning "all files are new"
-    for rel, data_bytes in sample_files.items():
-        write_bytes_atomic(out_dir / rel, data_bytes)
-    write_bytes_atomic(out_dir / "confusion.npy", _npy(matrix))
-    write_bytes_atomic(out_dir / "confusion_per_image.npy", _npy(per_image))
-    write_text_atomic(out_dir / "per_class.csv", _per_class_csv(result, matrix))
-    dtype = str(amp_dtype(dev)).removeprefix("torch.") if amp else None
-    packed_size = "x".join(map(str, split.size))
-    settings = dataclasses.asdict(ev) | {
-        "amp": amp,
-        "amp_dtype": dtype,
-        "resolution": list(split.size) if raw_labels is None else sorted({f"{h}x{w}" for h, w in raw_labels.sizes}),
-        "data": str(split_dir),
-        "tag": settings_tag(ev),
-    }
-    precision = f"amp {dtype}" if amp else "fp32"
-    full_size = "/".join(settings["resolution"]) if raw_labels is not None else packed_size
-    scored = protocol(ev, precision=precision, resolution=full_size)
-    metrics = {
-        "model": run_name,
-        "miou": result["miou"],
-        "macc": result["macc"],
-        "allacc": result["allacc"],
-        "per_class": {
-            name: {"iou": result["iou"][c], "acc": result["acc"][c]} for c, name in enumerate(result["class_names"])
-        },
-        "absent": result["absent"],
-        "no_truth": result["no_truth"],
-        "num_images": n,
-        "labelled_pixels": result["labelled_pixels"],
-        "protocol": scored,
-        # With full-resolution scoring, the same predictions scored at the packed size too: the earlier
-        # study's protocol (its 1024×512), for the comparison with its table.
-        "packed": None if packed_scores is None else {
-            "miou": packed_scores["miou"], "macc": packed_scores["macc"], "allacc": packed_scores["allacc"],
-            "protocol": protocol(dataclasses.replace(ev, full_resolution=False), precision=precision,
-                                 resolution=packed_size),
-        },
-        "settings": settings,
-        "device": environment(dev),
-        "checkpoint": {"path": str(ckpt_path), "iteration": meta.get("iteration")},
-        "iteration": meta.get("iteration"),
-        "seconds": round(elapsed, 3),
-        "cost": cost,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_text_atomic(out_dir / "metrics.json", json.dumps(json_safe(metrics), indent=1, allow_nan=False) + "\n")
-
-    if log_mlflow:
-        from segmodels.tracking import log_to_run, tracking_uri
-
-        # Inference variants (TTA, sliding windows) get their own keys; full-resolution scoring is the protocol the
-        # run is scored by (its "protocol" tag says which), so the study's headline stays val_miou.
-        tag = settings_tag(dataclasses.replace(ev, full_resolution=False))
-        prefix = f"val_{tag}_" if tag else "val_"
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.metrics.unlink(missing_ok=True)  # its presence must keep meaning "all files are new"
+        for path, data_bytes in scored.samples.items():
+            write_bytes_atomic(path, data_bytes)
+        runs.write_npy(folder.confusion, matrix)
+        runs.write_npy(folder.confusion_per_image, scored.per_image)
+        write_text_atomic(folder.per_class, _per_class_csv(result, matrix))
+        dtype = str(amp_dtype(dev)).removeprefix("torch.") if amp else None
+        packed_size = "x".join(map(str, split.size))
+        settings = dataclasses.asdict(ev) | {
+            "amp": amp,
+            "amp_dtype": dtype,
+            "resolution": list(split.size) if raw_labels is None else sorted({f"{h}x{w}" for h, w in raw_labels.sizes}),
+            "data": str(split_dir),
+            "tag": settings_tag(ev),
+        }
+        precision = f"amp {dtype}" if amp else "fp32"
+        full_size = "/".join(settings["resolution"]) if raw_labels is not None else packed_size
+        metrics = {
+            "model": run.name,
+            **{key: result[key] for key in metric_keys()},
+            "per_class": {
+                name: {"iou": result["iou"][c], "acc": result["acc"][c]} for c, name in enumerate(result["class_names"])
+            },
+            "absent": result["absent"],
+            "no_truth": result["no_truth"],
+            "num_images": n,
+            "labelled_pixels": result["labelled_pixels"],
+            "protocol": protocol(ev, precision=precision, resolution=full_size),
+            # With full-resolution scoring, the same predictions scored at the packed size too: the earlier
+            # study's protocol (its 1024×512), for the comparison with its table.
+            "packed": None if packed_scores is None else {
+                **{key: packed_scores[key] for key in metric_keys()},
+                "protocol": protocol(dataclasses.replace(ev, full_resolution=False), precision=precision,
+                                     resolution=packed_size),
+            },
+            "settings": settings,
+            "device": environment(dev),
+            "checkpoint": {"path": str(run.checkpoint), "iteration": meta.get("iteration")},
+            "iteration": meta.get("iteration"),
+            "seconds": round(elapsed, 3),
+            "cost": cost,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        runs.write_json(folder.metrics, metrics)
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
-        canonical = not tag and out_dir.resolve() == run_dir.resolve() and checkpoint is None
-        scores = {f"{prefix}{k}": metrics[k] for k in ("miou", "macc", "allacc") if not math.isnan(metrics[k])}
-        if packed_scores is not None and not math.isnan(packed_scores["miou"]):
-            scores[f"{prefix}packed_miou"] = packed_scores["miou"]
-        log_to_run(
-            run_dir,
-            metrics=scores | cost_metrics(cost, f"cost/eval_{tag}_" if tag else "cost/eval_"),
-            tags={f"protocol.{tag}" if tag else "protocol": scored["label"]},
-            artifacts=[out_dir / "metrics.json", out_dir / "per_class.csv"] if canonical else [],
-            step=meta.get("iteration"),
-            uri=tracking_uri(cfg.tracking.uri),
-        )
+        canonical = folder.path.resolve() == Path(run_dir).resolve() and checkpoint is None
+        _log(run, metrics, packed_scores, [folder.metrics, folder.per_class] if canonical else [])
     return metrics
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+def _log(run: runs.OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path]) -> None:
+    """The scores, the evaluation's cost and its protocol, to the run's MLflow run."""
+    from segmodels.engine.cost import cost_metrics
+    from segmodels.metrics import metric_scores
+
+    # Inference variants (TTA, sliding windows) get their own keys; full-resolution scoring is the protocol the
+    # run is scored by (its "protocol" tag says which), so the study's headline stays val_miou.
+    tag = settings_tag(dataclasses.replace(run.cfg.evaluate, full_resolution=False))
+    prefix = f"val_{tag}_" if tag else "val_"
+    scores = metric_scores(metrics, prefix, finite=True)
+    if packed is not None and not math.isnan(packed["miou"]):
+        scores[f"{prefix}packed_miou"] = packed["miou"]
+    run.log(
+        metrics=scores | cost_metrics(metrics["cost"], f"cost/eval_{tag}_" if tag else "cost/eval_"),
+        tags={f"protocol.{tag}" if tag else "protocol": metrics["protocol"]["label"]},
+        artifacts=[] if tag else artifacts,
+        step=metrics["iteration"],
+    )
+
+
+@dataclasses.dataclass
+class _Scored:
+    """What the forward passes over a split add up to."""
+
+    confusion: torch.Tensor  # C×C, at the scoring resolution
+    packed: torch.Tensor | None  # C×C at the packed size, when scoring at full resolution
+    per_image: np.ndarray  # N×C×C, in split order
+    samples: dict[Path, bytes]  # the sample PNGs, by path
+
+
+def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,
+           num_classes: int, folder: runs.RunFolder, bar: Any) -> _Scored:  # fmt: skip
+    """Run the model over ``split`` and count its confusion matrices; render the configured samples."""
+    from segmodels.data.labels import colorize
+    from segmodels.data.loader import val_batches
+    from segmodels.engine.inference import predict_scores
+    from segmodels.metrics import ConfusionMatrix, batch_confusion
+
+    n, names = len(split), list(split.names)
+    confusion = ConfusionMatrix(num_classes, device=dev)
+    packed_confusion = ConfusionMatrix(num_classes, device=dev) if raw_labels is not None else None
+    per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
+    samples = set(ev.samples)
+    sample_files: dict[Path, bytes] = {}
+    for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
+        idx = [int(i) for i in indices]
+        scores = predict_scores(
+            model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
+            window=ev.window, stride=ev.stride, amp=ev.amp and dev.type == "cuda",
+        )  # fmt: skip
+        preds, targets = [scores.argmax(1)], [labels]
+        if raw_labels is not None:
+            # One forward pass, scored twice: at the packed size (the earlier study's protocol) and,
+            # upsampled, against the raw labels (the benchmark's). Raw sizes may differ: one at a time.
+            packed_confusion.add_(batch_confusion(preds[0], labels, num_classes).sum(0))
+            preds, targets = [], []
+            for row, i in enumerate(idx):
+                target = torch.from_numpy(raw_labels.read(i)).to(dev)
+                up = F.interpolate(scores[row : row + 1].float(), size=target.shape, mode="bilinear",
+                                   align_corners=False)  # fmt: skip
+                preds.append(up.argmax(1))
+                targets.append(target.unsqueeze(0))
+        rows = []
+        for pred, target in zip(preds, targets, strict=True):
+            batch = batch_confusion(pred, target.to(pred.device), num_classes)
+            confusion.add_(batch.sum(0))
+            rows.append(batch.cpu().numpy())
+        per_image[idx] = np.concatenate(rows)
+        wanted = [(row, i) for row, i in enumerate(idx) if i in samples]
+        if wanted:
+            pred_rows = [p for batch in preds for p in batch]
+            gt_rows = [t for batch in targets for t in batch]
+            for row, i in wanted:
+                sample_files[folder.sample(i, names[i])] = _png(colorize(pred_rows[row].cpu().numpy()))
+                sample_files[folder.sample(i, names[i], "input")] = _png(np.asarray(split.images[i]))
+                sample_files[folder.sample(i, names[i], "gt")] = _png(colorize(gt_rows[row].cpu().numpy()))
+        bar.update(len(idx))
+    packed = packed_confusion.reduce_().matrix if packed_confusion is not None else None
+    return _Scored(confusion.reduce_().matrix, packed, per_image, sample_files)
 
 
 def _per_class_csv(result: dict[str, Any], matrix: np.ndarray) -> str:

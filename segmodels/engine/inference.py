@@ -163,7 +163,7 @@ def predict_scores(
 
 def model_name_from_path(path: str | Path) -> str | None:
     """The run folder a run lives in (``results/{exp}/{run}/seed{seed}``, ``{backbone}-{head}[_tag...]``), if any."""
-    from segmodels.study.matrix import name_pattern
+    from segmodels.models.catalog import name_pattern
 
     pattern = re.compile(name_pattern())
     for part in reversed(Path(path).resolve().parts):
@@ -201,7 +201,7 @@ def load_model(
     ValueError naming the file. The file is read with ``weights_only=True``.
     """
     from segmodels.engine.checkpoint import load_model_from_checkpoint
-    from segmodels.study.matrix import arch_of, variant_of
+    from segmodels.models.catalog import arch_of, variant_of
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.study.config import TrainConfig
 from segmodels.engine.distributed import DistInfo
 from segmodels.engine.losses import distillation_loss, segmentation_loss
+from segmodels.study.config import TrainConfig
 
 __all__ = [
     "SpeedSettings",

@@ -10,18 +10,11 @@ batch: under ``torchrun`` each of N processes takes batch_size / N images, so th
 change with the number of GPUs. ``train.head_lr_mult`` (default 1, as mmsegmentation's Cityscapes
 recipes) scales the learning rate of everything outside the backbone; PSPNet used 10.
 
-Files in the run folder (``--out``):
-
-- final, the job's declared outputs: ``checkpoint.pt`` (weights and model description, see
-  :mod:`segmodels.engine.checkpoint`) and ``train_log.csv`` (``train_log.partial.csv`` renamed at
-  the end);
-- resume state, never declared (Snakemake deletes declared outputs before a job and after a
-  failure): ``last.pt``, ``train_log.partial.csv``, ``mlflow_run_id``, and ``mlflow_offline.jsonl``
-  while the tracking server is unreachable;
-- ``config.yaml``: the resolved config of the run (also an MLflow artifact);
-- ``cost.json``: wall, CPU and GPU hours, images and GPU energy where NVML reads it, summed over resumed
-  segments (:mod:`segmodels.engine.cost`); also ``cost/train_*`` metrics and a ``cost.train_device`` tag of the
-  MLflow run.
+The run folder (``--out``, :mod:`segmodels.study.runs`) gets the final weights and the training log (the job's
+declared outputs), the resume state (``last.pt``, the growing log, the MLflow run id and, while the tracking server
+is unreachable, its records), the resolved config (also an MLflow artifact) and ``cost.json``: wall, CPU and GPU
+hours, images and GPU energy where NVML reads it, summed over resumed segments (:mod:`segmodels.engine.cost`); also
+``cost/train_*`` metrics and a ``cost.train_device`` tag of the MLflow run.
 
 The optimisation step and the GPU speed features are in :mod:`segmodels.engine.step`.
 """
@@ -31,7 +24,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,17 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.study.config import StudyConfig, config_to_dict, flatten
 from segmodels.engine import checkpoint as ckpt
-from segmodels.engine.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    barrier,
-    broadcast_buffers,
-    cleanup,
-    init_distributed,
-)
+from segmodels.engine import distributed
 from segmodels.engine.step import (
+    SpeedSettings,
     Stepper,
     build_optimizer,
     first_nonfinite_step,
@@ -57,17 +42,19 @@ from segmodels.engine.step import (
     speed_settings,
     state_is_finite,
 )
+from segmodels.study import runs
+from segmodels.study.config import StudyConfig, config_to_dict, flatten
 
-__all__ = [
-    "LOG_COLUMNS",
-    "NonFiniteLossError",
-    "TrainResult",
-    "run_params",
-    "train",
-]
+__all__ = ["NonFiniteLossError", "TrainResult", "log_columns", "run_params", "train"]
 
-LOG_COLUMNS = ("iteration", "loss", "loss_main", "loss_aux", "loss_distill", "lr",
-               "images_per_s", "data_wait_ms", "val_miou", "val_allacc", "elapsed_s")
+
+def log_columns() -> tuple[str, ...]:
+    """train_log.csv's columns: losses, learning rate, speed, and ``val_{key}`` of each metric scored while
+    training (:func:`segmodels.metrics.metric_keys`)."""
+    from segmodels.metrics import metric_keys
+
+    return ("iteration", "loss", "loss_main", "loss_aux", "loss_distill", "lr", "images_per_s", "data_wait_ms",
+            *(f"val_{key}" for key in metric_keys(training=True)), "elapsed_s")  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -138,11 +125,10 @@ def run_params(cfg: StudyConfig, model_name: str, seed: int) -> dict[str, Any]:
     return {**flatten(config_to_dict(cfg)), "run.model": model_name, "run.seed": seed}
 
 
-def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[str, str, Path | None]:
+def _check_inputs(cfg: StudyConfig, data_dir: Path) -> Path | None:
+    """Check the packed data and the schedule; return the distillation teacher's checkpoint, if any."""
     from segmodels.data.pack import check_num_classes
-    from segmodels.study.matrix import arch_of
 
-    backbone, head = arch_of(model_name)
     if not (data_dir / "train" / "images.npy").is_file():
         raise FileNotFoundError(
             f"packed train split not found: {data_dir / 'train' / 'images.npy'} (run `segmodels prepare`, or pass --data)"
@@ -152,13 +138,12 @@ def _check_inputs(cfg: StudyConfig, model_name: str, data_dir: Path) -> tuple[st
     for key in ("iterations", "batch_size", "log_every", "ckpt_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    teacher = None
-    if t.distill_teacher:
-        teacher = Path(t.distill_teacher)
-        teacher = teacher / "checkpoint.pt" if teacher.is_dir() else teacher
+    teacher = Path(t.distill_teacher) if t.distill_teacher else None
+    if teacher is not None:
+        teacher = runs.RunFolder(teacher).checkpoint if teacher.is_dir() else teacher
         if not teacher.is_file():
             raise FileNotFoundError(f"train.distill_teacher: no checkpoint at {teacher}")
-    return backbone, head, teacher
+    return teacher
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -175,20 +160,78 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _validate(model: nn.Module, split: Any, cfg: StudyConfig, device: torch.device, autocast: Any,
-              info: DistInfo) -> dict[str, float]:
-    from segmodels.data.loader import val_batches
-    from segmodels.metrics import ConfusionMatrix, compute_metrics
+def _new_state(run: runs.OpenRun, params: dict[str, Any], info: distributed.DistInfo, device: torch.device,
+               speed: SpeedSettings) -> ckpt.TrainState:  # fmt: skip
+    """The model (ImageNet weights where configured), its optimizer and gradient scaler, on ``device``."""
+    t = run.cfg.train
+    model = run.build_model()
+    if t.sync_bn and info.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device).train()
+    if speed.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, t, fused=speed.fused_optimizer, foreach=speed.foreach)
+    scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype == torch.float16)
+    return ckpt.TrainState(run.cfg, model, optimizer, scaler, params, info, device, run.folder)
 
-    matrix = ConfusionMatrix(cfg.model.num_classes, 255, device=device)
-    model.eval()
-    with torch.inference_mode(), autocast():
-        for images, labels, _ in val_batches(split, batch_size=cfg.evaluate.batch_size, device=device,
-                                             rank=info.rank, world_size=info.world_size):
-            matrix.update(model(images)["out"].argmax(1), labels)
-    model.train()
-    scores = compute_metrics(matrix.reduce_().matrix)
-    return {"val_miou": float(scores["miou"]), "val_allacc": float(scores["allacc"])}
+
+def _stepper(state: ckpt.TrainState, speed: SpeedSettings, teacher_path: Path | None) -> Stepper:
+    """The optimisation step of the (DDP-wrapped, compiled where configured) model, with the teacher if any."""
+    teacher, device = None, state.device
+    if teacher_path is not None:
+        teacher = ckpt.load_model_from_checkpoint(teacher_path, device=device,
+                                                  expect_num_classes=state.cfg.model.num_classes)  # fmt: skip
+        teacher.requires_grad_(False)
+        if speed.channels_last:
+            teacher.to(memory_format=torch.channels_last)
+    model = state.model
+    if state.info.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if speed.compile:
+        model = torch.compile(model)
+    return Stepper(model, state.optimizer, state.scaler, state.cfg.train, amp_dtype=speed.amp_dtype,
+                   device_type=device.type, teacher=teacher)  # fmt: skip
+
+
+def _start_logging(run: runs.OpenRun, state: ckpt.TrainState) -> None:
+    """config.yaml, and the run's MLflow run with its params and tags (the main process only)."""
+    from segmodels.atomic import write_text_atomic
+    from segmodels.models import count_parameters
+    from segmodels.models.catalog import arch_of, head_label, variant_of
+    from segmodels.tracking import git_commit
+
+    cfg, device = run.cfg, state.device
+    write_text_atomic(run.folder.config, _yaml(cfg, run.name, run.seed))
+    backbone, head = arch_of(run.name)
+    run.start_logger(
+        {**state.params, "model.backbone": backbone, "model.head": head, "model.params": count_parameters(state.model),
+         "model.head_label": head_label(head, cfg.model.head_options), "run.variant": variant_of(run.name)},
+        {"git_commit": git_commit(), "torch_version": torch.__version__, "world_size": state.info.world_size,
+         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+    )  # fmt: skip
+
+
+def _data(state: ckpt.TrainState, data_dir: Path, seed: int, speed: SpeedSettings) -> tuple[Any, Any]:
+    """This process's training batches, and the validation split when the packed data has one."""
+    from segmodels.data.loader import PackedSplit, TrainLoader
+
+    t, info = state.cfg.train, state.info
+    loader = TrainLoader(PackedSplit(data_dir / "train"), batch_size=t.batch_size // info.world_size,
+                         crop_size=tuple(t.crop_size), scale_range=tuple(t.scale_range), device=state.device,
+                         seed=seed, rank=info.rank, world_size=info.world_size,
+                         channels_last=speed.channels_last)  # fmt: skip
+    val_split = PackedSplit(data_dir / "val") if (data_dir / "val" / "images.npy").is_file() else None
+    return loader, val_split
+
+
+def _log_finish(run: runs.OpenRun, cost: dict[str, Any]) -> None:
+    """The training's cost, config, log and (with ``tracking.log_weights``) weights, to its MLflow run."""
+    from segmodels.engine.cost import cost_metrics
+
+    folder = run.folder
+    weights = (folder.checkpoint,) if run.cfg.tracking.log_weights else ()
+    run.log(metrics=cost_metrics(cost, "cost/train_"), tags={"cost.train_device": cost["device"]},
+            artifacts=(folder.config, folder.train_log, *weights), step=run.cfg.train.iterations)  # fmt: skip
 
 
 def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, data_dir: str | Path | None = None,
@@ -196,183 +239,93 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     """Train run ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
 
     ``model_name`` is a run of the study's matrix (or any plain {backbone}-{head}); training uses the run's
-    effective config, :func:`segmodels.study.matrix.run_config` (a run's own effective config passes unchanged).
+    effective config (:func:`segmodels.study.runs.open_run`; a run's own effective config passes unchanged).
     ``data_dir`` defaults to ``data/packed/{data.dataset}``. Bad input raises ValueError or
     FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
     raises :class:`NonFiniteLossError`; ``last.pt`` then keeps the last good state.
     """
-    from segmodels.engine.cost import CostMeter, cost_metrics
-    from segmodels.data.loader import PackedSplit, TrainLoader
-    from segmodels.study.matrix import run_config, variant_of
-    from segmodels.models import build_model, count_parameters
-    from segmodels.report.results import head_label
-    from segmodels.tracking import RunLogger, git_commit, tracking_uri
+    from segmodels.data.pack import data_identity
 
-    out = Path(out)
-    cfg = run_config(cfg, model_name)
-    data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
-    t = cfg.train
-    backbone, head, teacher_path = _check_inputs(cfg, model_name, data_dir)
-    info, device = init_distributed(t.device)
-    flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
-    try:
-        if t.batch_size % info.world_size:
-            raise ValueError(f"train.batch_size {t.batch_size} is not divisible by {info.world_size} processes")
-        from segmodels.data.pack import data_identity
-
-        # The packed data's identity joins the run's params: resuming on other data under the same name is refused.
-        params = run_params(cfg, model_name, seed) | {"run.data_identity": data_identity(data_dir)}
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            if restart:
-                ckpt.clear_run_state(out)
-        barrier()
-        state = ckpt.load_resume_state(out / "last.pt") if (out / "last.pt").is_file() else None
-        if state is not None and (saved := state["params"].get("run.data_identity")) != params["run.data_identity"]:
-            if "run.data_identity" in state["params"]:  # older resume states did not record it
-                raise ValueError(
-                    f"{out / 'last.pt'} was trained on other data than {data_dir} holds now (data identity {saved} "
-                    f"-> {params['run.data_identity']}: the dataset was packed again from other files, at another "
-                    "size or with other classes); not resuming it. Pass --restart to train from scratch on this data."
-                )
-            state["params"]["run.data_identity"] = params["run.data_identity"]
-        if state is not None and (diff := ckpt.config_differences(state["params"], params)):
-            raise ValueError(f"{out / 'last.pt'} was written with other settings; not resuming it (pass --restart "
-                             "to discard it and start over):\n  " + "\n  ".join(diff))
-
-        speed = speed_settings(t, device)
-        _seed_everything(seed, t.deterministic)
-        speed.apply_backend_flags(deterministic=t.deterministic)
-        model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=cfg.model.aux, pretrained=cfg.model.pretrained, bn_momentum=cfg.model.bn_momentum,
-                            head_options=cfg.model.head_options)
-        n_params = count_parameters(model)
-        if t.sync_bn and info.enabled and device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(device).train()
-        if speed.channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, t, fused=speed.fused_optimizer, foreach=speed.foreach)
-        scaler = torch.amp.GradScaler(device.type, enabled=speed.amp_dtype == torch.float16)
-        start = 0
-        if state is not None:
-            model.load_state_dict(state["model"])
-            impl = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-            optimizer.load_state_dict(state["optimizer"])
-            for group, keep in zip(optimizer.param_groups, impl, strict=True):
-                group.update(keep)  # the kernel choice suits this machine, not the one that saved
-            scaler.load_state_dict(state["scaler"])
-            ckpt.set_rng_state(state["rng"])
-            start = int(state["iteration"])
-            if info.is_main:
-                print(f"resuming from {out / 'last.pt'} at iteration {start}", flush=True)
-            if state["world_size"] != info.world_size and info.is_main:
-                warnings.warn(f"resuming with {info.world_size} processes where last.pt had {state['world_size']}: "
-                              "the batches differ from an uninterrupted run", stacklevel=2)
-        teacher = None
-        if teacher_path is not None:
-            teacher = ckpt.load_model_from_checkpoint(teacher_path, device=device,
-                                                      expect_num_classes=cfg.model.num_classes)
-            teacher.requires_grad_(False)
-            if speed.channels_last:
-                teacher.to(memory_format=torch.channels_last)
-        plain = model
-        if info.enabled:
-            ids = [device.index] if device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if speed.compile:
-            model = torch.compile(model)
-        stepper = Stepper(model, optimizer, scaler, t, amp_dtype=speed.amp_dtype, device_type=device.type,
-                          teacher=teacher)
-
-        loader = TrainLoader(PackedSplit(data_dir / "train"), batch_size=t.batch_size // info.world_size,
-                             crop_size=tuple(t.crop_size), scale_range=tuple(t.scale_range), device=device, seed=seed,
-                             rank=info.rank, world_size=info.world_size, channels_last=speed.channels_last)
-        val_split = PackedSplit(data_dir / "val") if (data_dir / "val" / "images.npy").is_file() else None
-
-        logger = None
-        if info.is_main:
-            from segmodels.atomic import write_text_atomic
-
-            write_text_atomic(out / "config.yaml", _yaml(cfg, model_name, seed))
-            logger = RunLogger(out, experiment=cfg.tracking.experiment, uri=tracking_uri(cfg.tracking.uri),
-                               run_name=f"{model_name}-seed{seed}", flush_seconds=cfg.tracking.flush_seconds,
-                               tags={"model": model_name, "seed": seed, "study": cfg.experiment}).start()
-            logger.log_params({**params, "model.backbone": backbone, "model.head": head, "model.params": n_params,
-                               "model.head_label": head_label(head, cfg.model.head_options),
-                               "run.variant": variant_of(model_name)})
-            logger.set_tags({
-                "git_commit": git_commit(), "torch_version": torch.__version__, "world_size": info.world_size,
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            })
-        loop = _Loop(cfg, stepper, plain, optimizer, scaler, info, out, params, device, logger)
-        meter = CostMeter("train", device=device, gpus=info.world_size if device.type == "cuda" else 0,
-                          path=out / "cost.json" if info.is_main else None, resume=start > 0)
-        loop.meter = meter
+    with runs.open_run(cfg, out, job="train", model_name=model_name, seed=seed) as run:
+        cfg, t = run.cfg, run.cfg.train
+        data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
+        teacher_path = _check_inputs(cfg, data_dir)
+        info, device = distributed.init_distributed(t.device)
+        flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+                 torch.backends.cudnn.benchmark)  # fmt: skip
         try:
+            if t.batch_size % info.world_size:
+                raise ValueError(f"train.batch_size {t.batch_size} is not divisible by {info.world_size} processes")
+            # The packed data's identity joins the run's params: resuming on other data of the same name is refused.
+            params = run_params(cfg, model_name, seed) | {"run.data_identity": data_identity(data_dir)}
+            saved = ckpt.resume_state(run.folder, params, data_dir=data_dir, is_main=info.is_main, restart=restart)
+            speed = speed_settings(t, device)
+            _seed_everything(seed, t.deterministic)
+            speed.apply_backend_flags(deterministic=t.deterministic)
+            state = _new_state(run, params, info, device, speed)
+            if saved is not None:
+                state.restore(saved)
+            stepper = _stepper(state, speed, teacher_path)
+            loader, val_split = _data(state, data_dir, seed, speed)
+            if info.is_main:
+                _start_logging(run, state)
+            meter = run.meter(device, gpus=info.world_size if device.type == "cuda" else 0, save=info.is_main,
+                              resume=state.start > 0)  # fmt: skip
+            loop = _Loop(state, stepper, run.logger, meter)
             with meter:  # a killed run leaves its cost.json; the resumed run adds its own segment
-                val = loop.run(loader, val_split, start)
+                val = loop.run(loader, val_split)
                 meter.images = t.iterations * t.batch_size  # what the final weights were trained on
             if info.is_main:
-                ckpt.save_atomic({
-                    "format": ckpt.CHECKPOINT_FORMAT, "model": plain.state_dict(), "run": model_name,
-                    "backbone": backbone, "head": head,
-                    "num_classes": cfg.model.num_classes, "output_stride": cfg.model.output_stride,
-                    "aux": cfg.model.aux, "head_options": dict(cfg.model.head_options),
-                    "config": config_to_dict(cfg), "iteration": t.iterations,
-                }, out / "checkpoint.pt")
+                state.save_final(model_name)
                 loop.log.finish()
-        except BaseException as exc:
-            if logger is not None:
-                logger.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        if logger is not None:
-            cost = meter.result()
-            logger.log_metrics(cost_metrics(cost, "cost/train_"), step=t.iterations)
-            logger.set_tags({"cost.train_device": cost["device"]})
-            for name in ("config.yaml", "train_log.csv") + (("checkpoint.pt",) if cfg.tracking.log_weights else ()):
-                logger.log_artifact(out / name)
-            logger.end("FINISHED")
-        barrier()
-        return TrainResult(out, t.iterations, logger.run_id if logger else None, val, plain)
-    finally:
-        cleanup()
-        torch.use_deterministic_algorithms(flags[0])  # a library call leaves the process as it found it
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1:]
+                _log_finish(run, meter.result())
+            run_id = run.logger.run_id if run.logger is not None else None
+            run.end()
+            distributed.barrier()
+            return TrainResult(run.folder.path, t.iterations, run_id, val, state.model)
+        finally:
+            distributed.cleanup()
+            torch.use_deterministic_algorithms(flags[0])  # a library call leaves the process as it found it
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1:]
 
 
 class _Loop:
     """The iterations; host–device syncs only at logging, validation and checkpoint iterations."""
 
-    def __init__(self, cfg, stepper, plain, optimizer, scaler, info, out, params, device, logger) -> None:
-        self.cfg, self.t, self.stepper, self.plain = cfg, cfg.train, stepper, plain
-        self.optimizer, self.scaler, self.info, self.out = optimizer, scaler, info, out
-        self.params, self.device, self.logger = params, device, logger
+    def __init__(self, state: ckpt.TrainState, stepper: Stepper, logger: Any, meter: Any) -> None:
+        self.state, self.t, self.stepper = state, state.cfg.train, stepper
+        self.logger = logger  # the run's RunLogger on the main process, else None
+        self.meter = meter  # the job's CostMeter: its record is saved with each last.pt
         self.log: ckpt.TrainLog | None = None
-        self.meter: Any = None  # the job's CostMeter: its record is saved with each last.pt
 
     def save_last(self, iteration: int) -> None:
-        if self.meter is not None:  # first: wherever last.pt holds this state, cost.json holds its cost
-            self.meter.checkpoint()
-        ckpt.save_atomic({
-            "format": ckpt.RESUME_FORMAT, "iteration": iteration, "model": self.plain.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": ckpt.get_rng_state(),
-            "config": config_to_dict(self.cfg), "params": self.params, "world_size": self.info.world_size,
-        }, self.out / "last.pt")
+        self.meter.checkpoint()  # first: wherever last.pt holds this state, cost.json holds its cost
+        self.state.save_last(iteration)
 
     def validate(self, split: Any) -> dict[str, float]:
-        broadcast_buffers(self.plain)
-        return _validate(self.plain, split, self.cfg, self.device, self.stepper.autocast, self.info)
+        """``val_{key}`` of each metric scored while training, on the validation split (all ranks take part)."""
+        from segmodels.data.loader import val_batches
+        from segmodels.metrics import ConfusionMatrix, compute_metrics, metric_scores
 
-    def run(self, loader: Any, val_split: Any, start: int) -> dict[str, float]:
-        t, info, total = self.t, self.info, self.t.iterations
-        self.log = ckpt.TrainLog(self.out, LOG_COLUMNS, resume_iteration=start) if info.is_main else None
+        s = self.state
+        distributed.broadcast_buffers(s.model)
+        matrix = ConfusionMatrix(s.cfg.model.num_classes, 255, device=s.device)
+        s.model.eval()
+        with torch.inference_mode(), self.stepper.autocast():
+            for images, labels, _ in val_batches(split, batch_size=s.cfg.evaluate.batch_size, device=s.device,
+                                                 rank=s.info.rank, world_size=s.info.world_size):  # fmt: skip
+                matrix.update(s.model(images)["out"].argmax(1), labels)
+        s.model.train()
+        return metric_scores(compute_metrics(matrix.reduce_().matrix), "val_", training=True)
+
+    def run(self, loader: Any, val_split: Any) -> dict[str, float]:
+        t, info, total, start = self.t, self.state.info, self.t.iterations, self.state.start
+        self.log = ckpt.TrainLog(self.state.folder, log_columns(), resume_iteration=start) if info.is_main else None
         progress = _Progress(total, start, batch=t.batch_size, enabled=info.is_main)
         sums: dict[str, torch.Tensor] = {}
         count, last_good, val = 0, start, {}
-        bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        bad_step = torch.full((), -1, dtype=torch.int64, device=self.state.device)
         from segmodels.data.loader import WaitClock
 
         batches = loader.iterate(start)
@@ -396,21 +349,21 @@ class _Loop:
                 if not (is_log or is_ckpt):
                     continue
                 first = first_nonfinite_step(bad_step, info)
-                if first < 0 and is_ckpt and not state_is_finite(self.plain, info):
+                if first < 0 and is_ckpt and not state_is_finite(self.state.model, info):
                     first = step  # finite loss, but the update overflowed: this state is not kept
                 if first >= 0:
                     raise NonFiniteLossError(
                         f"loss is not finite at iteration {first + 1} of {total}; training stopped. "
-                        f"The last good state (iteration {last_good}) is kept in {self.out / 'last.pt'}")
+                        f"The last good state (iteration {last_good}) is kept in {self.state.folder.last}")
                 if is_log:
                     names = sorted(sums)
-                    means = all_reduce_mean(torch.stack([sums[k] for k in names]).float() / count).tolist()
+                    means = distributed.all_reduce_mean(torch.stack([sums[k] for k in names]).float() / count).tolist()
                     row = {**dict(zip(names, means, strict=True)), "lr": lr, "images_per_s": progress.rate(iteration),
                            "data_wait_ms": waited.take() * 1000.0 / count}  # fmt: skip
                     sums, count = {}, 0
                     if is_val:
-                        row.update(self.validate(val_split))
-                        val = {k: row[k] for k in ("val_miou", "val_allacc")}
+                        val = self.validate(val_split)
+                        row.update(val)
                         progress.rate(iteration)  # validation time is not training throughput
                     row["elapsed_s"] = time.perf_counter() - progress.t0
                     progress.report(iteration, row)
@@ -426,7 +379,7 @@ class _Loop:
                         self.logger.flush()
             if start >= total and val_split is not None:  # a finished run started again: final scores only
                 val = self.validate(val_split)
-            broadcast_buffers(self.plain)  # every rank ends with the state rank 0 saves
+            distributed.broadcast_buffers(self.state.model)  # every rank ends with the state rank 0 saves
         finally:
             progress.close()
             if hasattr(batches, "close"):

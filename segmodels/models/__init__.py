@@ -1,7 +1,10 @@
 """The model zoo: backbones × heads, named ``{backbone}-{head}`` (e.g. ``resnet50-ppm``).
 
-This module is light (no torch import) so configs can validate model names cheaply; ``build_model``,
-``SegmentationModel``, ``count_parameters`` and ``count_flops`` are imported on first use.
+The names live in :mod:`segmodels.models.catalog` (torch-free); the builders in the registries of the backbones
+and heads packages. ``register_backbone`` / ``register_head`` add a model of your own to both (see the catalog's
+docstring). This module is light (no torch import) so configs can validate model names cheaply; ``build_model``,
+``SegmentationModel``, ``count_parameters``, ``count_flops`` and the ``register_*`` functions are imported on
+first use. ``BACKBONES``, ``HEADS``, ``CASCADE_HEADS`` and ``HEAD_OPTIONS`` are read from the catalog on each access.
 """
 
 from __future__ import annotations
@@ -9,63 +12,47 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from segmodels.models import catalog
+from segmodels.models.catalog import list_models, parse_model_name
+
 if TYPE_CHECKING:
+    from segmodels.models.backbones.base import register_backbone
     from segmodels.models.complexity import count_flops, count_parameters
+    from segmodels.models.heads import register_head
     from segmodels.models.segmentor import SegmentationModel, build_model
 
 __all__ = [
-    "BACKBONES",
-    "CASCADE_HEADS",
-    "HEADS",
-    "HEAD_OPTIONS",
     "SegmentationModel",
     "build_model",
+    "catalog",
     "count_flops",
     "count_parameters",
     "list_models",
     "parse_model_name",
+    "register_backbone",
+    "register_head",
 ]
-
-BACKBONES = ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3")
-HEADS = ("ppm", "aspp", "ocr", "fcn")
-# Heads that read the auxiliary head's logits (OCR's soft object regions): they need aux=True, in eval mode too.
-CASCADE_HEADS = ("ocr",)
-# Each head's keyword options as (config type, default), so a study's model.head_options is checked at load
-# without importing torch. The head classes' signatures are the truth; tests/test_models.py holds this to them.
-HEAD_OPTIONS: dict[str, dict[str, tuple[Any, Any]]] = {
-    "ppm": {"bins": (list[int], (1, 2, 3, 6)), "bin_channels": (int | None, None), "channels": (int, 512),
-            "dropout": (float, 0.1)},
-    "aspp": {"rates": (list[int], (1, 2, 3, 6)), "image_pool": (bool, False), "channels": (int, 256),
-             "project_dropout": (float, 0.5), "dropout": (float, 0.1)},
-    "ocr": {"mid_channels": (int, 512), "key_channels": (int, 256), "dropout": (float, 0.1)},
-    "fcn": {"channels": (int, 512), "dropout": (float, 0.1)},
-}  # fmt: skip
 
 _LAZY = {
     "SegmentationModel": "segmodels.models.segmentor",
     "build_model": "segmodels.models.segmentor",
     "count_flops": "segmodels.models.complexity",
     "count_parameters": "segmodels.models.complexity",
+    "register_backbone": "segmodels.models.backbones.base",
+    "register_head": "segmodels.models.heads",
 }
-
-
-def list_models() -> list[str]:
-    """Every ``{backbone}-{head}`` name, backbones in study order, heads within each."""
-    return [f"{backbone}-{head}" for backbone in BACKBONES for head in HEADS]
-
-
-def parse_model_name(name: str) -> tuple[str, str]:
-    """``"resnet18-ppm"`` → ``("resnet18", "ppm")``; anything else raises ValueError listing the valid names."""
-    backbone, sep, head = str(name).partition("-")
-    if not sep or backbone not in BACKBONES or head not in HEADS:
-        raise ValueError(
-            f"unknown model '{name}': expected {{backbone}}-{{head}} with backbone one of {', '.join(BACKBONES)} "
-            f"and head one of {', '.join(HEADS)}"
-        )
-    return backbone, head
+# Names of the earlier flat registry, each a snapshot of the catalog taken when it is read.
+_LIVE = {
+    "BACKBONES": catalog.backbones,
+    "HEADS": catalog.heads,
+    "CASCADE_HEADS": catalog.cascade_heads,
+    "HEAD_OPTIONS": lambda: {name: dict(catalog.head(name).options) for name in catalog.heads()},
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LIVE:
+        return _LIVE[name]()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,12 +4,11 @@ The forward contract is torchvision's: the backbone returns a dict of feature ma
 ``{"out": logits}`` at the input size, plus ``"aux"`` in training mode. For a cascade head (OCR) the
 auxiliary head runs in eval mode too: its logits are the head's soft object regions.
 The registries are plain dicts: ``BACKBONE_SPECS`` (backbones package) and ``HEAD_BUILDERS`` (heads package),
-keyed by the names in ``segmodels.models.BACKBONES`` and ``HEADS``.
+keyed by the names in :mod:`segmodels.models.catalog`; a name in one but not the other fails here, by name.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmodels.models import BACKBONES, CASCADE_HEADS, HEADS, list_models, parse_model_name
+from segmodels.models import catalog
 from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone
-from segmodels.models.heads import HEAD_BUILDERS, FCNHead
+from segmodels.models.catalog import list_models, parse_model_name
+from segmodels.models.heads import HEAD_BUILDERS, FCNHead, keyword_options
 
 __all__ = ["AUX_CHANNELS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
 
@@ -83,9 +83,20 @@ class SegmentationModel(nn.Module):
         return self(x)["out"]
 
 
+def _check_registered(kind: str, name: str, registry: Mapping[str, Any], names: tuple[str, ...], how: str) -> None:
+    """``name`` is both in the catalog and in the builder ``registry``, or a ValueError/RuntimeError says which."""
+    if name in registry and name not in names:
+        raise RuntimeError(f"{kind} '{name}' has a builder but no catalog entry: register it with "
+                           f"segmodels.models.{how}(name, ..., label=...), not into the registry directly")  # fmt: skip
+    if name not in names:
+        raise ValueError(f"unknown {kind} '{name}'; valid: {', '.join(names)}")
+    if name not in registry:
+        raise RuntimeError(f"{kind} '{name}' is in the catalog but has no builder: register one with "
+                           f"segmodels.models.{how}")  # fmt: skip
+
+
 def _check_head_options(head: str, options: Mapping[str, Any]) -> None:
-    params = inspect.signature(HEAD_BUILDERS[head]).parameters
-    allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    allowed = list(keyword_options(HEAD_BUILDERS[head]))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option '{unknown[0]}' for head '{head}'; valid: {', '.join(allowed)}")
@@ -106,17 +117,15 @@ def build_model(
 
     pretrained: None (random init), "imagenet" (torchvision's ImageNet weights, from the torch hub cache or
     downloaded) or the path of a state dict in torchvision's key layout for the backbone.
-    aux: the auxiliary FCN head on the backbone's "aux" stage. A cascade head (``CASCADE_HEADS``: OCR) needs it,
-    in eval mode too: its soft object regions are that head's logits.
+    aux: the auxiliary FCN head on the backbone's "aux" stage. A cascade head (``catalog.cascade_heads()``: OCR)
+    needs it, in eval mode too: its soft object regions are that head's logits.
     head_options: keyword arguments of the head's class, e.g. ``heads.DEEPLABV3_OPTIONS`` for ASPP.
     bn_momentum: running-statistics momentum of every BatchNorm (None keeps each constructor's own: 0.1, but
     0.01 in torchvision's MobileNetV3).
     All arguments are checked before anything is built.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone '{backbone}'; valid: {', '.join(BACKBONES)}")
-    if head not in HEADS:
-        raise ValueError(f"unknown head '{head}'; valid: {', '.join(HEADS)}")
+    _check_registered("backbone", backbone, BACKBONE_SPECS, catalog.backbones(), "register_backbone")
+    _check_registered("head", head, HEAD_BUILDERS, catalog.heads(), "register_head")
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -125,7 +134,8 @@ def build_model(
         raise FileNotFoundError(
             f"pretrained weights file not found: {pretrained} (pretrained is None, 'imagenet' or a state-dict path)"
         )
-    if head in CASCADE_HEADS and not aux:
+    cascade = catalog.head(head).cascade
+    if cascade and not aux:
         raise ValueError(
             f"head '{head}' needs aux=True: its soft object regions are the auxiliary FCN head's logits "
             "(OCR's ResNet cascade), so that head is part of the model in eval mode too"
@@ -135,8 +145,6 @@ def build_model(
         raise ValueError(f"bn_momentum must lie in (0, 1] or be None, got {bn_momentum!r}")
     options = dict(head_options or {})
     _check_head_options(head, options)
-    if set(BACKBONE_SPECS) != set(BACKBONES) or set(HEAD_BUILDERS) != set(HEADS):
-        raise RuntimeError("the backbone/head registries and segmodels.models.BACKBONES/HEADS disagree")
 
     features = build_backbone(backbone, output_stride=output_stride, pretrained=pretrained)
     info = features.feature_info
@@ -150,7 +158,7 @@ def build_model(
         head_name=head,
         num_classes=num_classes,
         output_stride=output_stride,
-        cascade=head in CASCADE_HEADS,
+        cascade=cascade,
     )
     if bn_momentum is not None:
         for module in model.modules():

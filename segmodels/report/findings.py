@@ -8,41 +8,31 @@ A difference between two models is called significant when its Holm-adjusted pai
 matrices no interval exists and the finding says the difference was not tested. Words of direction
 (faster/slower, gains/drops, more/less) are chosen from the sign of the number they describe, and a number
 after such a word is printed without its sign, so no sentence reads "0.8× faster" or "a drop of -0.88".
-Model and module names come from :mod:`segmodels.report.results` (``display_name``, the label tables).
-The earlier study's published table is kept here as printed, to compare against and to check its
-mIoU/speed column against its own formula (mIoU / latency in ms × 10).
+Model and module names come from the catalog (:mod:`segmodels.models.catalog`), the models compared and the
+earlier study's published table (as printed) from the study's design (:mod:`segmodels.report.design`); its
+mIoU/speed column is checked against its own formula (mIoU / latency in ms × 10).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segmodels.study.matrix import arch_of
 from segmodels.metrics import majority_baseline
-from segmodels.report.results import (
-    BACKBONE_LABELS,
-    HEAD_LABELS,
-    Study,
-    display_name,
-    pareto_front,
-    read_confusion,
-    read_metrics,
-)
+from segmodels.models import catalog
+from segmodels.models.catalog import display_name
+from segmodels.report import design
+from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY, under_backbone_head
+from segmodels.report.results import Study, pareto_front, read_confusion, read_metrics
 
-__all__ = ["EARLIER_DEVICE", "EARLIER_STUDY", "findings", "interval_coverage", "verdict_rule"]
+__all__ = ["findings", "interval_coverage", "verdict_rule"]
 
-# The earlier study's published table (PSPNet on Cityscapes at 1024×512, NVIDIA 2080Ti), as printed.
-# "miou_per_speed" is its own column, kept to show where it departs from its formula mIoU / ms × 10.
-EARLIER_DEVICE = "NVIDIA 2080Ti"
-EARLIER_STUDY: dict[str, dict[str, float]] = {
-    "resnet18-ppm": {"miou": 62.89, "macc": 71.05, "allacc": 93.36, "latency_ms": 34, "miou_per_speed": 18.5},
-    "resnet50-ppm": {"miou": 68.97, "macc": 76.67, "allacc": 94.52, "latency_ms": 79, "miou_per_speed": 8.7},
-    "resnet101-ppm": {"miou": 71.07, "latency_ms": 183, "miou_per_speed": 5.45},
-    "mobilenetv2-ppm": {"miou": 59.25, "latency_ms": 22, "miou_per_speed": 25.17},
-    "mobilenetv3-ppm": {"miou": 56.82},
-    "resnet18-aspp": {"miou": 62.09, "macc": 71.08, "allacc": 93.34},
-    "resnet18-ocr": {"miou": 61.86, "macc": 70.87, "allacc": 93.31},
-}
+def _label(backbone: str) -> str:
+    return catalog.backbone(backbone).label
+
+
+def _module(model: str) -> str:
+    """The label of a model's head: the context module it stands for."""
+    return catalog.head(catalog.arch_of(model)[1]).label
 
 
 def _need(study: Study, models: Sequence[str], keys: Sequence[str]) -> str | None:
@@ -111,7 +101,8 @@ def interval_coverage(study: Study, models: Sequence[str]) -> str:
 
 
 def _finding_mobilenet(study: Study) -> str:
-    r50, mv2 = study.reference_run("resnet50-ppm"), study.reference_run("mobilenetv2-ppm")
+    big, small = map(under_backbone_head, design.MOBILE)
+    r50, mv2 = study.reference_run(big), study.reference_run(small)
     if missing := _need(study, (r50, mv2), ("miou", "latency_ms")):
         return missing
     m50, m2 = study.value(r50, "miou"), study.value(mv2, "miou")
@@ -127,7 +118,7 @@ def _finding_mobilenet(study: Study) -> str:
     else:
         change = "and, against expectation, gains" if l2 < l50 else "and gains"
     return (
-        f"{display_name('mobilenetv2-ppm')} runs{pace} {display_name('resnet50-ppm')} ({l2:.1f} vs {l50:.1f} ms) "
+        f"{display_name(small)} runs{pace} {display_name(big)} ({l2:.1f} vs {l50:.1f} ms) "
         f"{change} {abs(m50 - m2):.2f} mIoU points ({m50:.2f} → {m2:.2f}, {(m2 - m50) / m50 * 100:+.1f} % relative"
         + (f"; {verdict}" if verdict else "")
         + ")."
@@ -136,9 +127,9 @@ def _finding_mobilenet(study: Study) -> str:
 
 def _finding_depth(study: Study) -> str:
     parts = []
-    for a, b in (("resnet18", "resnet50"), ("resnet50", "resnet101")):
-        ma, mb = study.reference_run(f"{a}-ppm"), study.reference_run(f"{b}-ppm")
-        step = f"{BACKBONE_LABELS[a]} → {BACKBONE_LABELS[b]}"
+    for a, b in design.DEPTH_STEPS:
+        ma, mb = study.reference_run(under_backbone_head(a)), study.reference_run(under_backbone_head(b))
+        step = f"{_label(a)} → {_label(b)}"
         if _need(study, (ma, mb), ("miou", "latency_ms")):
             absent = [
                 display_name(m)
@@ -159,12 +150,12 @@ def _finding_depth(study: Study) -> str:
 
 def _finding_context(study: Study) -> str:
     models = [
-        m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if study.value(m, "miou") is not None
+        m for m in map(study.reference_run, design.context_models()) if study.value(m, "miou") is not None
     ]
     if len(models) < 2:
-        return f"Not available: fewer than two {BACKBONE_LABELS['resnet18']} context modules have results."
+        return f"Not available: fewer than two {_label(design.CONTEXT_BACKBONE)} context modules have results."
     ranked = sorted(models, key=lambda m: -study.value(m, "miou"))
-    order = " > ".join(f"{HEAD_LABELS[arch_of(m)[1]]} {study.value(m, 'miou'):.2f}" for m in ranked)
+    order = " > ".join(f"{_module(m)} {study.value(m, 'miou'):.2f}" for m in ranked)
     margin = study.value(ranked[0], "miou") - study.value(ranked[1], "miou")
     stds = [study.value(m, "miou_std") for m in ranked[:2] if (study.value(m, "seeds") or 0) > 1]
     if len(stds) == 2 and None not in stds:
@@ -173,14 +164,14 @@ def _finding_context(study: Study) -> str:
     else:
         seeds = "from a single seed, so not tested against seed-to-seed variation"
     interval = _verdict(study, ranked[0], ranked[1])
-    text = f"Best context module on {BACKBONE_LABELS['resnet18']}: {HEAD_LABELS[arch_of(ranked[0])[1]]} ({order}); "
+    text = f"Best context module on {_label(design.CONTEXT_BACKBONE)}: {_module(ranked[0])} ({order}); "
     if interval is None:
         text += f"its lead over the runner-up is {margin:.2f} points, {seeds}."
     else:
         text += f"its lead over the runner-up is {margin:.2f} points ({interval}), {seeds}."
         pairs = [study.comparison(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1 :]]
         pairs = [c for c in pairs if c is not None]
-        apart = [" > ".join(HEAD_LABELS[arch_of(m)[1]] for m in ((c.a, c.b) if c.diff > 0 else (c.b, c.a)))
+        apart = [" > ".join(_module(m) for m in ((c.a, c.b) if c.diff > 0 else (c.b, c.a)))
                  for c in pairs if c.significant]  # fmt: skip
         if len(pairs) > 1:
             text += (
@@ -190,13 +181,14 @@ def _finding_context(study: Study) -> str:
                 + ("; the others are not distinguishable" if len(apart) < len(pairs) else "")
                 + "."
             )
-    fcn = study.reference_run("resnet18-fcn")
+    fcn = study.reference_run(design.on_context_backbone(design.BASELINE_HEAD))
     if fcn in models and ranked[0] != fcn:
         gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")  # >= 0: ranked[0] is the best
-        text += f" Over the plain {HEAD_LABELS['fcn']} head (no context module) it gains {gain:.2f} points."
-    earlier = sorted((m for m in EARLIER_STUDY if m.startswith("resnet18-")), key=lambda m: -EARLIER_STUDY[m]["miou"])
+        text += f" Over the plain {_module(fcn)} head (no context module) it gains {gain:.2f} points."
+    earlier = [m for m in EARLIER_STUDY if catalog.arch_of(m)[0] == design.CONTEXT_BACKBONE]
+    earlier.sort(key=lambda m: -EARLIER_STUDY[m]["miou"])
     text += " The earlier study ranked " + " > ".join(
-        f"{HEAD_LABELS[arch_of(m)[1]]} {EARLIER_STUDY[m]['miou']:.2f}" for m in earlier
+        f"{_module(m)} {EARLIER_STUDY[m]['miou']:.2f}" for m in earlier
     )
     return text + "."
 
@@ -208,7 +200,7 @@ def _cost_clause(study: Study, v3: str, v2: str, rl: float) -> str:
         return ""
     rg = v(v3, "gflops") / v(v2, "gflops")
     ms3, ms2 = v(v3, "latency_ms") / v(v3, "gflops"), v(v2, "latency_ms") / v(v2, "gflops")
-    text = f" It computes {v(v3, 'gflops'):.1f} GFLOPs per image, {rg:.2f}× {BACKBONE_LABELS['mobilenetv2']}'s"
+    text = f" It computes {v(v3, 'gflops'):.1f} GFLOPs per image, {rg:.2f}× {_label(design.NEWER_MOBILE[1])}'s"
     if v(v3, "params_m") and v(v2, "params_m"):
         text += f", with {v(v3, 'params_m') / v(v2, 'params_m'):.2f}× its parameters"
     if rg < 1 <= rl:
@@ -220,15 +212,16 @@ def _cost_clause(study: Study, v3: str, v2: str, rl: float) -> str:
 
 
 def _finding_mobilenetv3(study: Study) -> str:
-    v3, v2 = study.reference_run("mobilenetv3-ppm"), study.reference_run("mobilenetv2-ppm")
+    newer, older = map(under_backbone_head, design.NEWER_MOBILE)
+    v3, v2 = study.reference_run(newer), study.reference_run(older)
     if missing := _need(study, (v3, v2), ("miou", "latency_ms")):
         return missing
     v = study.value
     dm, rl = v(v3, "miou") - v(v2, "miou"), v(v3, "latency_ms") / v(v2, "latency_ms")
     text = (
-        f"{display_name('mobilenetv3-ppm')} reaches {v(v3, 'miou'):.2f} mIoU ({dm:+.2f} against "
-        f"{display_name('mobilenetv2-ppm')}) at {v(v3, 'latency_ms'):.1f} ms ({rl:.2f}× "
-        f"{BACKBONE_LABELS['mobilenetv2']}'s)"
+        f"{display_name(newer)} reaches {v(v3, 'miou'):.2f} mIoU ({dm:+.2f} against "
+        f"{display_name(older)}) at {v(v3, 'latency_ms'):.1f} ms ({rl:.2f}× "
+        f"{_label(design.NEWER_MOBILE[1])}'s)"
     )
     if rl < 1 and dm < 0:
         text += f", trading {-dm:.2f} points for speed"
@@ -242,8 +235,8 @@ def _finding_mobilenetv3(study: Study) -> str:
         text += f" The mIoU difference has the {verdict}."
     points = {m: (v(m, "latency_ms"), v(m, "miou")) for m in study.summary.index if v(m, "latency_ms") and v(m, "miou")}
     text += f" It {'lies on' if v3 in pareto_front(points) else 'is off'} the study's mIoU-latency Pareto front"
-    published, earlier_v2 = EARLIER_STUDY["mobilenetv3-ppm"]["miou"], EARLIER_STUDY["mobilenetv2-ppm"]["miou"]
-    v3_label, v2_label = BACKBONE_LABELS["mobilenetv3"], BACKBONE_LABELS["mobilenetv2"]
+    published, earlier_v2 = EARLIER_STUDY[newer]["miou"], EARLIER_STUDY[older]["miou"]
+    v3_label, v2_label = map(_label, design.NEWER_MOBILE)
     earlier = f"the earlier study's {v3_label} gave {published:.2f} mIoU against its {v2_label}'s {earlier_v2:.2f}"
     return f"{text}; {earlier}."
 
@@ -289,7 +282,7 @@ def _finding_formula() -> str:
 def _num_images(study: Study) -> int | None:
     for model in study.finished():
         for run in study.runs(model):
-            metrics = read_metrics(run / "metrics.json")
+            metrics = read_metrics(run)
             if metrics and isinstance(metrics.get("num_images"), int):
                 return metrics["num_images"]
     return None
@@ -334,7 +327,7 @@ def _finding_uncertainty(study: Study) -> str:
 
 
 def _finding_chance(study: Study) -> str:
-    matrices = (read_confusion(run / "confusion.npy") for model in study.finished() for run in study.runs(model))
+    matrices = (read_confusion(run) for model in study.finished() for run in study.runs(model))
     matrix = next((m for m in matrices if m is not None), None)
     if matrix is None:
         return "Not available: no run folder holds a confusion.npy (written by 'segmodels evaluate')."
@@ -377,13 +370,13 @@ def _finding_cost(study: Study) -> str:
 
 def findings(study: Study) -> list[dict[str, str]]:
     """The findings, each a title and one sentence or two computed from the numbers."""
-    b = BACKBONE_LABELS
+    mobile, reference = _label(design.MOBILE[1]), _label(design.MOBILE[0])
     return [
         {"title": "Chance level", "text": _finding_chance(study)},
-        {"title": f"{b['mobilenetv2']} against {b['resnet50']}", "text": _finding_mobilenet(study)},
-        {"title": f"Depth ({HEAD_LABELS['ppm']} head)", "text": _finding_depth(study)},
+        {"title": f"{mobile} against {reference}", "text": _finding_mobilenet(study)},
+        {"title": f"Depth ({catalog.head(design.BACKBONE_HEAD).label} head)", "text": _finding_depth(study)},
         {"title": "Context modules", "text": _finding_context(study)},
-        {"title": b["mobilenetv3"], "text": _finding_mobilenetv3(study)},
+        {"title": _label(design.NEWER_MOBILE[0]), "text": _finding_mobilenetv3(study)},
         {"title": "How sure", "text": _finding_uncertainty(study)},
         {"title": "Training cost", "text": _finding_cost(study)},
         {"title": "The earlier study", "text": _finding_earlier(study)},

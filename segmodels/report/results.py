@@ -11,11 +11,9 @@ one ``read_*`` function. A missing file reads as None, never as an error: a part
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +21,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmodels.models.catalog import (  # noqa: F401  (display_name, head_label: importable from here too)
+    arch_of,
+    display_name,
+    head_label,
+    reference_variant,
+    variant_of,
+    with_variant,
+)
+from segmodels.study import runs
 from segmodels.study.config import StudyConfig
-from segmodels.study.matrix import arch_of, pair_of, reference_variant, run_names, variant_of, with_variant
+from segmodels.study.matrix import run_names
+from segmodels.study.runs import read_json
 from segmodels.study.stats import COMPARISON_COLUMNS, Comparison, comparisons_from_table
-from segmodels.study.summary import read_json, summarize
+from segmodels.study.summary import summarize
 
 __all__ = [
-    "BACKBONE_LABELS",
-    "HEAD_LABELS",
     "Study",
     "class_iou",
-    "display_name",
-    "head_label",
     "load_study",
     "pareto_front",
     "read_comparisons",
@@ -46,50 +50,7 @@ __all__ = [
     "read_train_log",
 ]
 
-BACKBONE_LABELS = {
-    "resnet18": "ResNet18",
-    "resnet50": "ResNet50",
-    "resnet101": "ResNet101",
-    "mobilenetv2": "MobileNetV2",
-    "mobilenetv3": "MobileNetV3",
-}
-# The default heads: ASPP is the earlier study's variant (rates 1, 2, 3, 6, no image pooling), not DeepLabV3's.
-HEAD_LABELS = {"ppm": "PPM", "aspp": "ASPP (1,2,3,6)", "ocr": "OCR", "fcn": "FCN"}
 SUMMARY_COLUMNS = ("model", "status", "miou", "latency_ms")  # the least a summary.csv must hold
-_SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")  # samples/{index:04d}_{image_id}[_input|_gt].png
-
-
-def display_name(model: str) -> str:
-    """``resnet50-ppm`` → ``ResNet50-PPM``; a variant keeps its tags, ``resnet18-ppm_os16`` → ``ResNet18-PPM os16``."""
-    backbone, _, head = pair_of(model).partition("-")
-    variant = variant_of(model)
-    name = f"{BACKBONE_LABELS.get(backbone, backbone)}-{HEAD_LABELS.get(head, head.upper())}"
-    return f"{name} {variant.replace('_', ' ')}" if variant else name
-
-
-def head_label(head: str, head_options: Mapping[str, Any] | None = None) -> str:
-    """The head's label with its ``model.head_options``: ``HEAD_LABELS[head]`` for the defaults, else the
-    structure in the ASPP/PPM short form (``"ASPP (1,12,24,36)+pool"``, ``"PPM (1,2,4)"``) and any other changed
-    width as ``name=value``. Dropout rates change no layer and are left out."""
-    from segmodels.models import HEAD_OPTIONS  # light: no torch
-
-    defaults = {name: default for name, (_, default) in HEAD_OPTIONS.get(head, {}).items()}
-    changed = {}
-    for name, value in (head_options or {}).items():
-        value = list(value) if isinstance(value, (list, tuple)) else value
-        default = defaults.get(name)
-        if "dropout" not in name and value != (list(default) if isinstance(default, tuple) else default):
-            changed[name] = value
-    if not changed:
-        return HEAD_LABELS.get(head, head.upper())
-    if head == "aspp":
-        rates = changed.pop("rates", defaults["rates"])
-        label = f"ASPP ({','.join(map(str, rates))})" + ("+pool" if changed.pop("image_pool", False) else "")
-    elif head == "ppm":
-        label = f"PPM ({','.join(map(str, changed.pop('bins', defaults['bins'])))})"
-    else:
-        label = HEAD_LABELS.get(head, head.upper())
-    return " ".join([label, *(f"{name}={value}" for name, value in changed.items())])
 
 
 # --- readers: one per file type -------------------------------------------------------------------------------
@@ -111,11 +72,17 @@ def read_summary(path: Path) -> pd.DataFrame | None:
     return _read_csv(path, SUMMARY_COLUMNS, dtype={"mlflow_run_ids": str, "device": str})
 
 
-def read_metrics(path: Path) -> dict[str, Any] | None:
-    """metrics.json with ``iou``/``acc`` as per-class lists (NaN where undefined), or None when absent."""
-    if not path.is_file():
+def _run_file(path: Path, name: str) -> Path:
+    """The file ``name`` of the run folder ``path``; a path to the file itself passes unchanged."""
+    path = Path(path)
+    return path / name if path.is_dir() else path
+
+
+def read_metrics(run: Path) -> dict[str, Any] | None:
+    """A run's metrics.json with ``iou``/``acc`` as per-class lists (NaN where undefined), or None when absent."""
+    data = read_json(_run_file(run, runs.METRICS))
+    if data is None:
         return None
-    data = json.loads(path.read_text())
     if "per_class" in data and "iou" not in data:  # evaluate.py writes {class: {"iou", "acc"}}, null for NaN
         per_class = data["per_class"]
         data["iou"] = [_nan(v.get("iou")) for v in per_class.values()]
@@ -127,11 +94,12 @@ def read_metrics(path: Path) -> dict[str, Any] | None:
     return data
 
 
-def read_confusion(path: Path) -> np.ndarray | None:
-    """confusion.npy (C×C int64, rows ground truth), or None when absent."""
-    if not path.is_file():
+def read_confusion(run: Path) -> np.ndarray | None:
+    """A run's confusion.npy (C×C int64, rows ground truth), or None when absent."""
+    path = _run_file(run, runs.CONFUSION)
+    matrix = runs.read_npy(path)
+    if matrix is None:
         return None
-    matrix = np.load(path, allow_pickle=False)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"{path}: a confusion matrix must be square, got shape {matrix.shape}")
     return matrix
@@ -143,15 +111,15 @@ def read_comparisons(path: Path) -> list[Comparison] | None:
     return None if table is None else comparisons_from_table(table)
 
 
-def read_latency(path: Path) -> dict[str, Any] | None:
-    """latency.json (``segmodels benchmark``), or None when absent."""
-    return read_json(path)
+def read_latency(run: Path) -> dict[str, Any] | None:
+    """A run's latency.json (``segmodels benchmark``), or None when absent."""
+    return read_json(_run_file(run, runs.LATENCY))
 
 
 def read_train_log(run: Path) -> pd.DataFrame | None:
     """A run's training log (train_log.csv, else the still-growing train_log.partial.csv) as columns
     ``iteration``, ``loss`` and, when validation ran, ``val_miou`` in percent; None when there is none."""
-    path = next((p for p in (run / "train_log.csv", run / "train_log.partial.csv") if p.is_file()), None)
+    path = runs.RunFolder(run).training_log()
     if path is None:
         return None
     log = pd.read_csv(path)
@@ -166,14 +134,7 @@ def read_train_log(run: Path) -> pd.DataFrame | None:
 
 def read_samples(run: Path) -> dict[int, dict[str, Path]]:
     """``{image index: {"input"|"gt"|"pred": path}}`` from a run's ``samples/`` folder."""
-    found: dict[int, dict[str, Path]] = {}
-    folder = run / "samples"
-    for path in sorted(folder.glob("*.png")) if folder.is_dir() else []:
-        match = _SAMPLE.match(path.name)
-        if match:
-            kind = {"_input": "input", "_gt": "gt", None: "pred"}[match.group(3)]
-            found.setdefault(int(match.group(1)), {})[kind] = path
-    return found
+    return runs.RunFolder(run).read_samples()
 
 
 def _nan(value: Any) -> float:
@@ -209,8 +170,8 @@ class Study:
 
     def runs(self, model: str) -> list[Path]:
         """The model's evaluated run folders (metrics.json present), in the config's seed order."""
-        folders = [self.root / model / f"seed{seed}" for seed in self.cfg.seeds]
-        return [f for f in folders if (f / "metrics.json").is_file()]
+        folders = [runs.run_dir(self.root.parent, self.root.name, model, seed) for seed in self.cfg.seeds]
+        return [f for f in folders if runs.RunFolder(f).metrics.is_file()]
 
     def finished(self) -> list[str]:
         return [m for m in self.summary.index if self.summary.at[m, "status"] != "missing"]
@@ -261,10 +222,11 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     if comparisons is not None:  # a file of a larger study: only the pairs of this config's runs
         comparisons = [c for c in comparisons if c.a in names and c.b in names]
     else:
+        from segmodels.report.design import fixed_pairs
         from segmodels.study.stats import bootstrap_study, study_comparisons
 
         boots, _ = bootstrap_study(cfg, Path(results))
-        comparisons = study_comparisons(boots, cfg.stats)
+        comparisons = study_comparisons(boots, cfg.stats, design=fixed_pairs())
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
     return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)
@@ -274,7 +236,7 @@ def class_iou(study: Study, model: str) -> np.ndarray | None:
     """Per-class IoU in percent, averaged over the model's seeds (NaN where no seed defines it)."""
     rows = []
     for run in study.runs(model):
-        metrics = read_metrics(run / "metrics.json")
+        metrics = read_metrics(run)
         if metrics and "iou" in metrics:
             rows.append(np.asarray(metrics["iou"], dtype=float) * 100)
     if not rows:

@@ -13,15 +13,17 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from segmodels.report.findings import EARLIER_DEVICE, EARLIER_STUDY, interval_coverage, verdict_rule
-from segmodels.study.matrix import arch_of, variant_of
-from segmodels.report.results import BACKBONE_LABELS, HEAD_LABELS, Study, class_iou, display_name
+from segmodels.metrics import METRICS, Metric
+from segmodels.models import catalog
+from segmodels.models.catalog import display_name, short_name, variant_of
+from segmodels.report import design
+from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY
+from segmodels.report.findings import interval_coverage, verdict_rule
+from segmodels.report.results import Study, class_iou
 
 __all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
 
-_SHORT = {"resnet18": "R18", "resnet50": "R50", "resnet101": "R101", "mobilenetv2": "MNv2", "mobilenetv3": "MNv3"}
-_METRIC_HEADER = ("mIoU", "CI", "mAcc", "allAcc", "Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Train cost",
-                  "Status")  # fmt: skip
+_METRIC_HEADER = ("Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Train cost", "Status")  # after the scores
 
 
 def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -54,12 +56,13 @@ def _table(title: str, header: list[str], columns: list[list[dict]], align: str,
     }
 
 
-def _miou_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
-    """mIoU-like column: mean, ± std when more than one seed (one has no spread), bold at the best mean."""
-    cells = _column([study.value(m, key) for m in models])
+def _score_cells(study: Study, models: list[str], metric: Metric) -> list[dict[str, Any]]:
+    """A metric's column: mean, ± std when more than one seed (one has no spread), bold at the best mean."""
+    key, digits = metric.key, metric.digits
+    cells = _column([study.value(m, key) for m in models], digits, "max" if metric.higher_is_better else "min")
     for cell, m in zip(cells, models, strict=True):
         if (study.value(m, "seeds") or 0) > 1 and study.value(m, f"{key}_std") is not None:
-            cell["t"] += f" ± {study.value(m, f'{key}_std'):.2f}"
+            cell["t"] += f" ± {study.value(m, f'{key}_std'):.{digits}f}"
     return cells
 
 
@@ -67,13 +70,24 @@ def _level(study: Study) -> str:
     return f"{study.cfg.stats.confidence * 100:g}%"
 
 
-def _ci_cells(study: Study, models: list[str], key: str) -> list[dict[str, Any]]:
-    """``lo–hi`` of a score's bootstrap interval, – where none was computed."""
+def _ci_cells(study: Study, models: list[str], metric: Metric) -> list[dict[str, Any]]:
+    """``lo–hi`` of a metric's bootstrap interval, – where none was computed."""
     cells = []
     for m in models:
-        lo, hi = study.value(m, f"{key}_lo"), study.value(m, f"{key}_hi")
-        cells.append({"t": "–" if lo is None or hi is None else f"{lo:.2f}–{hi:.2f}", "b": False})
+        lo, hi = study.value(m, f"{metric.key}_lo"), study.value(m, f"{metric.key}_hi")
+        text = "–" if lo is None or hi is None else f"{lo:.{metric.digits}f}–{hi:.{metric.digits}f}"
+        cells.append({"t": text, "b": False})
     return cells
+
+
+def _score_columns(study: Study, models: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Header and cells of every metric in order, the mIoU followed by its interval."""
+    columns = []
+    for metric in METRICS:
+        columns.append((metric.label, _score_cells(study, models, metric)))
+        if metric.key == "miou":
+            columns.append((f"{_level(study)} CI", _ci_cells(study, models, metric)))
+    return columns
 
 
 def _hours(value: float | None, unit: str = "") -> str:
@@ -92,11 +106,8 @@ def _cost_column(study: Study, models: list[str]) -> tuple[str, list[dict[str, A
 def _metric_table(study: Study, models: list[str], title: str, first: list[tuple[str, list[str]]], note: str) -> dict:
     v = study.value
     cost = _cost_column(study, models)
-    columns = [_text(values) for _, values in first] + [
-        _miou_cells(study, models, "miou"),
-        _ci_cells(study, models, "miou"),
-        _miou_cells(study, models, "macc"),
-        _miou_cells(study, models, "allacc"),
+    scores = _score_columns(study, models)
+    columns = [_text(values) for _, values in first] + [cells for _, cells in scores] + [
         _column([v(m, "latency_ms") for m in models], 1, "min"),
         _column([v(m, "miou_per_speed") for m in models], 2, "max"),
         _column([v(m, "params_m") for m in models], 1, "min"),
@@ -104,8 +115,8 @@ def _metric_table(study: Study, models: list[str], title: str, first: list[tuple
         cost[1],
         _text([str(study.summary.at[m, "status"]) for m in models]),
     ]
-    names = {"CI": f"{_level(study)} CI", "Train cost": cost[0]}
-    header = [h for h, _ in first] + [names.get(h, h) for h in _METRIC_HEADER]
+    rest = [cost[0] if h == "Train cost" else h for h in _METRIC_HEADER]
+    header = [h for h, _ in first] + [h for h, _ in scores] + rest
     if any(study.value(m, "miou_packed") is not None for m in models):  # full-resolution scoring: both numbers
         at = len(first) + 2
         columns.insert(at, _column([study.value(m, "miou_packed") for m in models]))
@@ -132,14 +143,14 @@ def protocol_note(study: Study) -> str:
 def result_tables(study: Study) -> list[dict[str, Any]]:
     """Performance summary, context modules and backbone efficiency where their runs exist, per-class IoU."""
     models = list(study.summary.index)
-    names = [(BACKBONE_LABELS.get(b, b), HEAD_LABELS.get(h, h)) for b, h in (arch_of(m) for m in models)]
+    names = [(catalog.backbone(b).label, catalog.head(h).label) for b, h in map(catalog.arch_of, models)]
     first = [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])]
     if any(variant_of(m) for m in models):
         first.append(("Variant", [variant_of(m).replace("_", " ") for m in models]))
     speed_note = (
-        "mIoU, mAcc, allAcc in %, mean over seeds, ± std where there are several; CI: bootstrap interval of the "
-        "mIoU over training seeds and validation images (images only for one seed); latency: median, batch 1; "
-        "mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
+        f"{', '.join(m.label for m in METRICS)} in %, mean over seeds, ± std where there are several; "
+        "CI: bootstrap interval of the mIoU over training seeds and validation images (images only for one seed); "
+        "latency: median, batch 1; mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
         f"{protocol_note(study)}."
     )
     tables = [
@@ -151,17 +162,19 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
             speed_note,
         )
     ]
-    context = [m for m in (study.reference_run(f"resnet18-{h}") for h in HEAD_LABELS) if m in models]
+    context = [m for m in map(study.reference_run, design.context_models()) if m in models]
     if context:
-        heads = [HEAD_LABELS[arch_of(m)[1]] for m in context]
-        title = f"Context modules on {BACKBONE_LABELS['resnet18']}"
+        heads = [catalog.head(catalog.arch_of(m)[1]).label for m in context]
+        title = f"Context modules on {catalog.backbone(design.CONTEXT_BACKBONE).label}"
         tables.append(_metric_table(study, context, title, [("Module", heads)], speed_note))
-    backbones = [m for m in (study.reference_run(f"{b}-ppm") for b in BACKBONE_LABELS) if m in models]
+    backbones = [m for m in map(study.reference_run, design.backbone_models()) if m in models]
     if backbones:
-        ref = study.value(study.reference_run("resnet50-ppm"), "latency_ms")
+        speed_ref = design.under_backbone_head(design.SPEED_REFERENCE)
+        speed_vs = f"Speed vs {catalog.backbone(design.SPEED_REFERENCE).short}"
+        ref = study.value(study.reference_run(speed_ref), "latency_ms")
         v = study.value
         columns = [
-            _text([BACKBONE_LABELS[arch_of(m)[0]] for m in backbones]),
+            _text([catalog.backbone(catalog.arch_of(m)[0]).label for m in backbones]),
             _column([v(m, "latency_ms") for m in backbones], 1, "min"),
             _column([v(m, "latency_p90_ms") for m in backbones], 1, "min"),
             _column([v(m, "fps") for m in backbones], 1, "max"),
@@ -176,7 +189,7 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
             "Median (ms)",
             "p90 (ms)",
             "FPS",
-            f"Speed vs {_SHORT['resnet50']}",
+            speed_vs,
             "Params (M)",
             "GFLOPs",
             "mIoU",
@@ -184,21 +197,15 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
         ]
         tables.append(
             _table(
-                f"Efficiency of the backbones ({HEAD_LABELS['ppm']} head)",
+                f"Efficiency of the backbones ({catalog.head(design.BACKBONE_HEAD).label} head)",
                 header,
                 columns,
                 "l" + "r" * 8,
-                f"Speed vs {_SHORT['resnet50']}: {display_name('resnet50-ppm')}'s latency divided by the row's.",
+                f"{speed_vs}: {display_name(speed_ref)}'s latency divided by the row's.",
             )
         )
     tables.append(_per_class_table(study))
     return tables
-
-
-def _short(model: str) -> str:
-    pair, _, variant = model.partition("_")
-    backbone, _, head = pair.partition("-")
-    return " ".join([_SHORT.get(backbone, backbone), HEAD_LABELS.get(head, head), *variant.split("_")]).strip()
 
 
 def _per_class_table(study: Study) -> dict[str, Any]:
@@ -213,9 +220,9 @@ def _per_class_table(study: Study) -> dict[str, Any]:
         rows.append(_text([name]) + _column(values, 1))
     means = [study.value(m, "miou") for m in ious]
     rows.append(_text(["mean (mIoU)"]) + _column(means, 1))
-    header = ["Class"] + [_short(m) for m in ious]
+    header = ["Class"] + [short_name(m) for m in ious]
     note = "IoU in %, mean over seeds; – : class absent from both truth and prediction. " + "; ".join(
-        f"{_short(m)} = {display_name(m)}" for m in ious
+        f"{short_name(m)} = {display_name(m)}" for m in ious
     )
     return {"title": "Per-class IoU", "header": header, "rows": rows, "align": "l" + "r" * len(ious), "note": note}
 
@@ -279,15 +286,13 @@ def _interval_table(study: Study) -> dict[str, Any]:
         _text([display_name(m) for m in models]),
         _text([str(int(v(m, "seeds") or 0)) for m in models]),
         _column([v(m, "miou") for m in models], 2, None),
-        _ci_cells(study, models, "miou"),
-        _ci_cells(study, models, "macc"),
-        _ci_cells(study, models, "allacc"),
+        *(_ci_cells(study, models, metric) for metric in METRICS),
         _column([v(m, "miou_std") if (v(m, "seeds") or 0) > 1 else None for m in models], 2, None),
         _column([v(m, "miou_boot_std") for m in models], 2, None),
         _text([dominant(m) for m in models]),
     ]
-    header = ["Model", "Seeds", "mIoU", f"mIoU {level} CI", f"mAcc {level} CI", f"allAcc {level} CI", "Seed std",
-              "Image std", "Dominant"]  # fmt: skip
+    header = ["Model", "Seeds", "mIoU", *(f"{m.label} {level} CI" for m in METRICS), "Seed std", "Image std",
+              "Dominant"]  # fmt: skip
     st = study.cfg.stats
     note = (
         f"Percentile bootstrap of the seed mean, {st.resamples} resamples (seed {st.seed}), the same image sets for "
@@ -295,7 +300,7 @@ def _interval_table(study: Study) -> dict[str, Any]:
         "seeds (– for one seed); image std: standard deviation of the mIoU over resampled images alone; dominant: "
         "the larger."
     )
-    return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * 6 + "l", note)
+    return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * (len(header) - 3) + "l", note)
 
 
 def _differences_table(study: Study) -> dict[str, Any]:

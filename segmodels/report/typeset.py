@@ -20,11 +20,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from segmodels.models.catalog import display_name
 from segmodels.report import TEMPLATE
-from segmodels.study.config import StudyConfig
 from segmodels.report.findings import findings
+from segmodels.report.results import Study, load_study
 from segmodels.report.tables import earlier_table, result_tables, uncertainty_section
-from segmodels.report.results import Study, display_name, load_study
+from segmodels.study.config import StudyConfig
 
 __all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]
 
@@ -55,9 +56,7 @@ def _environment(study: Study) -> list[list[str]]:
 
     rows = []
     for model in study.finished():
-        latency = next(
-            (read_latency(r / "latency.json") for r in study.runs(model) if (r / "latency.json").is_file()), None
-        )
+        latency = next((found for r in study.runs(model) if (found := read_latency(r)) is not None), None)
         if latency and isinstance(latency.get("device"), dict):
             dev = latency["device"]
             keys = ("cuda", "driver", "torch", "torchvision", "python", "threads")

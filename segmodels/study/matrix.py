@@ -14,8 +14,8 @@ names the runs ``{entry}_{tag}``, one tag per axis in the order given (``resnet1
 Precedence: the study's sections, then the axis values, then the entry's own overrides. An entry may not
 set a key that an axis sets (a ConfigError at load naming the file, the entry and the key), so a run's tags
 always name the values it runs with: ``resnet18-ppm_os8`` never runs at output stride 16. Every run's
-effective config is built through :func:`segmodels.study.config.from_dict`, so overrides are type-checked like
-the file itself.
+effective config is built through :func:`segmodels.study.schema.from_dict`, so overrides are type-checked like
+the file itself. The grammar of run names is the catalog's (:mod:`segmodels.models.catalog`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from segmodels.study.config import (
+from segmodels.models import catalog
+from segmodels.models.catalog import (  # noqa: F401  (the run-name grammar, importable from here too)
+    TAG,
+    arch_of,
+    name_pattern,
+    pair_of,
+    reference_variant,
+    variant_of,
+    with_variant,
+)
+from segmodels.study.schema import (
+    RUN_SECTIONS,
     ConfigError,
     StudyConfig,
     config_to_dict,
@@ -40,22 +51,14 @@ from segmodels.study.config import (
 __all__ = [
     "RUN_SECTIONS",
     "RunSpec",
-    "arch_of",
     "axis_tag",
     "expand_runs",
-    "name_pattern",
-    "pair_of",
-    "reference_variant",
     "run_config",
     "run_names",
     "run_sections",
-    "variant_of",
     "with_overrides",
-    "with_variant",
 ]
 
-RUN_SECTIONS = ("model", "train", "evaluate", "benchmark")  # what a model entry or an axis may set
-_TAG = r"[A-Za-z0-9.]+"
 _SHORT_KEYS = {"output_stride": "os", "crop_size": "crop", "iterations": "it", "batch_size": "bs", "lr": "lr",
                "scale_range": "scale"}  # fmt: skip
 
@@ -71,50 +74,6 @@ class RunSpec:
     @property
     def variant(self) -> str:
         return variant_of(self.name)
-
-
-def name_pattern() -> str:
-    """The regular expression of a run name: ``^({backbones})-({heads})(_tag)*$``."""
-    from segmodels.models import BACKBONES, HEADS  # light: the registry only
-
-    return f"^({'|'.join(BACKBONES)})-({'|'.join(HEADS)})(_{_TAG})*$"
-
-
-def arch_of(name: str) -> tuple[str, str]:
-    """``"resnet18-ppm_os16"`` → ``("resnet18", "ppm")``; anything else raises ValueError listing the parts."""
-    from segmodels.models import BACKBONES, HEADS
-
-    match = re.fullmatch(name_pattern(), str(name))
-    if match is None:
-        raise ValueError(
-            f"unknown model '{name}': expected {{backbone}}-{{head}}[_tag...] with backbone one of "
-            f"{', '.join(BACKBONES)}, head one of {', '.join(HEADS)}, tags of letters, digits and dots"
-        )
-    return match.group(1), match.group(2)
-
-
-def pair_of(name: str) -> str:
-    """``"resnet18-ppm_os16"`` → ``"resnet18-ppm"``."""
-    return str(name).partition("_")[0]
-
-
-def variant_of(name: str) -> str:
-    """``"resnet18-ppm_os16_crop256x512"`` → ``"os16_crop256x512"``; ``""`` for a plain pair."""
-    return str(name).partition("_")[2]
-
-
-def with_variant(pair: str, variant: str) -> str:
-    """``("resnet18-ppm", "os16")`` → ``"resnet18-ppm_os16"``; an empty variant gives the pair."""
-    return f"{pair}_{variant}" if variant else pair
-
-
-def reference_variant(names: Sequence[str]) -> str:
-    """The variant the fixed comparisons (backbones under PPM, context modules on ResNet18) are drawn from:
-    the plain runs when there are any, else the variant of the first run."""
-    names = list(names)
-    if not names or any(not variant_of(n) for n in names):
-        return ""
-    return variant_of(names[0])
 
 
 def _value_text(value: Any) -> str:
@@ -166,10 +125,8 @@ def with_overrides(cfg: StudyConfig, overrides: Mapping[str, Any], *, where: str
 
 def _effective(cfg: StudyConfig, spec: RunSpec, where: str) -> StudyConfig:
     """The config of one run: a study of that run alone (``models: [name]``, no axes)."""
-    from segmodels.models import CASCADE_HEADS
-
     out = with_overrides(cfg, {"models": [spec.name], "axes": {}, **spec.overrides}, where=where)
-    if spec.arch[1] in CASCADE_HEADS and not out.model.aux:
+    if catalog.head(spec.arch[1]).cascade and not out.model.aux:
         raise ConfigError(f"{where}: 'model.aux' must be true for head '{spec.arch[1]}': its soft object regions "
                           "are the auxiliary FCN head's logits (OCR's ResNet cascade)")  # fmt: skip
     return out
@@ -182,8 +139,6 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
     sections, an unknown key, a value of the wrong type, a key set by both the entry and an axis, or two runs
     of the same name.
     """
-    from segmodels.models import BACKBONES, HEADS
-
     if not cfg.models:
         raise ConfigError(f"{where}: 'models' is empty; list at least one {{backbone}}-{{head}}")
     axes = dict(cfg.axes or {})
@@ -192,7 +147,7 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
         if not values:
             raise ConfigError(f"{where}: axis '{key}' lists no values")
         for value in values:
-            if not re.fullmatch(_TAG, tag := axis_tag(key, value)):
+            if not re.fullmatch(TAG, tag := axis_tag(key, value)):
                 raise ConfigError(f"{where}: axis '{key}': value {value!r} gives the name tag '{tag}'; "
                                   "tags may hold letters, digits and dots only")  # fmt: skip
     combos = list(itertools.product(*[[(key, v) for v in values] for key, values in axes.items()]))
@@ -204,8 +159,8 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
             arch = arch_of(entry)
         except ValueError:
             raise ConfigError(
-                f"{where}: model '{entry}' is not {{backbone}}-{{head}}[_tag...]; backbones: {', '.join(BACKBONES)}; "
-                f"heads: {', '.join(HEADS)}; tags: letters, digits and dots"
+                f"{where}: model '{entry}' is not {{backbone}}-{{head}}[_tag...]; backbones: "
+                f"{', '.join(catalog.backbones())}; heads: {', '.join(catalog.heads())}; tags: letters, digits and dots"
             ) from None
         _run_level(list(own), f"{where}: model entry '{entry}'")
         for key in own:

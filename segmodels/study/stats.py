@@ -38,9 +38,7 @@ all R resampled matrices; 1,000 resamples of 500 images × 19 classes take well 
 
 from __future__ import annotations
 
-import itertools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,15 +46,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segmodels.metrics import metric_keys, metrics_of_matrices
+from segmodels.models.catalog import pair_of, reference_variant, variant_of, with_variant
 from segmodels.study.config import StatsConfig, StudyConfig
-from segmodels.study.matrix import pair_of, reference_variant, run_names, variant_of, with_variant
+from segmodels.study.matrix import run_names
+from segmodels.study.runs import RunFolder, run_dir
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "COMPARISON_COLUMNS",
-    "METRICS",
     "Comparison",
     "Interval",
     "ModelBootstrap",
@@ -68,7 +68,6 @@ __all__ = [
     "comparisons_table",
     "holm",
     "load_per_image",
-    "metrics_of_matrices",
     "resample_counts",
     "resample_seeds",
     "resampled_matrices",
@@ -77,68 +76,28 @@ __all__ = [
     "with_holm",
 ]
 
-METRICS = ("miou", "macc", "allacc")
 # significant: Holm-adjusted p (p_holm) ≤ 1 − confidence within the family of the file's `family` comparisons
 COMPARISON_COLUMNS = (
     "pair", "group", "a", "b", "diff", "lo", "hi", "significant", "seeds_a", "seeds_b", "resamples", "confidence",
     "p_value", "p_holm", "family",
 )  # fmt: skip
 
-# The pairs the report discusses, as (group, a, b): the difference is a − b in mIoU points.
-_BACKBONE_PAIRS = (
-    ("resnet50-ppm", "resnet18-ppm"),
-    ("resnet101-ppm", "resnet50-ppm"),
-    ("resnet101-ppm", "resnet18-ppm"),
-    ("resnet50-ppm", "mobilenetv2-ppm"),
-    ("resnet18-ppm", "mobilenetv2-ppm"),
-)
-_HEADS = ("ppm", "aspp", "ocr", "fcn")
+Pairs = Sequence[tuple[str, str, str]]  # (group, a, b): the difference is a − b in mIoU points
 
 
-def study_pairs(models: Sequence[str]) -> list[tuple[str, str, str]]:
-    """The discussed pairs among the runs ``models``: backbones under PPM, context modules on ResNet18,
-    MobileNetV3 against MobileNetV2, all among the plain runs (else among the runs of the first run's variant,
-    :func:`segmodels.study.matrix.reference_variant`); then each other variant against its architecture there.
-    Each as (group, a, b)."""
+def study_pairs(models: Sequence[str], design: Pairs) -> list[tuple[str, str, str]]:
+    """The discussed pairs among the runs ``models``: the ``design``'s fixed comparisons of {backbone}-{head}
+    pairs (the report's: :func:`segmodels.report.design.fixed_pairs`), all among the plain runs (else among the
+    runs of the first run's variant, :func:`segmodels.models.catalog.reference_variant`); then each other variant
+    against its architecture there. Each as (group, a, b)."""
     present = set(models)
     ref = reference_variant(models)
-    pairs = [("backbones (PPM)", a, b) for a, b in _BACKBONE_PAIRS]
-    heads = [f"resnet18-{h}" for h in _HEADS]
-    pairs += [("context modules (ResNet18)", a, b) for a, b in itertools.combinations(heads, 2)]
-    pairs.append(("MobileNetV3", "mobilenetv3-ppm", "mobilenetv2-ppm"))
-    pairs = [(g, with_variant(a, ref), with_variant(b, ref)) for g, a, b in pairs]
+    pairs = [(g, with_variant(a, ref), with_variant(b, ref)) for g, a, b in design]
     pairs += [("variants", m, with_variant(pair_of(m), ref)) for m in models if variant_of(m) != ref]
     return [(g, a, b) for g, a, b in pairs if a in present and b in present]
 
 
-# --- scores of many matrices at once -----------------------------------------------------------------------
-
-
-def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: nothing defined, the mean is NaN
-        return np.nanmean(values, axis=axis)
-
-
-def metrics_of_matrices(matrices: np.ndarray) -> dict[str, np.ndarray]:
-    """mIoU, mAcc and allAcc (fractions) of a stack of (..., C, C) confusion matrices, rows ground truth.
-
-    The definitions of :func:`segmodels.metrics.compute_metrics`, applied along the leading axes: per-class
-    IoU TP / (TP + FP + FN) and accuracy TP / (TP + FN), NaN where the denominator is 0 and left out of the
-    means; allAcc ΣTP / Σ labelled, NaN when nothing is labelled.
-    """
-    m = np.asarray(matrices, dtype=np.float64)
-    if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
-        raise ValueError(f"confusion matrices must be (..., C, C), got shape {m.shape}")
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    truth = m.sum(axis=-1)
-    union = truth + m.sum(axis=-2) - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, tp / union, np.nan)
-        acc = np.where(truth > 0, tp / truth, np.nan)
-        labelled = truth.sum(axis=-1)
-        allacc = np.where(labelled > 0, tp.sum(axis=-1) / labelled, np.nan)
-    return {"miou": _nanmean(iou, -1), "macc": _nanmean(acc, -1), "allacc": allacc}
+# --- resampled matrices (scored by segmodels.metrics.metrics_of_matrices, every metric at once) --------------
 
 
 def resample_counts(n_images: int, resamples: int, seed: int) -> np.ndarray:
@@ -233,7 +192,8 @@ def bootstrap_models(
     """Paired two-level bootstrap of every model: ``per_image`` maps a model to one (N, C, C) array per seed.
 
     Every array must describe the same N images (the same validation split in the same order); that is
-    what makes the draws shared and the differences paired. Scores are returned in percent.
+    what makes the draws shared and the differences paired. Scores, one per metric of
+    :data:`segmodels.metrics.METRICS`, are returned in percent.
     """
     cfg = cfg or StatsConfig()
     if cfg.resamples < 1 or not 0 < cfg.confidence < 1:
@@ -257,7 +217,7 @@ def bootstrap_models(
         boot = [metrics_of_matrices(resampled_matrices(a, counts)) for a in arrays]
         drawn = resample_seeds(len(arrays), cfg.resamples, cfg.seed)
         interval, seed_std, boot_std, samples = {}, {}, {}, {}
-        for key in METRICS:
+        for key in metric_keys():
             values = np.array([float(f[key]) for f in full]) * 100
             per_seed = np.stack([b[key] for b in boot], axis=1) * 100  # (R, S)
             two_level = np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)
@@ -358,14 +318,19 @@ def compare(
                       confidence=confidence)  # fmt: skip
 
 
-def study_comparisons(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None) -> list[Comparison]:
-    """The discussed pairs (:func:`study_pairs`) among ``boots``, compared and Holm-adjusted as one family."""
+def study_comparisons(
+    boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None, *, design: Pairs
+) -> list[Comparison]:
+    """The discussed pairs (:func:`study_pairs` of ``design``) among ``boots``, compared and Holm-adjusted as one
+    family."""
     cfg = cfg or StatsConfig()
-    pairs = study_pairs(list(boots))
+    pairs = study_pairs(list(boots), design)
     return with_holm([compare(boots, a, b, confidence=cfg.confidence, group=g) for g, a, b in pairs])
 
 
-def comparisons_table(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None) -> pd.DataFrame:
+def comparisons_table(
+    boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | None = None, *, design: Pairs
+) -> pd.DataFrame:
     """:func:`study_comparisons` as a pandas table of :data:`COMPARISON_COLUMNS` (mIoU differences in points)."""
     import pandas as pd
 
@@ -374,7 +339,7 @@ def comparisons_table(boots: Mapping[str, ModelBootstrap], cfg: StatsConfig | No
         {"pair": f"{c.a} vs {c.b}", "group": c.group, "a": c.a, "b": c.b, "diff": c.diff, "lo": c.lo, "hi": c.hi,
          "significant": c.significant, "seeds_a": c.seeds_a, "seeds_b": c.seeds_b, "resamples": cfg.resamples,
          "confidence": c.confidence, "p_value": c.p_value, "p_holm": c.p_holm, "family": c.family}
-        for c in study_comparisons(boots, cfg)
+        for c in study_comparisons(boots, cfg, design=design)
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
@@ -395,15 +360,14 @@ def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, Mo
     ``confusion_per_image.npy``, so the estimate is the same seed mean as the summary's; the others are
     named in the returned notes.
     """
-    root = Path(results) / cfg.experiment
     per_image: dict[str, list[np.ndarray]] = {}
     notes = []
     for model in run_names(cfg):
-        runs = [root / model / f"seed{seed}" for seed in cfg.seeds]
-        evaluated = [r for r in runs if (r / "metrics.json").is_file()]
-        lacking = [r for r in evaluated if not (r / "confusion_per_image.npy").is_file()]
+        folders = [RunFolder(run_dir(results, cfg.experiment, model, seed)) for seed in cfg.seeds]
+        evaluated = [f for f in folders if f.metrics.is_file()]
+        lacking = [f for f in evaluated if not f.confusion_per_image.is_file()]
         if lacking:
-            notes.append(f"{model}: no interval, {lacking[0] / 'confusion_per_image.npy'} not found (re-run evaluate)")
+            notes.append(f"{model}: no interval, {lacking[0].confusion_per_image} not found (re-run evaluate)")
         elif evaluated:
-            per_image[model] = [load_per_image(r / "confusion_per_image.npy") for r in evaluated]
+            per_image[model] = [load_per_image(f.confusion_per_image) for f in evaluated]
     return bootstrap_models(per_image, cfg.stats), notes

@@ -6,9 +6,10 @@ mIoU was scored (resolution, precision, inference, TTA); with full-resolution sc
 predictions scored at the packed size, the earlier study's protocol. The latency is of the mode in the mIoU's
 precision (``latency_mode``), and ``fps`` is images per second (batch size / latency).
 
-Intervals (``miou_lo``/``miou_hi``, ``macc_…``, ``allacc_…``, percent) are the paired percentile bootstrap of
-:mod:`segmodels.study.stats` over the training seeds and validation images (images only for one seed), with the
-config's ``stats`` section, from each run's ``confusion_per_image.npy``; ``miou_boot_std`` is the
+Every metric of :data:`segmodels.metrics.METRICS` (``miou``, ``macc``, ``allacc``, ...) gets ``{key}`` and
+``{key}_std`` (percent) and ``{key}_lo``/``{key}_hi``, in the metrics' order. The intervals are the paired
+percentile bootstrap of :mod:`segmodels.study.stats` over the training seeds and validation images (images only
+for one seed), with the config's ``stats`` section, from each run's ``confusion_per_image.npy``; ``miou_boot_std`` is the
 image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
 ``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
 ``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
@@ -24,19 +25,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from segmodels.metrics import metric_keys
+from segmodels.study import runs
 from segmodels.study.config import StudyConfig
 from segmodels.study.matrix import expand_runs, run_names
+from segmodels.study.runs import read_json
 
-__all__ = ["COLUMNS", "collect_run", "publish", "read_json", "run_dir", "summarize"]
+__all__ = ["collect_run", "publish", "read_json", "run_dir", "summarize", "summary_columns"]
 
-COLUMNS = [
-    "model", "backbone", "head", "variant", "seeds", "status",
-    "miou", "miou_std", "macc", "macc_std", "allacc", "allacc_std", "miou_protocol", "miou_packed",
-    "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
-    "params_m", "gflops", "device", "mlflow_run_ids",
-    "miou_lo", "miou_hi", "macc_lo", "macc_hi", "allacc_lo", "allacc_hi", "miou_boot_std",
-    "train_hours", "train_gpu_hours", "train_cpu_hours", "train_device", "train_images", "energy_wh", "eval_hours",
-]  # fmt: skip
+# summary.csv's columns around the metrics' ({key}, {key}_std after _FIRST; {key}_lo, {key}_hi after _MIDDLE)
+_FIRST = ("model", "backbone", "head", "variant", "seeds", "status")
+_MIDDLE = ("miou_protocol", "miou_packed", "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
+           "params_m", "gflops", "device", "mlflow_run_ids")  # fmt: skip
+_LAST = ("miou_boot_std", "train_hours", "train_gpu_hours", "train_cpu_hours", "train_device", "train_images",
+         "energy_wh", "eval_hours")  # fmt: skip
 # cost.json / metrics.json "cost" key → summary column (means over seeds)
 _COST_KEYS = {
     "train": {"wall_hours": "train_hours", "gpu_hours": "train_gpu_hours", "cpu_hours": "train_cpu_hours",
@@ -45,35 +47,35 @@ _COST_KEYS = {
 }  # fmt: skip
 
 
+def summary_columns() -> list[str]:
+    """summary.csv's columns, in order, for the metrics registered now."""
+    keys = metric_keys()
+    means = [f"{k}{end}" for k in keys for end in ("", "_std")]
+    return [*_FIRST, *means, *_MIDDLE, *(f"{k}_{end}" for k in keys for end in ("lo", "hi")), *_LAST]
+
+
 def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
-    return Path(results) / cfg.experiment / model / f"seed{seed}"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    with path.open() as fh:
-        return json.load(fh)
+    """The run folder of ``model`` and ``seed`` of the study ``cfg`` (:func:`segmodels.study.runs.run_dir`)."""
+    return runs.run_dir(results, cfg.experiment, model, seed)
 
 
 def _primary_latency(latency: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The study's latency column: the mode the benchmark chose to match the mIoU's precision (``primary_mode``)."""
-    from segmodels.engine.benchmark import primary_mode
-
-    name = latency.get("primary_mode") or primary_mode(latency)
+    name = latency.get("primary_mode") or runs.primary_mode(latency)
     return (name, latency["modes"][name]) if name else None
 
 
 def collect_run(path: Path) -> dict[str, Any]:
     """The numbers of one trained model and seed; missing files give missing keys."""
     row: dict[str, Any] = {}
-    metrics = read_json(path / "metrics.json")
+    folder = runs.RunFolder(path)
+    metrics = folder.read_metrics()
     if metrics and metrics.get("miou") is not None:  # None: nothing was labelled, no score
-        row.update(miou=metrics["miou"], macc=metrics["macc"], allacc=metrics["allacc"])
+        row.update({key: metrics[key] for key in metric_keys() if metrics.get(key) is not None})
         row["miou_protocol"] = (metrics.get("protocol") or {}).get("label")
         if (metrics.get("packed") or {}).get("miou") is not None:  # the same predictions scored at the packed size
             row["miou_packed"] = metrics["packed"]["miou"]
-    latency = read_json(path / "latency.json")
+    latency = folder.read_latency()
     if latency:
         primary = _primary_latency(latency)
         if primary:
@@ -81,10 +83,9 @@ def collect_run(path: Path) -> dict[str, Any]:
             row["latency_p90_ms"] = primary[1].get("p90_ms")
         row.update(params_m=latency.get("params_m"), gflops=latency.get("gflops"))
         row["device"] = latency.get("device", {}).get("name")
-    run_id = path / "mlflow_run_id"
-    if run_id.is_file():
-        row["mlflow_run_id"] = run_id.read_text().strip()
-    for job, cost in (("train", read_json(path / "cost.json")), ("eval", (metrics or {}).get("cost"))):
+    if folder.run_id_file.is_file():
+        row["run_id"] = folder.run_id_file.read_text().strip()
+    for job, cost in (("train", read_json(folder.cost)), ("eval", (metrics or {}).get("cost"))):
         if isinstance(cost, dict):
             row.update({col: cost[key] for key, col in _COST_KEYS[job].items() if _number(cost.get(key))})
             if job == "train" and cost.get("device"):
@@ -121,8 +122,8 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
         row: dict[str, Any] = {"model": model, "backbone": spec.arch[0], "head": spec.arch[1],
                                "variant": spec.variant, "seeds": len(done)}  # fmt: skip
         row["status"] = "missing" if not done else ("complete" if len(done) == len(runs) else "partial")
-        for key in ("miou", "macc", "allacc"):
-            row[key], row[f"{key}_std"] = _mean_std([r[key] * 100 for r in done])
+        for key in metric_keys():
+            row[key], row[f"{key}_std"] = _mean_std([r[key] * 100 for r in done if key in r])
         packed = [r["miou_packed"] * 100 for r in done if "miou_packed" in r]
         row["miou_packed"] = statistics.fmean(packed) if packed else None
         row["miou_protocol"] = next((r["miou_protocol"] for r in done if r.get("miou_protocol")), None)
@@ -137,7 +138,7 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
             row.update({k: first.get(k) for k in ("latency_mode", "params_m", "gflops", "device")})
             # The earlier study's column: mIoU (%) / latency (ms) × 10, computed, never copied.
             row["miou_per_speed"] = row["miou"] / row["latency_ms"] * 10
-        row["mlflow_run_ids"] = " ".join(r["mlflow_run_id"] for r in runs if "mlflow_run_id" in r)
+        row["mlflow_run_ids"] = " ".join(r["run_id"] for r in runs if "run_id" in r)
         if model in boots:
             for key, interval in boots[model].interval.items():
                 row[f"{key}_lo"], row[f"{key}_hi"] = interval.lo, interval.hi
@@ -147,7 +148,7 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
             row[col] = statistics.fmean(values) if values else None
         row["train_device"] = next((r["train_device"] for r in runs if "train_device" in r), None)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=summary_columns())
     if out is not None:
         write_text_atomic(out, table.to_csv(index=False, float_format="%.4f"))
     return table

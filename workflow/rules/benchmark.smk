@@ -1,10 +1,10 @@
 # Takes every GPU the run was given, so no other GPU job runs while it times.
 rule benchmark:
     input:
-        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
-        "results/{exp}/{model}/seed{seed}/metrics.json",
+        run_file(CHECKPOINT),
+        run_file(METRICS),
     output:
-        "results/{exp}/{model}/seed{seed}/latency.json",
+        run_file(LATENCY),
     log:
         "logs/{exp}/{model}/seed{seed}/benchmark.log",
     benchmark:

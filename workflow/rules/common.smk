@@ -3,8 +3,18 @@ import json
 import os
 import re
 
+from segmodels.study import runs
 from segmodels.study.config import study_from_dict
 from segmodels.study.matrix import expand_runs, run_sections
+from segmodels.study.runs import (
+    CHECKPOINT,
+    CONFUSION,
+    CONFUSION_PER_IMAGE,
+    LATENCY,
+    METRICS,
+    PER_CLASS,
+    TRAIN_LOG,
+)
 from segmodels.report import TEMPLATE as REPORT_TEMPLATE
 
 if len(workflow.overwrite_configfiles) > 1:
@@ -36,8 +46,14 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def all_runs(pattern):
-    return expand(pattern, exp=EXP, model=MODELS, seed=SEEDS)
+def run_file(name):
+    """The path pattern of a run folder's file (its name from segmodels.study.runs), with {exp}, {model}, {seed}."""
+    return runs.pattern(name)
+
+
+def all_runs(name):
+    """That file of every run of the study."""
+    return expand(run_file(name), exp=EXP, model=MODELS, seed=SEEDS)
 
 
 def section(*names):

@@ -1,11 +1,11 @@
 rule evaluate:
     input:
-        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
+        run_file(CHECKPOINT),
     output:
-        "results/{exp}/{model}/seed{seed}/metrics.json",
-        "results/{exp}/{model}/seed{seed}/per_class.csv",
-        "results/{exp}/{model}/seed{seed}/confusion.npy",
-        "results/{exp}/{model}/seed{seed}/confusion_per_image.npy",
+        run_file(METRICS),
+        run_file(PER_CLASS),
+        run_file(CONFUSION),
+        run_file(CONFUSION_PER_IMAGE),
     log:
         "logs/{exp}/{model}/seed{seed}/evaluate.log",
     benchmark:

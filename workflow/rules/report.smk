@@ -1,8 +1,8 @@
 rule summarize:
     input:
-        all_runs("results/{exp}/{model}/seed{seed}/metrics.json"),
-        all_runs("results/{exp}/{model}/seed{seed}/latency.json"),
-        all_runs("results/{exp}/{model}/seed{seed}/confusion_per_image.npy"),
+        all_runs(METRICS),
+        all_runs(LATENCY),
+        all_runs(CONFUSION_PER_IMAGE),
     output:
         SUMMARY,
     log:
@@ -21,7 +21,7 @@ rule summarize:
 # Paired bootstrap over validation images: intervals for the differences the report discusses.
 rule compare:
     input:
-        all_runs("results/{exp}/{model}/seed{seed}/confusion_per_image.npy"),
+        all_runs(CONFUSION_PER_IMAGE),
     output:
         COMPARISONS,
     log:

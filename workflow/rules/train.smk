@@ -1,12 +1,12 @@
-# last.pt and mlflow_run_id stay undeclared: Snakemake deletes declared outputs before a
-# job and after a failure, and the resume state must survive both.
+# The resume state (runs.LAST) and the MLflow run id (runs.RUN_ID_FILE) stay undeclared: Snakemake deletes
+# declared outputs before a job and after a failure, and the resume state must survive both.
 rule train:
     input:
-        f"data/packed/{DATASET}/manifest.json",
-        f"results/{EXP}/mlflow_experiment_id",
+        MANIFEST,
+        MLFLOW_READY,
     output:
-        "results/{exp}/{model}/seed{seed}/checkpoint.pt",
-        "results/{exp}/{model}/seed{seed}/train_log.csv",
+        run_file(CHECKPOINT),
+        run_file(TRAIN_LOG),
     log:
         "logs/{exp}/{model}/seed{seed}/train.log",
     benchmark:

@@ -1,9 +1,20 @@
 """What every backbone shares: the feature contract, the stride → dilation rewrite and the registry.
 
-A backbone is a torchvision classification network with its classifier cut off, wrapped so that its
-``forward`` returns ``{"out": ..., "aux": ...}`` and its ``feature_info`` declares the channels and
-reduction (input size / feature size) of both maps; heads read their input channels from it
-(the idea of timm's ``feature_info``).
+A backbone is a :class:`Backbone`: its ``forward`` returns ``{"out": ..., "aux": ...}`` and its ``feature_info``
+declares the channels and reduction (input size / feature size) of both maps; heads read their input channels
+from it (the idea of timm's ``feature_info``). "out" must have reduction ``output_stride``.
+
+``register_backbone(name, spec_or_builder, *, label=None, short=None)`` puts a backbone in ``BACKBONE_SPECS`` and
+its names in :mod:`segmodels.models.catalog` (label and short name required for a name the catalog lacks; for a
+catalogued one they may be left out, or must match). What it takes:
+
+* a :class:`BackboneSpec`: ``constructor(weights=None)`` makes the network (here torchvision's classification
+  network), ``pretrained`` weights are loaded into it (``weights``: the ImageNet weights behind "imagenet", None
+  when there are none; a state-dict path is checked against the network's own keys), then ``wrap(network,
+  output_stride)`` cuts and dilates it into a :class:`Backbone`;
+* or a plain builder, ``builder(output_stride) -> Backbone``, for a network without pretrained weights
+  (``pretrained`` must then be None): e.g. ``lambda output_stride: Backbone(body, feature_info)`` where ``body``
+  is any module returning ``{"out": ..., "aux": ...}``.
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.models._api import WeightsEnum
-from torchvision.models._utils import IntermediateLayerGetter
+
+from segmodels.models import catalog
 
 __all__ = [
     "BACKBONE_SPECS",
@@ -39,7 +51,7 @@ class FeatureInfo:
 class Backbone(nn.Module):
     """Feature extractor: ``forward(x)`` returns ``{"out": deepest map, "aux": the map the auxiliary head reads}``."""
 
-    def __init__(self, body: IntermediateLayerGetter, feature_info: dict[str, FeatureInfo]) -> None:
+    def __init__(self, body: nn.Module, feature_info: dict[str, FeatureInfo]) -> None:
         super().__init__()
         self.body = body
         self.feature_info = feature_info
@@ -50,29 +62,33 @@ class Backbone(nn.Module):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to make one backbone from torchvision's classification network."""
+    """How to make one backbone from a network, e.g. torchvision's classification network."""
 
-    constructor: Callable[..., nn.Module]  # torchvision constructor, called with weights=None
-    weights: WeightsEnum  # ImageNet weights behind pretrained="imagenet"
-    dropped: tuple[str, ...]  # state-dict key prefixes of the classification parts the backbone cuts off
-    wrap: Callable[[nn.Module, int], Backbone]  # (classification network, output stride) -> Backbone
+    constructor: Callable[..., nn.Module]  # called with weights=None
+    wrap: Callable[[nn.Module, int], Backbone]  # (network, output stride) -> Backbone
+    weights: WeightsEnum | None = None  # ImageNet weights behind pretrained="imagenet"; None: there are none
+    dropped: tuple[str, ...] = ()  # state-dict key prefixes of the classification parts the backbone cuts off
 
 
-# Plain dict registry (timm's idea, without string-typed configs), filled by each backbone module.
-BACKBONE_SPECS: dict[str, BackboneSpec] = {}
+# Plain dict registry (timm's idea, without string-typed configs): name -> spec or builder(output_stride).
+BACKBONE_SPECS: dict[str, BackboneSpec | Callable[[int], Backbone]] = {}
 
 
 def register_backbone(
     name: str,
+    spec_or_builder: BackboneSpec | Callable[[int], Backbone],
     *,
-    constructor: Callable[..., nn.Module],
-    weights: WeightsEnum,
-    dropped: tuple[str, ...],
-    wrap: Callable[[nn.Module, int], Backbone],
+    label: str | None = None,
+    short: str | None = None,
 ) -> None:
+    """Register backbone ``name``'s builder here and its names in the catalog (see the module docstring)."""
     if name in BACKBONE_SPECS:
         raise ValueError(f"backbone '{name}' is registered twice")
-    BACKBONE_SPECS[name] = BackboneSpec(constructor, weights, dropped, wrap)
+    if not callable(spec_or_builder) and not isinstance(spec_or_builder, BackboneSpec):
+        raise TypeError(f"backbone '{name}': expected a BackboneSpec or a builder(output_stride) -> Backbone, "
+                        f"got {type(spec_or_builder).__name__}")  # fmt: skip
+    catalog.claim("backbone", name, label=label, short=short)
+    BACKBONE_SPECS[name] = spec_or_builder
 
 
 def _is_strided(conv: nn.Conv2d) -> bool:

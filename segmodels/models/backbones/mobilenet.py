@@ -56,7 +56,14 @@ from torch import nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 
-from segmodels.models.backbones.base import Backbone, FeatureInfo, dilate_stages, last_channels, register_backbone
+from segmodels.models.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    FeatureInfo,
+    dilate_stages,
+    last_channels,
+    register_backbone,
+)
 
 __all__ = ["wrap_mobilenet_v2", "wrap_mobilenet_v3_large"]
 
@@ -86,15 +93,19 @@ def wrap_mobilenet_v3_large(model: nn.Module, output_stride: int) -> Backbone:
 
 register_backbone(
     "mobilenetv2",
-    constructor=models.mobilenet_v2,
-    weights=models.MobileNet_V2_Weights.IMAGENET1K_V1,
-    dropped=("features.18.", "classifier."),
-    wrap=wrap_mobilenet_v2,
+    BackboneSpec(
+        models.mobilenet_v2,
+        wrap_mobilenet_v2,
+        weights=models.MobileNet_V2_Weights.IMAGENET1K_V1,
+        dropped=("features.18.", "classifier."),
+    ),
 )
 register_backbone(
     "mobilenetv3",
-    constructor=models.mobilenet_v3_large,
-    weights=models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
-    dropped=("classifier.",),
-    wrap=wrap_mobilenet_v3_large,
+    BackboneSpec(
+        models.mobilenet_v3_large,
+        wrap_mobilenet_v3_large,
+        weights=models.MobileNet_V3_Large_Weights.IMAGENET1K_V1,
+        dropped=("classifier.",),
+    ),
 )

@@ -18,7 +18,14 @@ from torch import nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
 
-from segmodels.models.backbones.base import Backbone, FeatureInfo, dilate_stages, last_channels, register_backbone
+from segmodels.models.backbones.base import (
+    Backbone,
+    BackboneSpec,
+    FeatureInfo,
+    dilate_stages,
+    last_channels,
+    register_backbone,
+)
 
 __all__ = ["wrap_resnet"]
 
@@ -46,4 +53,4 @@ for _name, _constructor, _weights in (
     ("resnet50", models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
     ("resnet101", models.resnet101, models.ResNet101_Weights.IMAGENET1K_V1),
 ):
-    register_backbone(_name, constructor=_constructor, weights=_weights, dropped=_DROPPED, wrap=wrap_resnet)
+    register_backbone(_name, BackboneSpec(_constructor, wrap_resnet, weights=_weights, dropped=_DROPPED))

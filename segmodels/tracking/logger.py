@@ -1,177 +1,37 @@
-"""MLflow tracking: one run per (experiment, model, seed), resumed, never duplicated.
+"""The MLflow run of one training: one run per (experiment, model, seed), resumed, never duplicated.
 
-Facts this module is built around (measured on a 2-core machine with a SQLite store):
-
-- A fresh SQLite file opened by several jobs at once breaks in the schema migrations, and a
-  job that loses the experiment-creation race can land its run in "Default". So the database
-  and the experiment are created once, under an ``fcntl.flock`` on a file beside the database,
-  and runs are created with an explicit ``experiment_id``.
 - One ``log_batch`` call every few seconds is several times cheaper than a call per metric.
-- Params are write-once (compared as strings); logging a step again adds a second point. A
-  resumed run therefore skips params it already holds and metric steps it already has.
+- Params are write-once (compared as strings); logging a step again adds a second point. A resumed run
+  therefore skips params it already holds and metric steps it already has.
 
-The run id lives in ``RUN_DIR/mlflow_run_id``; later jobs log into the same run through
-:func:`log_to_run`. When the tracking server cannot be reached, nothing here raises: a
-warning is given once and records go to ``RUN_DIR/mlflow_offline.jsonl``, which
-:func:`sync_offline` (``segmodels mlflow-sync``) pushes later. The module imports MLflow
-lazily, so importing it is cheap.
+The run id lives in ``RUN_DIR/mlflow_run_id``; later jobs log into the same run through :func:`log_to_run`.
+When the tracking server cannot be reached, nothing here raises: a warning is given once and records go to
+``RUN_DIR/mlflow_offline.jsonl``, which :func:`sync_offline` (``segmodels mlflow-sync``) pushes later.
+MLflow is imported inside the methods.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import math
-import os
-import re
-import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "DEFAULT_URI",
-    "HTTP_DEFAULTS",
-    "OFFLINE_FILE",
-    "RUN_ID_FILE",
-    "RunLogger",
-    "artifact_root",
-    "ensure_experiment",
-    "git_commit",
-    "log_to_run",
-    "read_run_id",
-    "sync_offline",
-    "tracking_uri",
-]
+from segmodels.study.runs import OFFLINE_FILE, RUN_ID_FILE
+from segmodels.tracking.offline import append_record, read_records
+from segmodels.tracking.store import client, ensure_experiment, tracking_uri
 
-DEFAULT_URI = "sqlite:///results/mlflow.db"
-RUN_ID_FILE = "mlflow_run_id"
-OFFLINE_FILE = "mlflow_offline.jsonl"
+__all__ = ["RunLogger", "log_to_run", "read_run_id", "sync_offline"]
+
 _BATCH_METRICS = 900  # MLflow accepts at most 1000 metrics per log_batch
 _BATCH_PARAMS = 100  # ... and at most 100 params
 _PARAM_CHARS = 6000
 
 
-def tracking_uri(configured: str | None = None) -> str:
-    """``$MLFLOW_TRACKING_URI``, else the config's ``tracking.uri``, else ``sqlite:///results/mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :])
-
-
-def artifact_root(uri: str) -> str | None:
-    """``mlartifacts/`` beside a SQLite database (absolute file URI); None for servers, which choose."""
-    db = _sqlite_path(uri)
-    return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _store_lock(uri: str) -> contextlib.AbstractContextManager:
-    """An exclusive lock beside a SQLite store (``mlflow.db.lock``); nothing for a server."""
-    db = _sqlite_path(uri)
-    return contextlib.nullcontext() if db is None else _locked(db.with_name(db.name + ".lock"))
-
-
-def _ready_mark(db: Path) -> str:
-    import mlflow
-
-    return f"ready {db.stat().st_ino} mlflow {mlflow.__version__}"
-
-
-def _schema_ready(db: Path) -> bool:
-    """The lock file names the database (inode) and MLflow version whose schema a client completed."""
-    try:
-        return db.with_name(db.name + ".lock").read_text().strip() == _ready_mark(db)
-    except OSError:
-        return False
-
-
-# MLflow retries a failed HTTP request 7 times with doubling waits, about 4 minutes, and lets one request take
-# 120 s: a job whose server is down would stall that long before going offline. These bounds (a few seconds
-# for a refused connection, at most ~90 s for a host that drops packets) apply unless the environment sets them.
-HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
-}
-
-
-def _client(uri: str) -> Any:
-    """A client whose store is open; a fresh SQLite file gets its schema here, one process at a time."""
-    from mlflow import MlflowClient
-
-    if uri.startswith(("http://", "https://")):
-        for key, value in HTTP_DEFAULTS.items():
-            os.environ.setdefault(key, value)
-    db = _sqlite_path(uri)
-    if db is None or _schema_ready(db):
-        return MlflowClient(tracking_uri=uri)
-    with _store_lock(uri):
-        client = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates the schema
-        client.search_experiments(max_results=1)
-        db.with_name(db.name + ".lock").write_text(_ready_mark(db) + "\n")
-    return client
-
-
-def ensure_experiment(name: str, uri: str | None = None) -> str:
-    """The id of experiment ``name``, created if missing; safe when many jobs call it at once.
-
-    ``uri`` is used as given; None means :func:`tracking_uri` ``()``. The same holds for every
-    ``uri`` argument below: resolve a study's ``tracking.uri`` with :func:`tracking_uri` first.
-    """
-    uri = uri or tracking_uri()
-    client = _client(uri)
-    with _store_lock(uri):
-        exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            if exp.lifecycle_stage == "deleted":
-                client.restore_experiment(exp.experiment_id)
-            return exp.experiment_id
-        root = artifact_root(uri)
-        location = f"{root}/{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}" if root else None
-        try:
-            return client.create_experiment(name, artifact_location=location)
-        except Exception:
-            # Another client of a server won the race; the experiment exists now.
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
-
-
-def git_commit(path: str | Path | None = None) -> str:
-    """The commit checked out at ``path`` (default: this package's folder), ``+dirty`` if modified; or unknown."""
-    cwd = Path(path) if path else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}+dirty" if dirty else commit
-
-
 def read_run_id(run_dir: str | Path) -> str | None:
+    """The MLflow run id a run folder names in ``mlflow_run_id``; None without one."""
     path = Path(run_dir) / RUN_ID_FILE
     if not path.is_file():
         return None
@@ -231,7 +91,7 @@ class RunLogger:
                 self._go_offline(exc)
                 return self
         try:
-            self._client = _client(self.uri)
+            self._client = client(self.uri)
             self.run_id = read_run_id(self.run_dir)
             run = self._existing_run()
             if run is None:
@@ -377,23 +237,7 @@ class RunLogger:
                              "run_name": self.run_name, "tags": self.tags, "attach": self.attach})  # fmt: skip
 
     def _write_offline(self, record: dict[str, Any]) -> None:
-        path = self.run_dir / OFFLINE_FILE
-        line = json.dumps(record, default=str) + "\n"
-        with _locked(path.with_name(path.name + ".lock")), path.open("a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-
-def _read_offline(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a job killed mid-write leaves at most a torn last line
-                warnings.warn(f"{path}:{number}: skipping an unreadable line", RuntimeWarning, stacklevel=3)
-    return records
+        append_record(self.run_dir, record)
 
 
 def sync_offline(run_dir: str | Path, uri: str | None = None) -> str | None:
@@ -407,7 +251,7 @@ def sync_offline(run_dir: str | Path, uri: str | None = None) -> str | None:
     path = run_dir / OFFLINE_FILE
     if not path.is_file():
         return read_run_id(run_dir)
-    records = _read_offline(path)
+    records = read_records(path)
     starts = [r for r in records if r.get("kind") == "start"]
     head = next((r for r in starts if not r.get("attach")), {})
     logger = RunLogger(run_dir, experiment=head.get("experiment"), uri=uri, run_name=head.get("run_name"),

@@ -1,0 +1,321 @@
+"""The run folder: ``{results}/{experiment}/{model}/seed{seed}/`` and every file in it.
+
+This module is the one place that names a run folder's files and lays the folder out: the file names, a
+:class:`RunFolder` with one path per file, the readers and (atomic) writers of its JSON and NPY files, the
+Snakemake path patterns (:func:`pattern`), and :func:`open_run`, with which a training, evaluation or benchmark
+job opens its run. It stays light (no torch, numpy or mlflow at import) so the Snakefile can read it.
+
+Who writes what:
+
+- training: ``checkpoint.pt`` and ``train_log.csv`` (the job's declared outputs); the resume state, never
+  declared (Snakemake deletes declared outputs before a job and after a failure): ``last.pt``,
+  ``train_log.partial.csv``, ``mlflow_run_id`` and ``mlflow_offline.jsonl``; also ``config.yaml`` (the run's
+  resolved config) and ``cost.json``;
+- evaluation: ``per_class.csv``, ``confusion.npy``, ``confusion_per_image.npy``, ``samples/`` and, last,
+  ``metrics.json``;
+- benchmark: ``latency.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CHECKPOINT", "CONFIG", "CONFUSION", "CONFUSION_PER_IMAGE", "COST", "FILES", "LAST", "LATENCY", "LAYOUT",
+    "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "TRAIN_LOG", "TRAIN_LOG_PARTIAL",
+    "OpenRun", "RunFolder", "json_safe", "open_run", "pattern", "primary_mode", "read_json", "read_npy",
+    "resolve_run", "run_dir", "write_json", "write_npy",
+]  # fmt: skip
+
+CHECKPOINT = "checkpoint.pt"  # the trained model (best/final weights), what evaluate and benchmark load
+LAST = "last.pt"  # the resumable training state; kept at the end, so a finished run started again has nothing to redo
+TRAIN_LOG = "train_log.csv"
+TRAIN_LOG_PARTIAL = "train_log.partial.csv"  # the training log while training runs, renamed to TRAIN_LOG at the end
+CONFIG = "config.yaml"  # the run's resolved config
+RUN_ID_FILE = "mlflow_run_id"  # the MLflow run this folder logs to
+OFFLINE_FILE = "mlflow_offline.jsonl"  # MLflow records kept while the server was unreachable
+METRICS = "metrics.json"
+PER_CLASS = "per_class.csv"
+CONFUSION = "confusion.npy"
+CONFUSION_PER_IMAGE = "confusion_per_image.npy"
+SAMPLES = "samples"  # a folder: {index:04d}_{image_id}[_input|_gt].png
+LATENCY = "latency.json"
+COST = "cost.json"
+FILES = (CHECKPOINT, LAST, TRAIN_LOG, TRAIN_LOG_PARTIAL, CONFIG, RUN_ID_FILE, OFFLINE_FILE, METRICS, PER_CLASS,
+         CONFUSION, CONFUSION_PER_IMAGE, SAMPLES, LATENCY, COST)  # fmt: skip
+
+LAYOUT = "{exp}/{model}/seed{seed}"  # a run folder under the results folder; the fields are Snakemake's wildcards
+_SAMPLE_KINDS = {"pred": "", "input": "_input", "gt": "_gt"}
+_SAMPLE = re.compile(r"^(\d+)_(.+?)(_input|_gt)?\.png$")
+
+
+def run_dir(results: str | Path, experiment: str, model: str, seed: int) -> Path:
+    """The folder of one model and seed of a study."""
+    return Path(results) / LAYOUT.format(exp=experiment, model=model, seed=seed)
+
+
+def pattern(name: str, results: str = "results") -> str:
+    """The Snakemake path pattern of a run folder's file: ``pattern(METRICS)`` is
+    ``"results/{exp}/{model}/seed{seed}/metrics.json"``."""
+    if name not in FILES:
+        raise ValueError(f"{name!r} is not a file of the run folder; the files are {', '.join(FILES)}")
+    return f"{results}/{LAYOUT}/{name}"
+
+
+# --- readers and writers -----------------------------------------------------------------------------------------
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities → None, numpy scalars → Python numbers, recursively, so ``json.dumps(...,
+    allow_nan=False)`` succeeds."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    np = sys.modules.get("numpy")  # an object can only be a numpy scalar once numpy is imported
+    if np is not None and isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON file of the run folder, or None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with path.open() as fh:
+        return json.load(fh)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """``data`` as indented strict JSON (NaN written as null), atomically."""
+    from segmodels.atomic import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n")
+
+
+def read_npy(path: str | Path) -> Any:
+    """An NPY file of the run folder (no pickles), or None when absent."""
+    import numpy as np
+
+    path = Path(path)
+    return np.load(path, allow_pickle=False) if path.is_file() else None
+
+
+def write_npy(path: str | Path, array: Any) -> Path:
+    """``array`` as an NPY file, atomically."""
+    import numpy as np
+
+    from segmodels.atomic import write_atomic
+
+    return write_atomic(path, lambda fh: np.save(fh, array))
+
+
+def primary_mode(latency: dict[str, Any], prefer: str = "fp32") -> str | None:
+    """latency.json's mode for the study's latency column: ``prefer`` (the precision the model's mIoU was measured
+    in) when it was timed, else fp32, else the first timed mode."""
+    timed = [name for name, m in latency["modes"].items() if m.get("status") == "ok"]
+    return next((name for name in (prefer, "fp32") if name in timed), timed[0] if timed else None)
+
+
+class _File:
+    """A :class:`RunFolder` attribute: the path of one of its files."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, folder: RunFolder | None, owner: type | None = None) -> Any:
+        return self if folder is None else folder.path / self.name
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run folder: a path per file, and readers of the files others consume."""
+
+    path: Path
+
+    checkpoint = _File(CHECKPOINT)
+    last = _File(LAST)
+    train_log = _File(TRAIN_LOG)
+    train_log_partial = _File(TRAIN_LOG_PARTIAL)
+    config = _File(CONFIG)
+    run_id_file = _File(RUN_ID_FILE)
+    offline = _File(OFFLINE_FILE)
+    metrics = _File(METRICS)
+    per_class = _File(PER_CLASS)
+    confusion = _File(CONFUSION)
+    confusion_per_image = _File(CONFUSION_PER_IMAGE)
+    samples = _File(SAMPLES)
+    latency = _File(LATENCY)
+    cost = _File(COST)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def read_metrics(self) -> dict[str, Any] | None:
+        """metrics.json as written (``segmodels evaluate``), or None when absent."""
+        return read_json(self.metrics)
+
+    def read_latency(self) -> dict[str, Any] | None:
+        """latency.json (``segmodels benchmark``), or None when absent."""
+        return read_json(self.latency)
+
+    def read_run_id(self) -> str | None:
+        """The MLflow run id the folder logs to, or None."""
+        return (self.run_id_file.read_text().strip() or None) if self.run_id_file.is_file() else None
+
+    def training_log(self) -> Path | None:
+        """train_log.csv, else the still-growing train_log.partial.csv, else None."""
+        return next((p for p in (self.train_log, self.train_log_partial) if p.is_file()), None)
+
+    def sample(self, index: int, image_id: str, kind: str = "pred") -> Path:
+        """The PNG of image ``index`` of the evaluated split: its prediction (``pred``), ``input`` or ``gt``."""
+        if kind not in _SAMPLE_KINDS:
+            raise ValueError(f"sample kind {kind!r}: expected one of {', '.join(_SAMPLE_KINDS)}")
+        return self.samples / f"{index:04d}_{image_id.replace('/', '_')}{_SAMPLE_KINDS[kind]}.png"
+
+    def read_samples(self) -> dict[int, dict[str, Path]]:
+        """``{image index: {"input"|"gt"|"pred": path}}`` of the ``samples/`` folder."""
+        kinds = {suffix or None: kind for kind, suffix in _SAMPLE_KINDS.items()}
+        found: dict[int, dict[str, Path]] = {}
+        for path in sorted(self.samples.glob("*.png")) if self.samples.is_dir() else []:
+            if match := _SAMPLE.match(path.name):
+                found.setdefault(int(match.group(1)), {})[kinds[match.group(3)]] = path
+        return found
+
+
+# --- a job's run ---------------------------------------------------------------------------------------------------
+
+
+def resolve_run(cfg: Any, folder: str | Path | None = None, *, checkpoint: str | Path | None = None,
+                model_name: str | None = None, fresh: bool = False,
+                where: str = "config") -> tuple[str, Any, Path | None]:  # fmt: skip
+    """The run a job works on: ``(run name, effective config, checkpoint)``.
+
+    A trained run (``fresh`` false and a folder or checkpoint given) is the one its checkpoint records (by default
+    the folder's checkpoint.pt, which must exist); otherwise ``model_name`` names the run and the checkpoint is
+    None. The config is :func:`segmodels.study.matrix.run_config` of that run (a run's own effective config passes
+    unchanged).
+    """
+    from segmodels.study.matrix import run_config
+
+    if fresh or (folder is None and checkpoint is None):
+        if model_name is None:
+            raise ValueError("give a run folder (--run) or a model name (--model)")
+        return model_name, run_config(cfg, model_name, where=where), None
+    from segmodels.engine.inference import recorded_run
+
+    path = Path(checkpoint) if checkpoint is not None else RunFolder(folder).checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    name = recorded_run(path)
+    return name, run_config(cfg, name, where=where), path
+
+
+@dataclass
+class OpenRun:
+    """A run opened by :func:`open_run`: its effective config and folder, its model, the job's cost and MLflow."""
+
+    job: str  # "train", "evaluate" or "benchmark": the cost record's job, as CostMeter names it
+    name: str  # the run ({backbone}-{head}[_tag...])
+    cfg: Any  # the run's effective StudyConfig
+    folder: RunFolder | None
+    checkpoint: Path | None  # the trained model's file; None for a model built fresh
+    expected: str | None = None  # the run the checkpoint must be of (default: the folder's name)
+    seed: int = 0
+    log_mlflow: bool = True
+    logger: Any = None  # the RunLogger of a training, once started
+
+    def load_model(self, device: Any, *, expect_num_classes: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """The checkpoint's eval-mode model on ``device`` and its metadata, checked against the expected run."""
+        from segmodels.engine.inference import load_model, model_name_from_path
+
+        if self.checkpoint is None:
+            raise ValueError(f"run {self.name} has no checkpoint to load; build its model instead")
+        expected = self.expected or (model_name_from_path(self.folder.path) if self.folder else None)
+        return load_model(self.checkpoint, device=device, expect_model=expected, expect_num_classes=expect_num_classes)
+
+    def build_model(self, *, pretrained: bool = True) -> Any:
+        """The run's model built from its ``model`` section, with the configured ImageNet weights
+        (``model.pretrained``) unless ``pretrained`` is false."""
+        from segmodels.models import build_model
+        from segmodels.models.catalog import arch_of
+
+        m = self.cfg.model
+        return build_model(*arch_of(self.name), num_classes=m.num_classes, output_stride=m.output_stride, aux=m.aux,
+                           pretrained=m.pretrained if pretrained else None, bn_momentum=m.bn_momentum,
+                           head_options=m.head_options)  # fmt: skip
+
+    def meter(self, device: Any, *, gpus: int | None = None, save: bool = False, resume: bool = False) -> Any:
+        """A :class:`~segmodels.engine.cost.CostMeter` of the job; with ``save`` it keeps the folder's cost.json."""
+        from segmodels.engine.cost import CostMeter
+
+        path = self.folder.cost if save and self.folder is not None else None
+        return CostMeter(self.job, device=device, gpus=gpus, path=path, resume=resume)
+
+    def start_logger(self, params: dict[str, Any], tags: dict[str, Any]) -> Any:
+        """Create (or continue) the run's MLflow run, log ``params`` and ``tags``; ended when the run closes."""
+        from segmodels.tracking import RunLogger, tracking_uri
+
+        t = self.cfg.tracking
+        self.logger = RunLogger(self.folder.path, experiment=t.experiment, uri=tracking_uri(t.uri),
+                                run_name=f"{self.name}-seed{self.seed}", flush_seconds=t.flush_seconds,
+                                tags={"model": self.name, "seed": self.seed, "study": self.cfg.experiment}).start()
+        self.logger.log_params(params)
+        self.logger.set_tags(tags)
+        return self.logger
+
+    def log(self, *, metrics: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+            artifacts: list[Path] | tuple[Path, ...] = (), step: int | None = None) -> None:  # fmt: skip
+        """Log to the run's MLflow run: through the training's logger when one is open, else added to the run the
+        folder names (nothing without a folder or with ``log_mlflow`` off). None values are left out."""
+        from segmodels.tracking import log_to_run, tracking_uri
+
+        if self.logger is None:
+            if self.log_mlflow and self.folder is not None:
+                log_to_run(self.folder.path, metrics=metrics, tags=tags, artifacts=artifacts, step=step,
+                           uri=tracking_uri(self.cfg.tracking.uri))  # fmt: skip
+            return
+        self.logger.log_metrics({k: float(v) for k, v in (metrics or {}).items() if v is not None}, step or 0)
+        if tags:
+            self.logger.set_tags(tags)
+        for path in artifacts:
+            self.logger.log_artifact(path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the training's MLflow run now (FINISHED, FAILED or KILLED); closing the run then does nothing."""
+        if self.logger is not None:
+            logger, self.logger = self.logger, None
+            logger.end(status)
+
+
+@contextmanager
+def open_run(cfg: Any, folder: str | Path | None = None, *, job: str, model_name: str | None = None,
+             checkpoint: str | Path | None = None, seed: int = 0,
+             log_mlflow: bool = True) -> Iterator[OpenRun]:  # fmt: skip
+    """Open the run of a ``train``, ``evaluate`` or ``benchmark`` job (see :func:`resolve_run` for which run).
+
+    A training builds its model fresh (:meth:`OpenRun.build_model`) into ``folder``; evaluation and the benchmark
+    load the checkpoint (:meth:`OpenRun.load_model`, checked against ``model_name``, by default the folder's
+    name). An MLflow run started with :meth:`OpenRun.start_logger` ends when the block does: FINISHED, or
+    FAILED (KILLED on an interrupt) when it raises.
+    """
+    name, cfg, path = resolve_run(cfg, folder, checkpoint=checkpoint, model_name=model_name, fresh=job == "train")
+    run = OpenRun(job, name, cfg, RunFolder(folder) if folder is not None else None, path,
+                  expected=model_name if path is not None else None, seed=seed, log_mlflow=log_mlflow)  # fmt: skip
+    try:
+        yield run
+    except BaseException as exc:
+        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    run.end("FINISHED")

@@ -1,0 +1,376 @@
+"""The study file's schema: one typed dataclass per section, and the checks of their values.
+
+``from_dict(StudyConfig, data)`` rejects unknown keys and wrong types with a message that names the file and the
+dotted key (``train.lr``); ``validate_config`` checks what joins several values. Sizes are ``[height, width]``
+everywhere, as in torch. This is the bottom layer of the study package: the experiment matrix
+(:mod:`segmodels.study.matrix`) builds on it, and :mod:`segmodels.study.config` loads a study file through both.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "RUN_SECTIONS",
+    "BenchmarkConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "ModelConfig",
+    "StatsConfig",
+    "StudyConfig",
+    "SynthConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "config_to_dict",
+    "flatten",
+    "from_dict",
+    "json_schema",
+    "set_dotted",
+    "validate_config",
+]
+
+RUN_SECTIONS = ("model", "train", "evaluate", "benchmark")  # what a model entry or an axis of the matrix may set
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+# A name that becomes a folder, a Snakemake wildcard and an MLflow name: no path separator, no shell syntax,
+# not "." or "..", no leading "-" that a command line would take for an option.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+_PATTERN_TEXT = {
+    NAME_PATTERN: "be a plain name of letters, digits, '.', '_' and '-', not starting with '.' or '-'",
+    DEVICE_PATTERN: "be auto, cpu, cuda or cuda:N",
+}
+
+
+def _limited(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **limits: Any) -> Any:
+    """A field held to ``limits``, JSON-schema keywords (minimum, exclusiveMinimum, maximum, exclusiveMaximum,
+    enum, pattern, minItems, maxItems, items): :func:`from_dict` checks them and the schema states them, so a
+    bad value fails when the study is loaded or planned, not when a job runs."""
+    return field(default=default, default_factory=factory, metadata={"limits": limits})
+
+
+_SIZE = {"minItems": 2, "maxItems": 2, "items": {"minimum": 1}}  # [height, width]
+_AT_LEAST_0 = {"minimum": 0}
+_AT_LEAST_1 = {"minimum": 1}
+_POSITIVE = {"exclusiveMinimum": 0}
+
+
+@dataclass
+class SynthConfig:
+    train: int = _limited(48, **_AT_LEAST_1)  # generated training images
+    val: int = _limited(16, **_AT_LEAST_1)  # generated validation images
+    # [height, width] as written to disk; the scene generator needs 32 pixels a side
+    size: list[int] = _limited(factory=lambda: [256, 512], minItems=2, maxItems=2, items={"minimum": 32})
+    seed: int = _limited(0, **_AT_LEAST_0)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _limited("synthetic", pattern=NAME_PATTERN)  # name of data/raw/{dataset}, data/packed/{dataset}
+    source: str = _limited("synthetic", enum=["synthetic", "cityscapes"])
+    root: str | None = None  # cityscapes: a folder or the folder with the two zips; default $CITYSCAPES_DATASET
+    size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # packed [height, width]; the study's 1024×512
+    synthetic: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class ModelConfig:
+    output_stride: int = _limited(8, enum=[8, 16, 32])
+    pretrained: str | None = "imagenet"  # imagenet | a path to a state dict | null (random init)
+    aux: bool = True  # auxiliary FCN head on the aux stage (training only; OCR needs it: its regions are its logits)
+    # Keyword options of the head's class, checked per head at load (e.g. ASPP rates, image_pool; PPM bins);
+    # empty: the earlier study's heads. DeepLabV3's ASPP: {rates: [1, 12, 24, 36], image_pool: true, dropout: 0.0}
+    head_options: dict[str, Any] = field(default_factory=dict)
+    # Running-statistics momentum of every BatchNorm while training; null keeps each constructor's own. One
+    # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
+    # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
+    bn_momentum: float | None = _limited(0.1, exclusiveMinimum=0, maximum=1)
+    num_classes: int = _limited(19, minimum=1, maximum=255)  # labels are bytes and 255 is the ignore index
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = _limited(40000, **_AT_LEAST_1)  # optimizer steps; the schedule is iteration-based
+    batch_size: int = _limited(8, **_AT_LEAST_1)
+    crop_size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width]
+    # random rescale before the crop, [low, high]
+    scale_range: list[float] = _limited(factory=lambda: [0.5, 2.0], minItems=2, maxItems=2, items=_POSITIVE)
+    lr: float = _limited(0.01, **_POSITIVE)  # base learning rate; heads may use a multiple
+    momentum: float = _limited(0.9, minimum=0, exclusiveMaximum=1)
+    weight_decay: float = _limited(1e-4, **_AT_LEAST_0)  # not applied to norm weights and biases
+    poly_power: float = _limited(0.9, **_AT_LEAST_0)
+    warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
+    warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
+    aux_weight: float = _limited(0.4, **_AT_LEAST_0)  # also OCR's soft-object-region loss: its regions are aux
+    distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
+    distill_weight: float = _limited(1.0, **_AT_LEAST_0)
+    distill_temperature: float = _limited(1.0, **_POSITIVE)
+    # lr multiple for everything outside the backbone (PSPNet used 10 with ImageNet init)
+    head_lr_mult: float = _limited(1.0, **_POSITIVE)
+    amp: bool = True  # mixed precision on a GPU (bf16 where supported)
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    deterministic: bool = False
+    log_every: int = _limited(20, **_AT_LEAST_1)  # iterations between logged metrics
+    val_every: int = _limited(0, **_AT_LEAST_0)  # iterations between validation passes (0: only at the end)
+    ckpt_every: int = _limited(200, **_AT_LEAST_1)  # iterations between last.pt writes
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class EvaluateConfig:
+    batch_size: int = _limited(4, **_AT_LEAST_1)
+    flip: bool = False  # test-time horizontal flip
+    scales: list[float] = _limited(factory=lambda: [1.0], minItems=1, items=_POSITIVE)  # test-time scales
+    sliding: bool = False  # sliding-window inference instead of whole-image
+    window: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width] of a window
+    stride: list[int] = _limited(factory=lambda: [341, 682], **_SIZE)
+    full_resolution: bool = False  # upsample scores to the raw labels' size (1024×2048) and score against those
+    # validation images drawn for figures
+    samples: list[int] = _limited(factory=lambda: [0, 1, 2, 3], items=_AT_LEAST_0)
+    amp: bool = True
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)
+
+
+@dataclass
+class BenchmarkConfig:
+    size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width] of the timed input
+    batch_size: int = _limited(1, **_AT_LEAST_1)
+    warmup: int = _limited(20, **_AT_LEAST_0)
+    repeats: int = _limited(100, **_AT_LEAST_1)
+    # on the CPU, warmup and repeats are capped at these (a CPU forward takes seconds)
+    cpu_warmup: int = _limited(3, **_AT_LEAST_0)
+    cpu_repeats: int = _limited(10, **_AT_LEAST_1)
+    # Each mode is timed alone: fp32 | amp, optionally +channels_last +compile +cudagraphs (e.g.
+    # "amp+channels_last"); "channels_last" alone is fp32 in that layout; "onnx" runs the exported model in
+    # onnxruntime. Modes that make no sense on the device are reported as skipped with the reason.
+    modes: list[str] = field(default_factory=lambda: ["fp32", "amp"])
+    amp_dtype: str = _limited("float16", enum=["float16", "bfloat16"])  # for the amp modes
+    # ONNX opset of the "onnx" mode and of `segmodels export` (18: the exporter's lowest)
+    onnx_opset: int = _limited(18, minimum=18)
+    device: str = _limited("auto", pattern=DEVICE_PATTERN)
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "segbench"  # MLflow experiment name
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db
+    # longest wait before buffered metrics are sent (one log_batch call)
+    flush_seconds: float = _limited(30.0, **_AT_LEAST_0)
+    log_weights: bool = False  # also upload checkpoint.pt as a run artifact
+
+
+@dataclass
+class StatsConfig:
+    resamples: int = _limited(1000, **_AT_LEAST_1)  # bootstrap resamples of the validation images (segmodels.study.stats)
+    seed: int = 0  # one seed for every model, so all models see the same resampled image sets (paired)
+    confidence: float = _limited(0.95, exclusiveMinimum=0, exclusiveMaximum=1)  # level of the two-sided percentile intervals
+
+
+@dataclass
+class StudyConfig:
+    experiment: str = _limited("study", pattern=NAME_PATTERN)  # results/{experiment}/
+    # {backbone}-{head}[_tag...], or {name: {dotted.key: value}} with overrides of the run-level sections
+    models: list[str | dict[str, dict[str, Any]]] = field(default_factory=lambda: ["resnet18-ppm"])
+    axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted key → values, crossed with every model entry
+    seeds: list[int] = _limited(factory=lambda: [0], minItems=1, items=_AT_LEAST_0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _is_mapping_type(tp: Any) -> bool:
+    return typing.get_origin(tp) is dict or dataclasses.is_dataclass(tp)
+
+
+def _check(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming ``key``."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(value, arg, key, where)
+            except ConfigError as exc:
+                errors.append((isinstance(value, dict) == _is_mapping_type(arg), str(exc)))
+        matching = [message for same_shape, message in errors if same_shape]  # a mapping's error, for a mapping
+        raise ConfigError((matching or [message for _, message in errors])[0])
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {
+            _check(k, key_tp, f"{key} key", where): _check(v, value_tp, f"{key}.{k}", where) for k, v in value.items()
+        }
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list of {_type_name(item)}, got {value!r}")
+        return [_check(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, where=where, prefix=f"{key}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], *, where: str = "config", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}'; allowed keys here: {', '.join(names)}"
+        )
+    limits = {f.name: f.metadata.get("limits", {}) for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        kwargs[k] = _check(v, hints[k], f"{prefix}{k}", where)
+        _check_limits(kwargs[k], limits[k], f"{prefix}{k}", where)
+    return cls(**kwargs)
+
+
+def _check_limits(value: Any, limits: dict[str, Any], key: str, where: str) -> None:
+    """Raise ConfigError naming ``key`` when ``value`` breaks one of a field's ``limits`` (see :func:`_limited`)."""
+    if value is None or not limits:
+        return
+    broken = None
+    if "enum" in limits and value not in limits["enum"]:
+        broken = "be one of " + ", ".join(map(str, limits["enum"]))
+    elif isinstance(value, str) and "pattern" in limits and not re.search(limits["pattern"], value):
+        broken = _PATTERN_TEXT.get(limits["pattern"], f"match {limits['pattern']}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        for word, ok in (("minimum", value.__ge__), ("exclusiveMinimum", value.__gt__),
+                         ("maximum", value.__le__), ("exclusiveMaximum", value.__lt__)):  # fmt: skip
+            if word in limits and not ok(limits[word]):
+                relation = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most",
+                            "exclusiveMaximum": "less than"}[word]  # fmt: skip
+                broken = f"be {relation} {limits[word]}"
+                break
+    elif isinstance(value, list):
+        low, high = limits.get("minItems", 0), limits.get("maxItems", len(value))
+        if not low <= len(value) <= high:
+            broken = f"hold exactly {low} values" if low == high else f"hold at least {low} value(s)"
+        for i, item in enumerate(value):
+            _check_limits(item, limits.get("items", {}), f"{key}[{i}]", where)
+    if broken:
+        raise ConfigError(f"{where}: '{key}' must {broken}, got {value!r}")
+
+
+def _check_head_options(cfg: StudyConfig, where: str) -> None:
+    """``model.head_options`` against the options of every head among ``cfg.models`` (a run's effective config
+    has its own model alone); names that are not {backbone}-{head}[_tag...] are left to the matrix."""
+    from segmodels.models import catalog  # light: no torch
+
+    heads = []
+    for entry in cfg.models:
+        name = next(iter(entry), "") if isinstance(entry, dict) else entry
+        try:
+            heads.append(catalog.arch_of(catalog.pair_of(name))[1])
+        except ValueError:
+            continue
+    for head in dict.fromkeys(heads):
+        allowed = catalog.head(head).options
+        for option, value in cfg.model.head_options.items():
+            key = f"model.head_options.{option}"
+            if option not in allowed:
+                raise ConfigError(f"{where}: unknown key '{key}' for head '{head}'; its options: {', '.join(allowed)}")
+            _check(value, allowed[option][0], key, where)
+
+
+def validate_config(cfg: StudyConfig, where: str) -> None:
+    """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
+    by :func:`segmodels.study.matrix.expand_runs`)."""
+    _check_head_options(cfg, where)
+    low, high = cfg.train.scale_range
+    if low > high:
+        raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")
+    # A crop larger than the largest rescaled image is mostly padding: every step would learn from the ignore label.
+    largest = [round(side * high) for side in cfg.data.size]
+    if any(crop > side for crop, side in zip(cfg.train.crop_size, largest, strict=True)):
+        raise ConfigError(
+            f"{where}: 'train.crop_size' {cfg.train.crop_size} is larger than the packed images ('data.size' "
+            f"{cfg.data.size}) at the largest scale ('train.scale_range' high {high}: {largest}); most of each crop "
+            "would be padding. Use a smaller crop, a larger data.size or a larger scale."
+        )
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, *, where: str = "config") -> None:
+    """Set ``train.lr`` in nested mappings, creating the missing levels; ``value`` is copied."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: unknown key '{dotted}'")
+    node[leaf] = copy.deepcopy(value)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.01}}`` → ``{"train.lr": 0.01}`` (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def json_schema(tp: Any) -> dict[str, Any]:
+    """The JSON schema of a type of this module (a dataclass, with each field's limits)."""
+    if tp is Any:
+        return {}
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        return {"type": "object", "additionalProperties": json_schema(typing.get_args(tp)[1])}
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [json_schema(arg) for arg in typing.get_args(tp)]}
+    if origin is list:
+        return {"type": "array", "items": json_schema(typing.get_args(tp)[0])}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {f.name: {**json_schema(hints[f.name]), **f.metadata.get("limits", {})}
+                           for f in dataclasses.fields(tp)},
+        }
+    names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
+    return {"type": names[tp]}

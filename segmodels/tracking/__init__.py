@@ -1,0 +1,37 @@
+"""MLflow tracking: one run per (experiment, model, seed), resumed, never duplicated; offline when unreachable.
+
+- :mod:`~segmodels.tracking.store`: the tracking URI, the SQLite store and experiments created once under a lock.
+- :mod:`~segmodels.tracking.logger`: ``RunLogger`` (the run of a training), ``log_to_run`` (later jobs add to it),
+  ``sync_offline`` (push what was kept while the store was unreachable).
+- :mod:`~segmodels.tracking.offline`: the offline queue file of a run folder.
+
+Importing this package is cheap: MLflow is imported when a function needs it.
+"""
+
+from __future__ import annotations
+
+from segmodels.study.runs import OFFLINE_FILE, RUN_ID_FILE
+from segmodels.tracking.logger import RunLogger, log_to_run, read_run_id, sync_offline
+from segmodels.tracking.store import (
+    DEFAULT_URI,
+    HTTP_DEFAULTS,
+    artifact_root,
+    ensure_experiment,
+    git_commit,
+    tracking_uri,
+)
+
+__all__ = [
+    "DEFAULT_URI",
+    "HTTP_DEFAULTS",
+    "OFFLINE_FILE",
+    "RUN_ID_FILE",
+    "RunLogger",
+    "artifact_root",
+    "ensure_experiment",
+    "git_commit",
+    "log_to_run",
+    "read_run_id",
+    "sync_offline",
+    "tracking_uri",
+]
