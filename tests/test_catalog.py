@@ -3,55 +3,21 @@
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 
 import pandas as pd
 import pytest
 import torch
-from torch import nn
+from toys import ToyHead, toy_backbone
 
 from segmodels.models import build_model, catalog, list_models, parse_model_name, register_backbone, register_head
-from segmodels.models.backbones import BACKBONE_SPECS, Backbone, FeatureInfo
+from segmodels.models.backbones import BACKBONE_SPECS
 from segmodels.models.heads import HEAD_BUILDERS
 from segmodels.report import design
 from segmodels.study.config import ConfigError, StudyConfig, study_from_dict
 from segmodels.study.matrix import run_config, run_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class ToyBody(nn.Module):
-    """Stride-2 convolutions down to ``output_stride``; "aux" is the map one step before "out"."""
-
-    def __init__(self, output_stride: int) -> None:
-        super().__init__()
-        steps = int(math.log2(output_stride))
-        widths = [3] + [8] * (steps - 1) + [16]
-        self.stages = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in itertools.pairwise(widths))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        maps = []
-        for stage in self.stages:
-            x = torch.relu(stage(x))
-            maps.append(x)
-        return {"aux": maps[-2], "out": maps[-1]}
-
-
-def toy_backbone(output_stride: int) -> Backbone:
-    info = {"out": FeatureInfo(16, output_stride), "aux": FeatureInfo(8, output_stride // 2)}
-    return Backbone(ToyBody(output_stride), info)
-
-
-class ToyHead(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, *, width: int = 8) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, width, 1)
-        self.classifier = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"out": self.classifier(torch.relu(self.conv(x)))}
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import pytest
 from conftest import small_config, write_config
 from mlflow import MlflowClient
 
+from segmodels.engine.run import open_run
 from segmodels.study import runs
 from segmodels.study.matrix import run_config
-from segmodels.study.runs import FILES, RunFolder, open_run, pattern, primary_mode, read_json, read_npy, run_dir
+from segmodels.study.runs import FILES, RunFolder, pattern, primary_mode, read_json, read_npy, run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "workflow" / "rules"

@@ -36,8 +36,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from segmodels.engine.evaluate import evaluate
+    from segmodels.engine.run import resolve_run
     from segmodels.study.config import load_config
-    from segmodels.study.runs import resolve_run
 
     # The run's own settings, then the flags given here on top.
     _, cfg, _ = resolve_run(load_config(args.config), args.run, checkpoint=args.checkpoint, where=str(args.config))

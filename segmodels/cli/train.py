@@ -73,9 +73,9 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
 def _run_train(args: argparse.Namespace) -> int:
     import signal
 
+    from segmodels.engine.run import resolve_run
     from segmodels.study.config import load_config
     from segmodels.study.matrix import with_overrides
-    from segmodels.study.runs import resolve_run
 
     overrides = parse_overrides(args.overrides)
     if args.device:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segmodels.engine.run import open_run
 from segmodels.study import runs
 from segmodels.study.runs import primary_mode
 
@@ -316,13 +317,13 @@ def benchmark_run(
     folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
 
     ``cfg`` is a StudyConfig: the ``benchmark`` and ``model`` sections of the run (the one the checkpoint records,
-    or ``model_name``; :func:`segmodels.study.runs.open_run`) give the defaults, and latency.json's ``model`` is
+    or ``model_name``; :func:`segmodels.engine.run.open_run`) give the defaults, and latency.json's ``model`` is
     that run's name. Explicit ``repeats``/``warmup`` are used as given; the config's are capped by
     ``cpu_repeats``/``cpu_warmup`` on the CPU.
     """
     from segmodels.devices import resolve_device
 
-    with runs.open_run(cfg, run_dir, job="benchmark", model_name=model_name, log_mlflow=log_mlflow) as run:
+    with open_run(cfg, run_dir, job="benchmark", model_name=model_name, log_mlflow=log_mlflow) as run:
         bc = run.cfg.benchmark
         size = list(size or bc.size)
         if len(size) != 2 or min(size) <= 0:

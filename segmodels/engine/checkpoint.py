@@ -146,8 +146,10 @@ def load_model_from_checkpoint(
     """Build the model a checkpoint describes (architecture, ``aux``, ``head_options``) and load its weights
     (eval mode, on ``device``)."""
     from segmodels.models import build_model
+    from segmodels.study.config import import_plugins
 
     ckpt = load_checkpoint(path)
+    import_plugins(ckpt.get("config") or {}, where=f"{path} (its training config)")  # a model of a plugin's
     for key, expected in (("backbone", expect_backbone), ("head", expect_head), ("num_classes", expect_num_classes)):
         if expected is not None and ckpt[key] != expected:
             raise ValueError(f"{path}: checkpoint has {key}={ckpt[key]!r}, expected {expected!r}")

@@ -8,7 +8,7 @@
     record = meter.result()  # also written to cost.json, atomically
 
 (``folder`` is a :class:`segmodels.study.runs.RunFolder`; jobs get their meter from
-:meth:`segmodels.study.runs.OpenRun.meter`.)
+:meth:`segmodels.engine.run.OpenRun.meter`.)
 
 Wall time is ``time.monotonic``; CPU time is the process's user + system time (all its threads, and child
 processes it waited for) from ``os.times``, so CPU-hours on a many-core machine can exceed wall hours.

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segmodels.engine.run import OpenRun, open_run
 from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
 
@@ -163,7 +164,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
-    The settings are those of the run the checkpoint records (:func:`segmodels.study.runs.open_run`; a run's own
+    The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
     default the run folder's name) and ``cfg.model.num_classes`` must match the checkpoint. All inputs are
     checked before the model runs.
@@ -176,7 +177,7 @@ def evaluate(
     from segmodels.engine.inference import amp_dtype, environment
     from segmodels.metrics import class_names_for, compute_metrics, metric_keys
 
-    with runs.open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
+    with open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
                        log_mlflow=log_mlflow) as run:  # fmt: skip
         cfg = run.cfg
         ev = cfg.evaluate
@@ -260,7 +261,7 @@ def evaluate(
     return metrics
 
 
-def _log(run: runs.OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path]) -> None:
+def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path]) -> None:
     """The scores, the evaluation's cost and its protocol, to the run's MLflow run."""
     from segmodels.engine.cost import cost_metrics
     from segmodels.metrics import metric_scores

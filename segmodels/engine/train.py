@@ -33,6 +33,7 @@ from torch import nn
 
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine import distributed
+from segmodels.engine.run import OpenRun, open_run
 from segmodels.engine.step import (
     SpeedSettings,
     Stepper,
@@ -160,7 +161,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def _new_state(run: runs.OpenRun, params: dict[str, Any], info: distributed.DistInfo, device: torch.device,
+def _new_state(run: OpenRun, params: dict[str, Any], info: distributed.DistInfo, device: torch.device,
                speed: SpeedSettings) -> ckpt.TrainState:  # fmt: skip
     """The model (ImageNet weights where configured), its optimizer and gradient scaler, on ``device``."""
     t = run.cfg.train
@@ -193,7 +194,7 @@ def _stepper(state: ckpt.TrainState, speed: SpeedSettings, teacher_path: Path | 
                    device_type=device.type, teacher=teacher)  # fmt: skip
 
 
-def _start_logging(run: runs.OpenRun, state: ckpt.TrainState) -> None:
+def _start_logging(run: OpenRun, state: ckpt.TrainState) -> None:
     """config.yaml, and the run's MLflow run with its params and tags (the main process only)."""
     from segmodels.atomic import write_text_atomic
     from segmodels.models import count_parameters
@@ -224,7 +225,7 @@ def _data(state: ckpt.TrainState, data_dir: Path, seed: int, speed: SpeedSetting
     return loader, val_split
 
 
-def _log_finish(run: runs.OpenRun, cost: dict[str, Any]) -> None:
+def _log_finish(run: OpenRun, cost: dict[str, Any]) -> None:
     """The training's cost, config, log and (with ``tracking.log_weights``) weights, to its MLflow run."""
     from segmodels.engine.cost import cost_metrics
 
@@ -239,7 +240,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     """Train run ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
 
     ``model_name`` is a run of the study's matrix (or any plain {backbone}-{head}); training uses the run's
-    effective config (:func:`segmodels.study.runs.open_run`; a run's own effective config passes unchanged).
+    effective config (:func:`segmodels.engine.run.open_run`; a run's own effective config passes unchanged).
     ``data_dir`` defaults to ``data/packed/{data.dataset}``. Bad input raises ValueError or
     FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
@@ -247,7 +248,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     """
     from segmodels.data.pack import data_identity
 
-    with runs.open_run(cfg, out, job="train", model_name=model_name, seed=seed) as run:
+    with open_run(cfg, out, job="train", model_name=model_name, seed=seed) as run:
         cfg, t = run.cfg, run.cfg.train
         data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
         teacher_path = _check_inputs(cfg, data_dir)

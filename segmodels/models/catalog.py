@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "RUN_NAME_SHAPE",
     "TAG",
     "BackboneEntry",
     "HeadEntry",
@@ -210,6 +211,11 @@ def list_models() -> list[str]:
 
 
 # --- run names: {backbone}-{head}[_tag...] ---------------------------------------------------------------------
+
+
+# Any run name's shape, whatever the catalog holds (the config schema's: a plugin's models pass it, and the names
+# themselves are checked against the catalog once the plugins are imported).
+RUN_NAME_SHAPE = rf"^[a-z0-9]+-[a-z0-9]+(_{TAG})*$"
 
 
 def name_pattern() -> str:

@@ -11,14 +11,16 @@ the matrix on top of it, and this module, which loads a study file through both.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from segmodels.models.catalog import name_pattern
+from segmodels.models.catalog import RUN_NAME_SHAPE
 from segmodels.study.matrix import expand_runs
 from segmodels.study.schema import (
+    MODULE_PATTERN,
     RUN_SECTIONS,
     BenchmarkConfig,
     ConfigError,
@@ -52,6 +54,7 @@ __all__ = [
     "config_to_dict",
     "flatten",
     "from_dict",
+    "import_plugins",
     "load_config",
     "set_dotted",
     "study_from_dict",
@@ -77,8 +80,37 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     return study_from_dict(data, where=str(path))
 
 
+def import_plugins(data: dict[str, Any], *, where: str = "config") -> list[str]:
+    """Import the config's ``plugins`` (Python modules that register models or metrics); return their names.
+
+    Done before the rest of the config is read, so the names they register validate. A module that cannot be
+    imported is a ConfigError naming it (its own import errors included)."""
+    import importlib
+
+    plugins = data.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{where}: plugins: expected a list of Python module names, got {plugins!r}")
+    for module in plugins:
+        if not re.fullmatch(MODULE_PATTERN, module):
+            raise ConfigError(f"{where}: plugins: {module!r} is not a Python module name (e.g. mylab.models)")
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
+                raise ConfigError(f"{where}: plugins: importing {module} failed: {exc}") from exc
+            raise ConfigError(
+                f"{where}: plugins: no module named {module!r} (is its folder on PYTHONPATH? "
+                f"e.g. PYTHONPATH=. for ./{module.replace('.', '/')}.py)"
+            ) from exc
+        except Exception as exc:  # the plugin's own error, reported with its module
+            raise ConfigError(f"{where}: plugins: importing {module} failed: {type(exc).__name__}: {exc}") from exc
+    return plugins
+
+
 def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConfig:
-    """A study config from its parsed YAML, validated, every run of its matrix included."""
+    """A study config from its parsed YAML, validated, every run of its matrix included (its ``plugins``
+    imported first)."""
+    import_plugins(data, where=where)
     cfg = from_dict(StudyConfig, data, where=where)
     validate_config(cfg, where)
     expand_runs(cfg, where=where)
@@ -93,12 +125,12 @@ def study_schema() -> dict[str, Any]:
     schema["required"] = ["experiment", "models"]
     schema["properties"]["models"]["items"] = {
         "anyOf": [
-            {"type": "string", "pattern": name_pattern()},
+            {"type": "string", "pattern": RUN_NAME_SHAPE},
             {
                 "type": "object",
                 "minProperties": 1,
                 "maxProperties": 1,
-                "patternProperties": {name_pattern(): {"type": "object"}},
+                "patternProperties": {RUN_NAME_SHAPE: {"type": "object"}},
                 "additionalProperties": False,
             },
         ]

@@ -160,7 +160,8 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
         except ValueError:
             raise ConfigError(
                 f"{where}: model '{entry}' is not {{backbone}}-{{head}}[_tag...]; backbones: "
-                f"{', '.join(catalog.backbones())}; heads: {', '.join(catalog.heads())}; tags: letters, digits and dots"
+                f"{', '.join(catalog.backbones())}; heads: {', '.join(catalog.heads())}; tags: letters, digits and dots "
+                "(a backbone or head of your own: name the module that registers it under plugins:)"
             ) from None
         _run_level(list(own), f"{where}: model entry '{entry}'")
         for key in own:

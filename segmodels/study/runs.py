@@ -2,8 +2,8 @@
 
 This module is the one place that names a run folder's files and lays the folder out: the file names, a
 :class:`RunFolder` with one path per file, the readers and (atomic) writers of its JSON and NPY files, the
-Snakemake path patterns (:func:`pattern`), and :func:`open_run`, with which a training, evaluation or benchmark
-job opens its run. It stays light (no torch, numpy or mlflow at import) so the Snakefile can read it.
+Snakemake path patterns (:func:`pattern`). It stays light (no torch, numpy or mlflow at import) so the Snakefile
+and MLflow tracking can read it; a job opens its run with :func:`segmodels.engine.run.open_run`, built on it.
 
 Who writes what:
 
@@ -22,8 +22,6 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from typing import Any
 __all__ = [
     "CHECKPOINT", "CONFIG", "CONFUSION", "CONFUSION_PER_IMAGE", "COST", "FILES", "LAST", "LATENCY", "LAYOUT",
     "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "TRAIN_LOG", "TRAIN_LOG_PARTIAL",
-    "OpenRun", "RunFolder", "json_safe", "open_run", "pattern", "primary_mode", "read_json", "read_npy",
-    "resolve_run", "run_dir", "write_json", "write_npy",
+    "RunFolder", "json_safe", "pattern", "primary_mode", "read_json", "read_npy", "run_dir", "write_json",
+    "write_npy",
 ]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"  # the trained model (best/final weights), what evaluate and benchmark load
@@ -192,130 +190,3 @@ class RunFolder:
             if match := _SAMPLE.match(path.name):
                 found.setdefault(int(match.group(1)), {})[kinds[match.group(3)]] = path
         return found
-
-
-# --- a job's run ---------------------------------------------------------------------------------------------------
-
-
-def resolve_run(cfg: Any, folder: str | Path | None = None, *, checkpoint: str | Path | None = None,
-                model_name: str | None = None, fresh: bool = False,
-                where: str = "config") -> tuple[str, Any, Path | None]:  # fmt: skip
-    """The run a job works on: ``(run name, effective config, checkpoint)``.
-
-    A trained run (``fresh`` false and a folder or checkpoint given) is the one its checkpoint records (by default
-    the folder's checkpoint.pt, which must exist); otherwise ``model_name`` names the run and the checkpoint is
-    None. The config is :func:`segmodels.study.matrix.run_config` of that run (a run's own effective config passes
-    unchanged).
-    """
-    from segmodels.study.matrix import run_config
-
-    if fresh or (folder is None and checkpoint is None):
-        if model_name is None:
-            raise ValueError("give a run folder (--run) or a model name (--model)")
-        return model_name, run_config(cfg, model_name, where=where), None
-    from segmodels.engine.inference import recorded_run
-
-    path = Path(checkpoint) if checkpoint is not None else RunFolder(folder).checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    name = recorded_run(path)
-    return name, run_config(cfg, name, where=where), path
-
-
-@dataclass
-class OpenRun:
-    """A run opened by :func:`open_run`: its effective config and folder, its model, the job's cost and MLflow."""
-
-    job: str  # "train", "evaluate" or "benchmark": the cost record's job, as CostMeter names it
-    name: str  # the run ({backbone}-{head}[_tag...])
-    cfg: Any  # the run's effective StudyConfig
-    folder: RunFolder | None
-    checkpoint: Path | None  # the trained model's file; None for a model built fresh
-    expected: str | None = None  # the run the checkpoint must be of (default: the folder's name)
-    seed: int = 0
-    log_mlflow: bool = True
-    logger: Any = None  # the RunLogger of a training, once started
-
-    def load_model(self, device: Any, *, expect_num_classes: int | None = None) -> tuple[Any, dict[str, Any]]:
-        """The checkpoint's eval-mode model on ``device`` and its metadata, checked against the expected run."""
-        from segmodels.engine.inference import load_model, model_name_from_path
-
-        if self.checkpoint is None:
-            raise ValueError(f"run {self.name} has no checkpoint to load; build its model instead")
-        expected = self.expected or (model_name_from_path(self.folder.path) if self.folder else None)
-        return load_model(self.checkpoint, device=device, expect_model=expected, expect_num_classes=expect_num_classes)
-
-    def build_model(self, *, pretrained: bool = True) -> Any:
-        """The run's model built from its ``model`` section, with the configured ImageNet weights
-        (``model.pretrained``) unless ``pretrained`` is false."""
-        from segmodels.models import build_model
-        from segmodels.models.catalog import arch_of
-
-        m = self.cfg.model
-        return build_model(*arch_of(self.name), num_classes=m.num_classes, output_stride=m.output_stride, aux=m.aux,
-                           pretrained=m.pretrained if pretrained else None, bn_momentum=m.bn_momentum,
-                           head_options=m.head_options)  # fmt: skip
-
-    def meter(self, device: Any, *, gpus: int | None = None, save: bool = False, resume: bool = False) -> Any:
-        """A :class:`~segmodels.engine.cost.CostMeter` of the job; with ``save`` it keeps the folder's cost.json."""
-        from segmodels.engine.cost import CostMeter
-
-        path = self.folder.cost if save and self.folder is not None else None
-        return CostMeter(self.job, device=device, gpus=gpus, path=path, resume=resume)
-
-    def start_logger(self, params: dict[str, Any], tags: dict[str, Any]) -> Any:
-        """Create (or continue) the run's MLflow run, log ``params`` and ``tags``; ended when the run closes."""
-        from segmodels.tracking import RunLogger, tracking_uri
-
-        t = self.cfg.tracking
-        self.logger = RunLogger(self.folder.path, experiment=t.experiment, uri=tracking_uri(t.uri),
-                                run_name=f"{self.name}-seed{self.seed}", flush_seconds=t.flush_seconds,
-                                tags={"model": self.name, "seed": self.seed, "study": self.cfg.experiment}).start()
-        self.logger.log_params(params)
-        self.logger.set_tags(tags)
-        return self.logger
-
-    def log(self, *, metrics: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-            artifacts: list[Path] | tuple[Path, ...] = (), step: int | None = None) -> None:  # fmt: skip
-        """Log to the run's MLflow run: through the training's logger when one is open, else added to the run the
-        folder names (nothing without a folder or with ``log_mlflow`` off). None values are left out."""
-        from segmodels.tracking import log_to_run, tracking_uri
-
-        if self.logger is None:
-            if self.log_mlflow and self.folder is not None:
-                log_to_run(self.folder.path, metrics=metrics, tags=tags, artifacts=artifacts, step=step,
-                           uri=tracking_uri(self.cfg.tracking.uri))  # fmt: skip
-            return
-        self.logger.log_metrics({k: float(v) for k, v in (metrics or {}).items() if v is not None}, step or 0)
-        if tags:
-            self.logger.set_tags(tags)
-        for path in artifacts:
-            self.logger.log_artifact(path)
-
-    def end(self, status: str = "FINISHED") -> None:
-        """End the training's MLflow run now (FINISHED, FAILED or KILLED); closing the run then does nothing."""
-        if self.logger is not None:
-            logger, self.logger = self.logger, None
-            logger.end(status)
-
-
-@contextmanager
-def open_run(cfg: Any, folder: str | Path | None = None, *, job: str, model_name: str | None = None,
-             checkpoint: str | Path | None = None, seed: int = 0,
-             log_mlflow: bool = True) -> Iterator[OpenRun]:  # fmt: skip
-    """Open the run of a ``train``, ``evaluate`` or ``benchmark`` job (see :func:`resolve_run` for which run).
-
-    A training builds its model fresh (:meth:`OpenRun.build_model`) into ``folder``; evaluation and the benchmark
-    load the checkpoint (:meth:`OpenRun.load_model`, checked against ``model_name``, by default the folder's
-    name). An MLflow run started with :meth:`OpenRun.start_logger` ends when the block does: FINISHED, or
-    FAILED (KILLED on an interrupt) when it raises.
-    """
-    name, cfg, path = resolve_run(cfg, folder, checkpoint=checkpoint, model_name=model_name, fresh=job == "train")
-    run = OpenRun(job, name, cfg, RunFolder(folder) if folder is not None else None, path,
-                  expected=model_name if path is not None else None, seed=seed, log_mlflow=log_mlflow)  # fmt: skip
-    try:
-        yield run
-    except BaseException as exc:
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    run.end("FINISHED")

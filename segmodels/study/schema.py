@@ -47,7 +47,9 @@ class ConfigError(ValueError):
 # not "." or "..", no leading "-" that a command line would take for an option.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # an importable Python module name
 _PATTERN_TEXT = {
+    MODULE_PATTERN: "be a Python module name (e.g. mylab.models)",
     NAME_PATTERN: "be a plain name of letters, digits, '.', '_' and '-', not starting with '.' or '-'",
     DEVICE_PATTERN: "be auto, cpu, cuda or cuda:N",
 }
@@ -182,6 +184,9 @@ class StatsConfig:
 @dataclass
 class StudyConfig:
     experiment: str = _limited("study", pattern=NAME_PATTERN)  # results/{experiment}/
+    # Python modules imported before the rest is read, to register backbones, heads or metrics of your own
+    # (segmodels.models.register_backbone/register_head, segmodels.metrics.register_metric); on PYTHONPATH
+    plugins: list[str] = _limited(factory=list, items={"pattern": MODULE_PATTERN})
     # {backbone}-{head}[_tag...], or {name: {dotted.key: value}} with overrides of the run-level sections
     models: list[str | dict[str, dict[str, Any]]] = field(default_factory=lambda: ["resnet18-ppm"])
     axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted key → values, crossed with every model entry
@@ -353,6 +358,12 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _with_limits(schema: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """A field's schema with its limits; the limits of a list's items join the items' own schema."""
+    items = {**schema.get("items", {}), **limits.get("items", {})} if "items" in limits else None
+    return {**schema, **limits} | ({"items": items} if items is not None else {})
+
+
 def json_schema(tp: Any) -> dict[str, Any]:
     """The JSON schema of a type of this module (a dataclass, with each field's limits)."""
     if tp is Any:
@@ -369,7 +380,7 @@ def json_schema(tp: Any) -> dict[str, Any]:
         return {
             "type": "object",
             "additionalProperties": False,
-            "properties": {f.name: {**json_schema(hints[f.name]), **f.metadata.get("limits", {})}
+            "properties": {f.name: _with_limits(json_schema(hints[f.name]), f.metadata.get("limits", {}))
                            for f in dataclasses.fields(tp)},
         }
     names = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}
