@@ -19,7 +19,7 @@ from segmodels.cli import main
 from segmodels.models.catalog import arch_of, display_name, head, head_label, pair_of, reference_variant
 from segmodels.report.design import fixed_pairs
 from segmodels.report.results import load_study
-from segmodels.study.config import ConfigError, StudyConfig, load_config, study_schema
+from segmodels.study.config import ConfigError, StudyConfig, load_config, study_from_dict, study_schema
 from segmodels.study.matrix import expand_runs, run_config, run_names, run_sections
 from segmodels.study.stats import study_pairs
 from segmodels.study.summary import run_dir, summarize
@@ -146,8 +146,14 @@ def test_schema_takes_every_form_and_refuses_a_bad_name():
         "axes": {"model.output_stride": [8, 16], "train.crop_size": [[256, 512], [512, 1024]]},
     }
     jsonschema.validate(good, schema)
+    # The schema checks a name's shape; the catalog (with the study's plugins) checks the names themselves.
+    unknown = {"experiment": "m", "models": [{"resnet34-ppm": {}}]}
+    jsonschema.validate(unknown, schema)
+    with pytest.raises(ConfigError, match="resnet34-ppm"):
+        study_from_dict(unknown)
     for bad in (
-        {"experiment": "m", "models": [{"resnet34-ppm": {}}]},
+        {"experiment": "m", "models": [{"ResNet18-ppm": {}}]},
+        {"experiment": "m", "models": ["resnet18-ppm-x"]},
         {"experiment": "m", "models": ["resnet18-ppm_os/16"]},
         {"experiment": "m", "models": ["resnet18-ppm"], "axes": {"data.size": [[1, 2]]}},
     ):
