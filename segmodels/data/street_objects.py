@@ -1,5 +1,5 @@
 """Things that stand in a generated street: vehicles, two-wheelers with riders, people, poles with traffic lights
-and signs, trees, clutter, and the ego-vehicle bonnet. Each is drawn on a :class:`segmodels.data.scene.Canvas`
+and signs, trees, clutter, and the ego-vehicle bonnet. Each is drawn on a :class:`segmodels.data.canvas.Canvas`
 from a ground position (lateral x, depth z in metres), so its size and place follow the perspective."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 from segmodels.data.labels import LABELS
 
 if TYPE_CHECKING:
-    from segmodels.data.scene import Canvas
+    from segmodels.data.canvas import Canvas
 
 __all__ = ["draw_objects"]
 
