@@ -258,7 +258,8 @@ def prepare(
             ):
                 crcs[split][i] = (f"{crc_img:08x}", f"{crc_lab:08x}")
                 counts[split] += hist
-        manifest = _manifest(src, source, out.name, size, samples, want, crcs, counts, source_sizes)
+        manifest = _manifest(src, source, out.name, size, samples=samples, want=want, crcs=crcs, counts=counts,
+                             source_sizes=source_sizes)  # fmt: skip
         atomic_write_json(tmp / MANIFEST, manifest)
         _fsync_tree(tmp)
         _install(tmp, out)
@@ -268,7 +269,7 @@ def prepare(
     return PrepareResult(out, manifest, skipped=False)
 
 
-def _manifest(src, source, dataset, size, samples, want, crcs, counts, source_sizes) -> dict:
+def _manifest(src, source, dataset, size, *, samples, want, crcs, counts, source_sizes) -> dict:
     from segmodels import __version__
 
     synth = None

@@ -180,7 +180,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _time_mode(model, x, mode, device, dtype, onnx_opset, warmup, repeats, entry) -> list[float]:
+def _time_mode(model, x, mode, *, device, dtype, onnx_opset, warmup, repeats, entry) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         if mode.onnx:
             fn, provider = _onnx_forward(copy.deepcopy(model), x, device, onnx_opset, Path(tmp))
@@ -254,7 +254,8 @@ def benchmark_model(
         entry: dict[str, Any] = {"status": "ok"}
         rss_before = _peak_rss_mb()
         try:
-            times = _time_mode(model, x, mode, device, dtype, onnx_opset, warmup, repeats, entry)
+            times = _time_mode(model, x, mode, device=device, dtype=dtype, onnx_opset=onnx_opset, warmup=warmup,
+                               repeats=repeats, entry=entry)  # fmt: skip
         except Exception as exc:
             if not (mode.onnx or mode.compile or mode.cudagraphs):
                 raise  # plain eager inference failing is a bug, not a missing toolchain
