@@ -37,6 +37,7 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from segmodels.engine.evaluate import evaluate
     from segmodels.engine.run import resolve_run
+    from segmodels.metrics import METRICS
     from segmodels.study.config import load_config
 
     # The run's own settings, then the flags given here on top.
@@ -58,12 +59,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
         device=args.device, log_mlflow=not args.no_mlflow,
     )  # fmt: skip
-    print(
-        f"{metrics['model']}: mIoU {metrics['miou'] * 100:.2f}  mAcc {metrics['macc'] * 100:.2f}  "
-        f"allAcc {metrics['allacc'] * 100:.2f}  ({metrics['num_images']} images"
-        + (f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else "")
-        + ")"
+    scores = "  ".join(
+        f"{m.label} {metrics[m.key] * 100:.{m.digits}f}" for m in METRICS if metrics.get(m.key) is not None
     )
+    absent = f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else ""
+    print(f"{metrics['model']}: {scores}  ({metrics['num_images']} images{absent})")
     return 0
 
 
@@ -139,8 +139,15 @@ def _run_export(args: argparse.Namespace) -> int:
 
         backbone, head = catalog.arch_of(args.model)
         cfg = run_config(cfg, args.model)
-        model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
-                            aux=catalog.head(head).cascade, pretrained=None, head_options=cfg.model.head_options)
+        model = build_model(
+            backbone,
+            head,
+            num_classes=cfg.model.num_classes,
+            output_stride=cfg.model.output_stride,
+            aux=catalog.head(head).cascade,
+            pretrained=None,
+            head_options=cfg.model.head_options,
+        )
         out = args.out or Path(f"{args.model}.onnx")
     else:
         import torch
