@@ -1,6 +1,7 @@
 # segbench: data → train → evaluate → benchmark → summary, for every model of a study config.
 #   snakemake --cores all --resources gpu=1                            # config/config.yaml (real Cityscapes)
 #   snakemake --cores all --resources gpu=1 --configfile config/demo.yaml
+#   snakemake --report reports/workflow.html [--configfile ...]         # after a run: figures, tables, runtimes
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,6 +13,9 @@ if not workflow.overwrite_configfiles:
 
 
 validate(config, "config/schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"

@@ -55,8 +55,12 @@ def test_environment_matches_pyproject():
 
 
 def test_environment_installs_the_package_itself():
-    text = (ROOT / "environment.yml").read_text()
-    assert "-e .[dev]" in text
+    # By hand: the file's comment says to pip install the checkout; under --software-deployment-method conda,
+    # Snakemake runs the post-deploy script beside the file, which installs the checkout the Snakefile runs from.
+    assert "-e .[dev]" in (ROOT / "environment.yml").read_text()
+    script = (ROOT / "environment.post-deploy.sh").read_text()
+    assert 'pip install --no-deps --editable "$SEGMODELS_SOURCE"' in script
+    assert "SEGMODELS_SOURCE=workflow.basedir" in (ROOT / "workflow" / "rules" / "common.smk").read_text()
 
 
 def test_runtime_bounds_are_lower_bounds_admitting_torch_2_6_and_the_installed_versions():

@@ -95,6 +95,99 @@ def test_every_placeholder_that_reaches_the_shell_is_quoted():
     assert seen > 20  # the pattern found the rules' shell lines
 
 
+_RULE_START = re.compile(r"^\s*rule (\w+):\s*$", re.M)
+
+
+def _rules() -> dict[str, str]:
+    """Rule name → the text of its block, from the Snakefile and every rule file."""
+    rules = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]:
+        text = path.read_text()
+        starts = list(_RULE_START.finditer(text))
+        bounds = [here.start() for here in starts] + [len(text)]
+        for here, end in zip(starts, bounds[1:], strict=True):
+            rules[here.group(1)] = text[here.end() : end]
+    return rules
+
+
+def _declared(block: str) -> dict[str, str]:
+    """What the README's table shows of a rule: its GPUs, threads and mem_mb, as the README writes them."""
+    gpu = re.search(r"^\s+gpu=(\w+),", block, re.M)
+    threads = re.search(r"^\s+threads: (\w+)", block, re.M)
+    mem = re.search(r"^\s+mem_mb=(\d+),", block, re.M)
+    as_text = {None: "–", "1": "1", "ALL_GPUS": "all"}, {None: "1", "ALL_CORES": "all"}
+    return {
+        "gpu": as_text[0][gpu and gpu.group(1)],
+        "threads": as_text[1][threads and threads.group(1)],
+        "mem_mb": mem.group(1) if mem else "",
+    }
+
+
+def test_every_job_declares_its_environment_memory_benchmark_and_threads():
+    """What --software-deployment-method conda and a cluster scheduler need of every rule that runs a job."""
+    rules = _rules()
+    jobs = {name: block for name, block in rules.items() if "shell:" in block}
+    assert set(rules) - set(jobs) == {"all"} and len(jobs) >= 11, sorted(rules)
+    for name, block in jobs.items():
+        assert re.search(r"^\s+conda:\s*\n\s+ENV\s*$", block, re.M), f"rule {name}: no `conda: ENV`"
+        assert _declared(block)["mem_mb"], f"rule {name}: no `resources: mem_mb=` (a number)"
+        bench = re.search(r"^\s+benchmark:\s*\n\s+f?\"(logs/[^\"]+\.bench\.tsv)\"", block, re.M)
+        assert bench, f"rule {name}: no benchmark file under logs/ (its peak memory is what mem_mb comes from)"
+        if "{threads}" in block:  # parallel work: the job's worker count comes from its threads
+            assert re.search(r"^\s+threads: ", block, re.M), f"rule {name} passes {{threads}} but declares none"
+
+
+def test_readme_table_lists_every_rule_as_the_rules_declare_it():
+    """The README's table of rules (GPU, threads, mem_mb) is checked against the rules so that it cannot go stale."""
+    text = (ROOT / "README.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 6:
+            rows[cells[0].strip("`")] = {"gpu": cells[2], "threads": cells[3], "mem_mb": cells[4]}
+    jobs = {name: block for name, block in _rules().items() if "shell:" in block}
+    assert set(rows) == set(jobs), f"README table rows {sorted(rows)} != rules {sorted(jobs)}"
+    for name, block in jobs.items():
+        assert rows[name] == _declared(block), f"README row of rule {name}: {rows[name]}, rules: {_declared(block)}"
+
+
+def test_report_captions_exist_and_cover_every_figure():
+    from segmodels.report.figures import FIGURES
+
+    report = ROOT / "workflow" / "report"
+    captions = set()
+    for block in _rules().values():
+        captions |= set(re.findall(r'caption="([^"]+)"', block))
+    assert {Path(c).name for c in captions} >= {"figures.rst", "summary.rst", "report.rst"}
+    for caption in captions:
+        assert (ROOT / "workflow" / "rules" / caption).resolve().parent == report.resolve(), caption
+        assert (report / Path(caption).name).is_file(), caption
+    assert 'report: "workflow/report/workflow.rst"' in (ROOT / "Snakefile").read_text()
+    assert (report / "workflow.rst").is_file()
+    figures = (report / "figures.rst").read_text()
+    assert all(f'"{name}":' in figures for name in FIGURES), "workflow/report/figures.rst lacks a figure of FIGURES"
+
+
+def test_conda_environment_installs_this_checkout(tmp_path):
+    """Snakemake makes a job environment from a copy of environment.yml under .snakemake/conda/, so the project
+    comes from environment.post-deploy.sh with the checkout's path (SEGMODELS_SOURCE, set by common.smk)."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert not [line for line in pip if line.startswith("-")], "a path in environment.yml is relative to its copy"
+    assert "SEGMODELS_SOURCE=workflow.basedir" in (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\necho "$@" > "$CALLED"\n')
+    (stub / "python").chmod(0o755)
+    script = ROOT / "environment.post-deploy.sh"
+    env_vars = dict(os.environ, PATH=f"{stub}{os.pathsep}{os.environ['PATH']}", CALLED=str(tmp_path / "called"))
+    env_vars.pop("SEGMODELS_SOURCE", None)
+    assert subprocess.run(["bash", str(script)], env=env_vars, capture_output=True).returncode != 0
+    ran = subprocess.run(["bash", str(script)], env=dict(env_vars, SEGMODELS_SOURCE=str(ROOT)), capture_output=True)
+    assert ran.returncode == 0, ran.stderr
+    assert (tmp_path / "called").read_text().split() == ["-m", "pip", "install", "--no-deps", "--editable", str(ROOT)]
+
+
 @pytest.mark.slow
 def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
@@ -134,12 +227,24 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
             for r in runs
             if r.info.run_id == (tmp_path / "results" / "test" / model / "seed0" / "mlflow_run_id").read_text().strip()
         )
-        assert {"val_miou", "latency_ms", "miou_per_speed"} <= set(run.data.metrics), run.data.metrics.keys()
+        assert {"miou", "latency_ms", "miou_per_speed"} <= set(run.data.metrics), run.data.metrics.keys()
     summary_run = next(r for r in runs if r.data.tags.get("segbench.kind") == "summary")
     artifacts = {a.path for a in client.list_artifacts(summary_run.info.run_id)}
     assert {"summary.csv", "report.pdf", "figures"} <= artifacts
 
     assert not list(tmp_path.rglob("INJECTED")), "a config path was split by the shell"
+
+    # Snakemake's own HTML report of the finished run: no --cores needed, every figure drawn and its caption in it.
+    html = tmp_path / "reports" / "workflow.html"
+    made = snakemake(tmp_path, "--report", str(html), config=study)
+    assert made.returncode == 0, made.stdout[-4000:] + made.stderr[-4000:]
+    page = html.read_text()
+    assert html.stat().st_size > 100_000
+    assert "The study <strong>test</strong> trains 2 models" in page  # workflow/report/workflow.rst, rendered
+    assert "The study's summary table" in page and "paired bootstrap intervals" in page
+    for figure in figures["figures"]:
+        assert f"{figure['name']}.png" in page, figure["name"]
+    assert "Predictions of each backbone" in page  # workflow/report/figures.rst for backbones.png
 
     again = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=1", "-n", config=study)
     assert again.returncode == 0

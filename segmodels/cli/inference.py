@@ -118,6 +118,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    "logits allowed between onnxruntime (CPU) and PyTorch on one random input; above it the command "
                    "fails with exit status 1 (default: 1e-3, fp32 logits)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison with PyTorch")
+    p.add_argument("--no-mlflow", action="store_true", help="with --run: do not log the file to the run's MLflow "
+                   "run (under onnx/)")  # fmt: skip
 
 
 def _run_export(args: argparse.Namespace) -> int:
@@ -157,7 +159,9 @@ def _run_export(args: argparse.Namespace) -> int:
 
         ckpt = args.checkpoint or RunFolder(args.run).checkpoint
         expected = model_name_from_path(args.run) if args.run else None
-        model, _ = load_model(ckpt, device=torch.device("cpu"), expect_model=expected)
+        model, meta = load_model(ckpt, device=torch.device("cpu"), expect_model=expected)
+        if args.config is None:  # the store the run was trained with
+            cfg.tracking.uri = ((meta.get("config") or {}).get("tracking") or {}).get("uri")
         out = args.out or (args.run / "model.onnx" if args.run else ckpt.with_suffix(".onnx"))
     path = export_onnx(model, out, size=size, batch_size=args.batch_size, opset=args.opset or cfg.benchmark.onnx_opset)
     print(f"wrote {path} (input images {args.batch_size}x3x{size[0]}x{size[1]}, output logits)")
@@ -169,6 +173,10 @@ def _run_export(args: argparse.Namespace) -> int:
             return 1
         print(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.2e} <= tolerance {atol:g}, "
               f"argmax agreement {check['argmax_agreement'] * 100:.3f}%")  # fmt: skip
+    if args.run is not None and not args.no_mlflow:
+        from segmodels.tracking import log_to_run, tracking_uri
+
+        log_to_run(args.run, artifacts=[path], artifact_path="onnx", uri=tracking_uri(cfg.tracking.uri))
     return 0
 
 

@@ -14,6 +14,9 @@ the config). Writes into the output folder (the run folder by default):
   cost (wall and CPU time, device, images, GPU-hours and energy where measurable; see
   :mod:`segmodels.engine.cost`), also logged to the run's MLflow run as ``cost/eval_*`` metrics.
 
+The run's MLflow run gets the scores in percent, as the summary and the report show them, under the metrics'
+keys (``miou``, ``macc``, ``allacc``; see :func:`logged_scores`), at the checkpoint's iteration.
+
 Every file is written atomically.
 
 Full resolution: the packed labels were resized with the images, so scoring at the original resolution
@@ -41,7 +44,7 @@ from segmodels.engine.run import OpenRun, open_run
 from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
 
-__all__ = ["RawLabels", "evaluate", "protocol", "resolve_split", "settings_tag"]
+__all__ = ["RawLabels", "evaluate", "logged_scores", "protocol", "resolve_split", "settings_tag"]
 
 
 def resolve_split(cfg: StudyConfig, data: str | Path | None, split: str = "val") -> Path:
@@ -261,20 +264,30 @@ def evaluate(
     return metrics
 
 
+def logged_scores(metrics: dict[str, Any], tag: str = "", packed: dict[str, Any] | None = None) -> dict[str, float]:
+    """The MLflow metrics of an evaluation: each metric of :data:`segmodels.metrics.METRICS` in percent under its
+    key, ``_{tag}`` appended for inference settings other than the default (``miou_flip``, ``macc_slide_flip``),
+    and with full-resolution scoring the packed-size mIoU as ``miou_packed`` (``miou_{tag}_packed``). Undefined
+    scores are left out."""
+    from segmodels.metrics import metric_scores
+
+    suffix = f"_{tag}" if tag else ""
+    scores = {f"{key}{suffix}": value * 100 for key, value in metric_scores(metrics, finite=True).items()}
+    if packed is not None and not math.isnan(packed["miou"]):
+        scores[f"miou{suffix}_packed"] = packed["miou"] * 100
+    return scores
+
+
 def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path]) -> None:
     """The scores, the evaluation's cost and its protocol, to the run's MLflow run."""
     from segmodels.engine.cost import cost_metrics
-    from segmodels.metrics import metric_scores
 
     # Inference variants (TTA, sliding windows) get their own keys; full-resolution scoring is the protocol the
-    # run is scored by (its "protocol" tag says which), so the study's headline stays val_miou.
+    # run is scored by (its "protocol" tag says which), so the study's headline stays miou.
     tag = settings_tag(dataclasses.replace(run.cfg.evaluate, full_resolution=False))
-    prefix = f"val_{tag}_" if tag else "val_"
-    scores = metric_scores(metrics, prefix, finite=True)
-    if packed is not None and not math.isnan(packed["miou"]):
-        scores[f"{prefix}packed_miou"] = packed["miou"]
+    cost_prefix = f"cost/eval_{tag}_" if tag else "cost/eval_"
     run.log(
-        metrics=scores | cost_metrics(metrics["cost"], f"cost/eval_{tag}_" if tag else "cost/eval_"),
+        metrics=logged_scores(metrics, tag, packed) | cost_metrics(metrics["cost"], cost_prefix),
         tags={f"protocol.{tag}" if tag else "protocol": metrics["protocol"]["label"]},
         artifacts=[] if tag else artifacts,
         step=metrics["iteration"],

@@ -7,7 +7,7 @@ named, read and written by :mod:`segmodels.study.runs`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +16,17 @@ from typing import Any
 from segmodels.engine.cost import CostMeter
 from segmodels.engine.inference import load_model, model_name_from_path, recorded_run
 from segmodels.models import build_model
-from segmodels.models.catalog import arch_of
+from segmodels.models.catalog import arch_of, variant_of
 from segmodels.study.matrix import run_config
 from segmodels.study.runs import RunFolder
 from segmodels.tracking import RunLogger, log_to_run, tracking_uri
 
-__all__ = ["OpenRun", "open_run", "resolve_run"]
+__all__ = ["PLAIN_VARIANT", "OpenRun", "open_run", "resolve_run", "run_tags"]
+
+# The ``variant`` tag of a run without variant tags. MLflow's runs table puts runs whose grouping tag is missing or
+# empty into a collapsed "Additional runs" group left out of the charts; a name holds them in a group of their own,
+# and parentheses, which no variant's tags may contain, keep it from meeting a real variant.
+PLAIN_VARIANT = "(plain)"
 
 
 def resolve_run(cfg: Any, folder: str | Path | None = None, *, checkpoint: str | Path | None = None,
@@ -43,6 +48,14 @@ def resolve_run(cfg: Any, folder: str | Path | None = None, *, checkpoint: str |
         raise FileNotFoundError(f"checkpoint not found: {path}")
     name = recorded_run(path)
     return name, run_config(cfg, name, where=where), path
+
+
+def run_tags(name: str, seed: int, study: str) -> dict[str, str]:
+    """The MLflow tags that name a model run: ``model`` (the run), ``backbone``, ``head``, ``variant`` (its tags,
+    :data:`PLAIN_VARIANT` for none), ``seed`` and ``study``; the runs table groups by any of them."""
+    backbone, head = arch_of(name)
+    return {"model": name, "backbone": backbone, "head": head, "variant": variant_of(name) or PLAIN_VARIANT,
+            "seed": str(seed), "study": study}  # fmt: skip
 
 
 @dataclass
@@ -79,14 +92,18 @@ class OpenRun:
         path = self.folder.cost if save and self.folder is not None else None
         return CostMeter(self.job, device=device, gpus=gpus, path=path, resume=resume)
 
-    def start_logger(self, params: dict[str, Any], tags: dict[str, Any]) -> Any:
-        """Create (or continue) the run's MLflow run, log ``params`` and ``tags``; ended when the run closes."""
+    def start_logger(self, params: dict[str, Any], tags: dict[str, Any],
+                     inputs: Iterable[Mapping[str, Any]] = ()) -> Any:  # fmt: skip
+        """Create (or continue) the run's MLflow run, log ``params``, ``tags`` and the dataset ``inputs`` it lacks
+        (:func:`segmodels.tracking.packed_inputs`) and start MLflow's system metrics; ended when the run closes."""
         t = self.cfg.tracking
         self.logger = RunLogger(self.folder.path, experiment=t.experiment, uri=tracking_uri(t.uri),
                                 run_name=f"{self.name}-seed{self.seed}", flush_seconds=t.flush_seconds,
-                                tags={"model": self.name, "seed": self.seed, "study": self.cfg.experiment}).start()
+                                tags=run_tags(self.name, self.seed, self.cfg.experiment)).start()
         self.logger.log_params(params)
         self.logger.set_tags(tags)
+        self.logger.log_inputs(inputs)
+        self.logger.monitor_system()
         return self.logger
 
     def log(self, *, metrics: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,

@@ -14,7 +14,8 @@ The run folder (``--out``, :mod:`segmodels.study.runs`) gets the final weights a
 declared outputs), the resume state (``last.pt``, the growing log, the MLflow run id and, while the tracking server
 is unreachable, its records), the resolved config (also an MLflow artifact) and ``cost.json``: wall, CPU and GPU
 hours, images and GPU energy where NVML reads it, summed over resumed segments (:mod:`segmodels.engine.cost`); also
-``cost/train_*`` metrics and a ``cost.train_device`` tag of the MLflow run.
+``cost/train_*`` metrics and a ``cost.train_device`` tag of the MLflow run, which also gets ``train/...`` curves,
+the packed splits as dataset inputs and, while training, MLflow's ``system/...`` metrics.
 
 The optimisation step and the GPU speed features are in :mod:`segmodels.engine.step`.
 """
@@ -45,6 +46,7 @@ from segmodels.engine.step import (
 )
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig, config_to_dict, flatten
+from segmodels.tracking import log_trained_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "log_columns", "run_params", "train"]
 
@@ -194,12 +196,13 @@ def _stepper(state: ckpt.TrainState, speed: SpeedSettings, teacher_path: Path | 
                    device_type=device.type, teacher=teacher)  # fmt: skip
 
 
-def _start_logging(run: OpenRun, state: ckpt.TrainState) -> None:
-    """config.yaml, and the run's MLflow run with its params and tags (the main process only)."""
+def _start_logging(run: OpenRun, state: ckpt.TrainState, data_dir: Path) -> None:
+    """config.yaml, and the run's MLflow run with its params, tags and data, its system metrics started (the main
+    process only)."""
     from segmodels.atomic import write_text_atomic
     from segmodels.models import count_parameters
     from segmodels.models.catalog import arch_of, head_label, variant_of
-    from segmodels.tracking import git_commit
+    from segmodels.tracking import git_commit, packed_inputs
 
     cfg, device = run.cfg, state.device
     write_text_atomic(run.folder.config, _yaml(cfg, run.name, run.seed))
@@ -209,6 +212,7 @@ def _start_logging(run: OpenRun, state: ckpt.TrainState) -> None:
          "model.head_label": head_label(head, cfg.model.head_options), "run.variant": variant_of(run.name)},
         {"git_commit": git_commit(), "torch_version": torch.__version__, "world_size": state.info.world_size,
          "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
+        packed_inputs(data_dir),
     )  # fmt: skip
 
 
@@ -270,7 +274,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
             stepper = _stepper(state, speed, teacher_path)
             loader, val_split = _data(state, data_dir, seed, speed)
             if info.is_main:
-                _start_logging(run, state)
+                _start_logging(run, state, data_dir)
             meter = run.meter(device, gpus=info.world_size if device.type == "cuda" else 0, save=info.is_main,
                               resume=state.start > 0)  # fmt: skip
             loop = _Loop(state, stepper, run.logger, meter)
@@ -283,6 +287,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                 _log_finish(run, meter.result())
             run_id = run.logger.run_id if run.logger is not None else None
             run.end()
+            if info.is_main:  # the checkpoint just written, as the run's MLflow model (tracking.log_model)
+                log_trained_model(run.folder.path, None, cfg)
             distributed.barrier()
             return TrainResult(run.folder.path, t.iterations, run_id, val, state.model)
         finally:

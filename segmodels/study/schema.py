@@ -48,8 +48,10 @@ class ConfigError(ValueError):
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # an importable Python module name
+REGISTERED_NAME_PATTERN = r"^([A-Za-z0-9._-]|\{experiment\}|\{model\})+$"  # a registered model's name template
 _PATTERN_TEXT = {
     MODULE_PATTERN: "be a Python module name (e.g. mylab.models)",
+    REGISTERED_NAME_PATTERN: "be letters, digits, '.', '_', '-' and the placeholders {experiment} and {model}",
     NAME_PATTERN: "be a plain name of letters, digits, '.', '_' and '-', not starting with '.' or '-'",
     DEVICE_PATTERN: "be auto, cpu, cuda or cuda:N",
 }
@@ -172,6 +174,11 @@ class TrackingConfig:
     # longest wait before buffered metrics are sent (one log_batch call)
     flush_seconds: float = _limited(30.0, **_AT_LEAST_0)
     log_weights: bool = False  # also upload checkpoint.pt as a run artifact
+    # the trained model as the run's MLflow model (runs:/<run id>/model), a pickle: load only from a trusted store
+    log_model: bool = True
+    register: bool = False  # also a version of it in the model registry; the summary aliases the best "champion"
+    # {experiment}: the study's name, {model}: the run's ({model} gives each model a registered model of its own)
+    registered_name: str = _limited("segbench-{experiment}", pattern=REGISTERED_NAME_PATTERN)
 
 
 @dataclass

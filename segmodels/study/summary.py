@@ -158,10 +158,12 @@ def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: P
     """Log the study's summary, figures and report to one MLflow run beside the model runs.
 
     The run lives in the study's experiment, so the MLflow UI shows it next to the models it
-    summarises; its id is kept in ``results/{experiment}/summary/`` and reused on a re-run.
+    summarises; its id is kept in ``results/{experiment}/summary/`` and reused on a re-run. With
+    ``tracking.register`` the best model's registered version gets the alias ``champion``
+    (:func:`segmodels.tracking.set_champion`), named in the record's ``champion``.
     """
     from segmodels.atomic import write_text_atomic
-    from segmodels.tracking import RunLogger, tracking_uri
+    from segmodels.tracking import RunLogger, set_champion, tracking_uri
 
     files = [Path(results) / cfg.experiment / "summary.csv", Path(report)]
     missing = [str(f) for f in files if not f.is_file()]
@@ -179,15 +181,18 @@ def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: P
     table = summarize(cfg, results)
     done = table[table["status"] != "missing"]
     logger.log_params({"study": cfg.experiment, "models": ",".join(run_names(cfg))})
+    champion = None
     if len(done):
         best = done.loc[done["miou"].idxmax()]
         logger.log_metrics({"best_miou": float(best["miou"]), "models_complete": float(len(done))}, step=0)
+        if cfg.tracking.register:  # the registered version of the best model's best seed
+            champion = set_champion(cfg, results, str(best["model"]), uri=uri)
     for path in files:
         logger.log_artifact(path)
     for path in figure_files:
         logger.log_artifact(path, artifact_path="figures")
     logger.end()
-    record = {"run_id": logger.run_id, "uri": uri, "offline": logger.offline}
+    record = {"run_id": logger.run_id, "uri": uri, "offline": logger.offline, "champion": champion}
     record["artifacts"] = [str(p) for p in files + figure_files]
     write_text_atomic(out, json.dumps(record, indent=2) + "\n")
     return record

@@ -3,7 +3,10 @@
 - :mod:`~segmodels.tracking.store`: the tracking URI, the SQLite store and experiments created once under a lock.
 - :mod:`~segmodels.tracking.logger`: ``RunLogger`` (the run of a training), ``log_to_run`` (later jobs add to it),
   ``sync_offline`` (push what was kept while the store was unreachable).
+- :mod:`~segmodels.tracking.models`: ``log_trained_model`` (the run's MLflow model, registered on request),
+  ``set_champion`` (the alias of the study's best model).
 - :mod:`~segmodels.tracking.offline`: the offline queue file of a run folder.
+- :mod:`~segmodels.tracking.datasets`: ``packed_inputs``, the packed data of a training as the run's dataset inputs.
 
 Importing this package is cheap: MLflow is imported when a function needs it.
 """
@@ -11,7 +14,9 @@ Importing this package is cheap: MLflow is imported when a function needs it.
 from __future__ import annotations
 
 from segmodels.study.runs import OFFLINE_FILE, RUN_ID_FILE
+from segmodels.tracking.datasets import packed_inputs
 from segmodels.tracking.logger import RunLogger, log_to_run, read_run_id, sync_offline
+from segmodels.tracking.models import CHAMPION, MODEL_NAME, log_trained_model, registered_name, set_champion
 from segmodels.tracking.store import (
     DEFAULT_URI,
     HTTP_DEFAULTS,
@@ -22,8 +27,10 @@ from segmodels.tracking.store import (
 )
 
 __all__ = [
+    "CHAMPION",
     "DEFAULT_URI",
     "HTTP_DEFAULTS",
+    "MODEL_NAME",
     "OFFLINE_FILE",
     "RUN_ID_FILE",
     "RunLogger",
@@ -31,7 +38,11 @@ __all__ = [
     "ensure_experiment",
     "git_commit",
     "log_to_run",
+    "log_trained_model",
+    "packed_inputs",
     "read_run_id",
+    "registered_name",
+    "set_champion",
     "sync_offline",
     "tracking_uri",
 ]

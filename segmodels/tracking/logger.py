@@ -4,6 +4,9 @@
 - Params are write-once (compared as strings); logging a step again adds a second point. A resumed run
   therefore skips params it already holds and metric steps it already has.
 
+A training's run also gets its data as dataset inputs (:meth:`RunLogger.log_inputs`, each logged once however
+often the run resumes) and MLflow's own system metrics (:meth:`RunLogger.monitor_system`: ``system/...`` keys).
+
 The run id lives in ``RUN_DIR/mlflow_run_id``; later jobs log into the same run through :func:`log_to_run`.
 When the tracking server cannot be reached, nothing here raises: a warning is given once and records go to
 ``RUN_DIR/mlflow_offline.jsonl``, which :func:`sync_offline` (``segmodels mlflow-sync``) pushes later.
@@ -80,6 +83,8 @@ class RunLogger:
         self._buffer: list[tuple[str, float, int, int]] = []
         self._last_flush = time.monotonic()
         self._warned_conflict = False
+        self._inputs: set[tuple[str, str, str]] = set()  # (name, digest, context) of the run's dataset inputs
+        self._monitor: Any = None  # MLflow's SystemMetricsMonitor, while it runs
 
     def start(self) -> RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,7 @@ class RunLogger:
                 if self.tags:
                     self.set_tags(self.tags)
             self._params = dict(run.data.params)
+            self._inputs = {_input_key(i) for i in getattr(run.inputs, "dataset_inputs", None) or ()}
         except ValueError:
             raise
         except Exception as exc:
@@ -135,7 +141,11 @@ class RunLogger:
         return max((m.step for m in self._client.get_metric_history(self.run_id, key)), default=-1)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Send what is buffered and (unless attached) mark the run FINISHED, FAILED or KILLED."""
+        """Stop the system metrics, send what is buffered and (unless attached) mark the run FINISHED, FAILED or
+        KILLED."""
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            monitor.finish()  # sends its last samples while the run is still RUNNING
         self.flush()
         if self.attach:
             return
@@ -156,15 +166,20 @@ class RunLogger:
         else:
             self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
-    def _send(self, record: dict[str, Any], **batch: Any) -> None:
-        """One ``log_batch`` call, or the offline file when the store is (or just became) unreachable."""
+    def _call(self, record: dict[str, Any], method: str, *args: Any, **kwargs: Any) -> None:
+        """``MlflowClient.{method}(run_id, ...)``, or ``record`` to the offline file when the store is (or just
+        became) unreachable."""
         if not self.offline:
             try:
-                self._client.log_batch(self.run_id, synchronous=True, **batch)
+                getattr(self._client, method)(self.run_id, *args, **kwargs)
                 return
             except Exception as exc:
                 self._go_offline(exc)
         self._write_offline(record)
+
+    def _send(self, record: dict[str, Any], **batch: Any) -> None:
+        """One ``log_batch`` call (see :meth:`_call`)."""
+        self._call(record, "log_batch", synchronous=True, **batch)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params the run does not hold yet; a held param with another value is kept, with a warning."""
@@ -212,13 +227,46 @@ class RunLogger:
         if not path.is_file():
             warnings.warn(f"artifact {path} does not exist; not logged", RuntimeWarning, stacklevel=2)
             return
-        if not self.offline:
-            try:
-                self._client.log_artifact(self.run_id, str(path), artifact_path)
-                return
-            except Exception as exc:
-                self._go_offline(exc)
-        self._write_offline({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
+        self._call({"kind": "artifact", "path": str(path), "artifact_path": artifact_path}, "log_artifact", str(path),
+                   artifact_path)  # fmt: skip
+
+    def log_inputs(self, inputs: Iterable[Mapping[str, Any]]) -> None:
+        """Log datasets as inputs of the run, each ``{"dataset": {...}, "context": "training"}`` where the dataset
+        holds the fields of ``mlflow.entities.Dataset`` (name, digest, source_type, source, schema, profile; see
+        :func:`segmodels.tracking.datasets.packed_inputs`). One the run holds already (same name, digest and
+        context) is left out, so a resumed run adds none twice."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        todo = [{"dataset": dict(i["dataset"]), "context": str(i["context"])} for i in inputs]
+        todo = [i for i in todo if _input_key(i) not in self._inputs]
+        if not todo:
+            return
+        self._inputs.update(_input_key(i) for i in todo)
+        entities = [DatasetInput(Dataset(**i["dataset"]), tags=[InputTag(MLFLOW_DATASET_CONTEXT, i["context"])])
+                    for i in todo]  # fmt: skip
+        self._call({"kind": "inputs", "inputs": todo}, "log_inputs", datasets=entities)
+
+    def monitor_system(self) -> None:
+        """Start MLflow's system metrics for the run until :meth:`end`: ``system/...`` keys (CPU and memory
+        utilisation, disk, network, and each GPU's utilisation, memory and power where ``nvidia-ml-py`` (NVML) or
+        ROCm answers), sampled every ``$MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10) and
+        continuing at the last step + 1 on a resumed run. ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false`` turns
+        it off; an attached or offline logger starts nothing, and a missing ``psutil`` is warned, never raised."""
+        from mlflow.environment_variables import MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING as enabled
+
+        if self.attach or self.offline or self._monitor is not None or (enabled.is_set() and not enabled.get()):
+            return
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.uri)
+        except Exception as exc:  # psutil missing, or the store failing the monitor's first read
+            warnings.warn(f"MLflow system metrics are not logged ({type(exc).__name__}: {str(exc)[:300]})",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
+            return
+        monitor.start()
+        self._monitor = monitor
 
     def _go_offline(self, exc: BaseException) -> None:
         if self._replay:
@@ -238,6 +286,17 @@ class RunLogger:
 
     def _write_offline(self, record: dict[str, Any]) -> None:
         append_record(self.run_dir, record)
+
+
+def _input_key(item: Any) -> tuple[str, str, str]:
+    """(name, digest, context) of a dataset input: an ``mlflow.entities.DatasetInput`` or a
+    :meth:`RunLogger.log_inputs` item."""
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    if isinstance(item, Mapping):
+        return item["dataset"]["name"], item["dataset"]["digest"], item["context"]
+    context = next((t.value for t in item.tags if t.key == MLFLOW_DATASET_CONTEXT), "")
+    return item.dataset.name, item.dataset.digest, context
 
 
 def sync_offline(run_dir: str | Path, uri: str | None = None) -> str | None:
@@ -270,6 +329,8 @@ def sync_offline(run_dir: str | Path, uri: str | None = None) -> str | None:
                 logger.log_metrics({key: value}, step, timestamp=stamp)
         elif kind == "artifact":
             logger.log_artifact(rec["path"], rec.get("artifact_path"))
+        elif kind == "inputs":
+            logger.log_inputs(rec["inputs"])
         elif kind == "end":
             status = rec["status"]
     if status is None:
@@ -289,12 +350,14 @@ def log_to_run(
     artifacts: Iterable[str | Path] = (),
     step: int | None = None,
     uri: str | None = None,
+    artifact_path: str | None = None,
 ) -> None:
     """Add to the training run whose id is in ``run_dir/mlflow_run_id`` (evaluation, benchmark).
 
     Warns and does nothing when the folder names no run; never raises for tracking trouble
     (records go to the offline file then). Pass ``uri=tracking_uri(cfg.tracking.uri)``; None means
-    ``$MLFLOW_TRACKING_URI`` or the default. Metrics without a ``step`` go to step 0.
+    ``$MLFLOW_TRACKING_URI`` or the default. Metrics without a ``step`` go to step 0; ``artifacts`` go to the
+    run's ``artifact_path`` folder (default: its top).
     """
     run_dir = Path(run_dir)
     if read_run_id(run_dir) is None and not (run_dir / OFFLINE_FILE).is_file():
@@ -313,5 +376,5 @@ def log_to_run(
     if metrics:
         logger.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step or 0)
     for artifact in artifacts:
-        logger.log_artifact(artifact)
+        logger.log_artifact(artifact, artifact_path)
     logger.end()

@@ -14,8 +14,9 @@ rule benchmark:
         run=run_folder,
         spec=run_section("benchmark"),
     resources:
+        mem_mb=2000,
         gpu=ALL_GPUS,
-    threads: workflow.cores
+    threads: ALL_CORES
     conda:
         ENV
     shell:

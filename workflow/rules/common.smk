@@ -28,13 +28,16 @@ MODELS = list(RUNS)  # run names: {backbone}-{head}[_tag...], the matrix of mode
 SEEDS = config.get("seeds", [0])
 
 ENV = "../../environment.yml"  # a software environment for --software-deployment-method conda
+# The project itself is installed into that environment by environment.post-deploy.sh, from this checkout: Snakemake
+# creates the environment from a copy of the file under .snakemake/conda/, where a relative path finds nothing.
+os.environ.update(SEGMODELS_SOURCE=workflow.basedir)
 
 RAW_DONE = f"data/raw/{DATASET}/synth.json"
 MANIFEST = f"data/packed/{DATASET}/manifest.json"
 MLFLOW_READY = f"results/{EXP}/mlflow_experiment_id"
 SUMMARY = f"results/{EXP}/summary.csv"
 COMPARISONS = f"results/{EXP}/comparisons.csv"
-FIGURES = "reports/figures/figures.json"
+FIGURES = "reports/figures"  # the PNG and PDF of every figure drawn, and figures.json listing them
 REPORT = "reports/report.pdf"
 PUBLISHED = f"results/{EXP}/summary/published.json"
 TEMPLATE = str(REPORT_TEMPLATE)  # the template installed with segmodels
@@ -69,6 +72,11 @@ def run_section(*names):
 
 # A benchmark job takes every GPU the run was given, so no other GPU job runs beside it.
 ALL_GPUS = workflow.global_resources["gpu"].value if "gpu" in workflow.global_resources else 1
+# The data jobs and the benchmark take every core the run was given (--cores). Not workflow.cores: that stops
+# Snakemake where no --cores is given, as in `snakemake --report`, which runs no job.
+ALL_CORES = workflow.global_resources["_cores"].value or 1
+# Each rule's `resources: mem_mb=` is the peak resident memory of its jobs in the demo (logs/**/*.bench.tsv) × 1.5,
+# at least 500; README's table of rules lists them and says which grow with the data.
 
 
 def run_folder(wildcards, output):

@@ -10,7 +10,9 @@ if config["data"]["source"] == "synthetic":
         params:
             config=CONFIG_FILE,
             spec=section("data"),
-        threads: workflow.cores
+        resources:
+            mem_mb=500,
+        threads: ALL_CORES
         conda:
             ENV
         shell:
@@ -29,7 +31,9 @@ rule prepare:
     params:
         config=CONFIG_FILE,
         spec=section("data"),
-    threads: workflow.cores
+    resources:
+        mem_mb=500,
+    threads: ALL_CORES
     conda:
         ENV
     shell:
@@ -45,6 +49,8 @@ rule mlflow_init:
         f"logs/{EXP}/mlflow_init.bench.tsv"
     params:
         config=CONFIG_FILE,
+    resources:
+        mem_mb=500,
     conda:
         ENV
     shell:

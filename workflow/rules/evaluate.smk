@@ -15,6 +15,7 @@ rule evaluate:
         run=run_folder,
         spec=run_section("data", "evaluate"),
     resources:
+        mem_mb=1800,
         gpu=1,
     conda:
         ENV

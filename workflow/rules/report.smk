@@ -4,7 +4,7 @@ rule summarize:
         all_runs(LATENCY),
         all_runs(CONFUSION_PER_IMAGE),
     output:
-        SUMMARY,
+        report(SUMMARY, caption="../report/summary.rst", category="Results"),
     log:
         f"logs/{EXP}/summarize.log",
     benchmark:
@@ -12,6 +12,8 @@ rule summarize:
     params:
         config=CONFIG_FILE,
         spec=section("stats"),
+    resources:
+        mem_mb=900,
     conda:
         ENV
     shell:
@@ -23,7 +25,7 @@ rule compare:
     input:
         all_runs(CONFUSION_PER_IMAGE),
     output:
-        COMPARISONS,
+        report(COMPARISONS, caption="../report/comparisons.rst", category="Results"),
     log:
         f"logs/{EXP}/compare.log",
     benchmark:
@@ -31,6 +33,8 @@ rule compare:
     params:
         config=CONFIG_FILE,
         spec=section("stats"),
+    resources:
+        mem_mb=500,
     conda:
         ENV
     shell:
@@ -42,43 +46,54 @@ rule figures:
         SUMMARY,
         COMPARISONS,
     output:
-        FIGURES,
+        # Only the figures whose inputs exist are drawn (figures.json names the rest): the folder is the output.
+        report(
+            directory(FIGURES),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+            labels={"figure": "{name}"},
+        ),
     log:
         f"logs/{EXP}/figures.log",
     benchmark:
         f"logs/{EXP}/figures.bench.tsv"
     params:
         config=CONFIG_FILE,
+    resources:
+        mem_mb=500,
     conda:
         ENV
     shell:
-        "segmodels figures --config {params.config:q} --out reports/figures > {log:q} 2>&1"
+        "segmodels figures --config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:
     input:
         SUMMARY,
         COMPARISONS,
-        FIGURES,
+        figures=FIGURES,
         template=TEMPLATE,
     output:
-        REPORT,
+        report(REPORT, caption="../report/report.rst", category="Report"),
     log:
         f"logs/{EXP}/report.log",
     benchmark:
         f"logs/{EXP}/report.bench.tsv"
     params:
         config=CONFIG_FILE,
+    resources:
+        mem_mb=1200,
     conda:
         ENV
     shell:
-        "segmodels report --config {params.config:q} --figures reports/figures --template {input.template:q} --out {output:q} > {log:q} 2>&1"
+        "segmodels report --config {params.config:q} --figures {input.figures:q} --template {input.template:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule publish:
     input:
         SUMMARY,
-        FIGURES,
+        figures=FIGURES,
         report=REPORT,
     output:
         PUBLISHED,
@@ -88,7 +103,9 @@ rule publish:
         f"logs/{EXP}/publish.bench.tsv"
     params:
         config=CONFIG_FILE,
+    resources:
+        mem_mb=1100,
     conda:
         ENV
     shell:
-        "segmodels publish --config {params.config:q} --report {input.report:q} --out {output:q} > {log:q} 2>&1"
+        "segmodels publish --config {params.config:q} --figures {input.figures:q} --report {input.report:q} --out {output:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ rule train:
         run=run_folder,
         recipe=run_section("data", "model", "train"),
     resources:
+        mem_mb=2900,
         gpu=1,
     conda:
         ENV
