@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from segmodels.cli import main
@@ -202,7 +203,7 @@ def test_unreachable_server_goes_offline_and_sync_pushes_everything(tmp_path, un
 
 
 def test_training_survives_an_unreachable_server_and_its_metrics_are_pushed_later(
-    tmp_path, packed_data, unreachable_mlflow, _empty_mlflow_db
+    tmp_path, packed_data, unreachable_mlflow, _empty_mlflow_db, monkeypatch
 ):
     from conftest import small_config
 
@@ -226,3 +227,13 @@ def test_training_survives_an_unreachable_server_and_its_metrics_are_pushed_late
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == [2, 4]
     assert run.data.metrics["val_miou"] == 0.5
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.yaml", "train_log.csv"}
+
+    # mlflow-sync then gives the run the MLflow model that training could not log.
+    from segmodels.cli import main
+
+    assert main(["mlflow-sync", str(out), "--uri", uri]) == 0
+    import mlflow.pytorch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 19, 32, 32)

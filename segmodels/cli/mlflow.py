@@ -35,6 +35,7 @@ def _add_sync(p: argparse.ArgumentParser) -> None:
 
 
 def _run_sync(args: argparse.Namespace) -> int:
+    from segmodels.study.runs import CHECKPOINT
     from segmodels.tracking import OFFLINE_FILE, sync_offline, tracking_uri
 
     uri = args.uri
@@ -50,14 +51,19 @@ def _run_sync(args: argparse.Namespace) -> int:
     for run_dir in args.run_dirs:
         if not (run_dir / OFFLINE_FILE).is_file():
             print(f"{run_dir}: nothing to push")
-            continue
-        try:
-            run_id = sync_offline(run_dir, uri)
-        except Exception as exc:  # one unreachable store or torn file must not stop the others
-            print(f"{run_dir}: not pushed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"{run_dir}: pushed to run {run_id} at {uri}")
+        else:
+            try:
+                run_id = sync_offline(run_dir, uri)
+            except Exception as exc:  # one unreachable store or torn file must not stop the others
+                print(f"{run_dir}: not pushed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                status = 1
+                continue
+            print(f"{run_dir}: pushed to run {run_id} at {uri}")
+        if (run_dir / CHECKPOINT).is_file():  # a run that trained offline gets its MLflow model now (once)
+            from segmodels.tracking import log_trained_model
+
+            if logged := log_trained_model(run_dir, uri=uri):
+                print(f"{run_dir}: its model is {logged['model_uri']}")
     return status
 
 
@@ -68,7 +74,8 @@ COMMANDS = {
         _run_init,
     ),
     "mlflow-sync": (
-        "Push the MLflow records that runs kept locally (mlflow_offline.jsonl) while the server was unreachable.",
+        "Push the MLflow records that runs kept locally (mlflow_offline.jsonl) while the server was unreachable, "
+        "and log a trained run's model.",
         _add_sync,
         _run_sync,
     ),
