@@ -21,11 +21,12 @@ if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
 CONFIG_FILE = workflow.overwrite_configfiles[0] if workflow.overwrite_configfiles else "config/config.yaml"
 
-EXP = config["experiment"]
-DATASET = config["data"]["dataset"]
-RUNS = {run.name: run for run in expand_runs(study_from_dict(config, where=CONFIG_FILE))}
+STUDY = study_from_dict(config, where=CONFIG_FILE)  # validated (plugins imported first), defaults filled in
+EXP = STUDY.experiment
+DATASET = STUDY.data.dataset
+RUNS = {run.name: run for run in expand_runs(STUDY, where=CONFIG_FILE)}
 MODELS = list(RUNS)  # run names: {backbone}-{head}[_tag...], the matrix of models × axes expanded
-SEEDS = config.get("seeds", [0])
+SEEDS = STUDY.seeds
 
 ENV = "../../environment.yml"  # a software environment for --software-deployment-method conda
 # The project itself is installed into that environment by environment.post-deploy.sh, from this checkout: Snakemake

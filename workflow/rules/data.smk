@@ -1,4 +1,4 @@
-if config["data"]["source"] == "synthetic":
+if STUDY.data.source == "synthetic":
 
     rule synth:
         output:
@@ -21,7 +21,7 @@ if config["data"]["source"] == "synthetic":
 
 rule prepare:
     input:
-        RAW_DONE if config["data"]["source"] == "synthetic" else [],
+        RAW_DONE if STUDY.data.source == "synthetic" else [],
     output:
         MANIFEST,
     log:
