@@ -210,7 +210,7 @@ def test_training_survives_an_unreachable_server_and_its_metrics_are_pushed_late
     from segmodels.engine.train import train
 
     out = tmp_path / "run"
-    with pytest.warns(RuntimeWarning, match="not reachable"):
+    with pytest.warns(RuntimeWarning, match="mlflow-sync` logs it"), pytest.warns(RuntimeWarning, match="not reachable"):
         result = train(small_config(train={"iterations": 4, "log_every": 2}), "mobilenetv2-fcn", out=out,
                        data_dir=packed_data)  # fmt: skip
     assert result.run_id is None and (out / "checkpoint.pt").is_file() and (out / OFFLINE_FILE).is_file()

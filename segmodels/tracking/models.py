@@ -100,7 +100,8 @@ def _run_id(target: str | Path) -> str | None:
     run_id = read_run_id(target)
     if run_id is None:
         warnings.warn(f"{RunFolder(Path(target)).run_id_file} is missing (the training never reached the MLflow "
-                      "store); the MLflow model is not logged", RuntimeWarning, stacklevel=3)  # fmt: skip
+                      "store); the MLflow model is not logged now: `segmodels mlflow-sync` logs it once the store is back",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
     return run_id
 
 
