@@ -72,7 +72,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     out = args.out or args.results / cfg.experiment / "comparisons.csv"
     start = time.perf_counter()
     boots, notes = bootstrap_study(cfg, args.results)
-    table = comparisons_table(boots, cfg.stats, design=fixed_pairs())
+    table = comparisons_table(boots, cfg.stats, design=fixed_pairs(cfg))
     for note in notes:
         print(f"note: {note}")
     # p-values in their shortest exact form, so a verdict recomputed from the file is the one printed here

@@ -34,6 +34,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the run (default 0)")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. results/study/resnet18-ppm/seed0")
     p.add_argument("--data", type=Path, help="packed dataset folder (default data/packed/{data.dataset})")
+    p.add_argument("--results", type=Path, help="results root of the study's run folders, where a teacher named by "
+                   "run (train.distill_teacher) has its checkpoint of the same seed (default results)")  # fmt: skip
     p.add_argument(
         "--set",
         dest="overrides",
@@ -59,8 +61,9 @@ def _torchrun_command(args: argparse.Namespace) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.gpus),
                "-m", "segmodels", "train", "--config", str(args.config), "--model", args.model,
                "--seed", str(args.seed), "--out", str(args.out)]  # fmt: skip
-    if args.data is not None:
-        command += ["--data", str(args.data)]
+    for flag, value in (("--data", args.data), ("--results", args.results)):
+        if value is not None:
+            command += [flag, str(value)]
     for item in args.overrides or []:
         command += ["--set", item]
     if args.device:
@@ -103,7 +106,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from segmodels.study.runs import RunFolder
 
     try:
-        result = train(cfg, args.model, seed=args.seed, out=args.out, data_dir=args.data, restart=args.restart)
+        result = train(cfg, args.model, seed=args.seed, out=args.out, data_dir=args.data, restart=args.restart,
+                       results=args.results or "results")  # fmt: skip
     except NonFiniteLossError as exc:
         print(f"segmodels train: {exc}", file=sys.stderr)
         return 1

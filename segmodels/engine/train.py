@@ -5,10 +5,10 @@ decay 1e-4 on conv and linear weights only, poly decay (power 0.9) of the learni
 iteration-based schedule with optional linear warm-up, cross-entropy ignoring label 255, the
 auxiliary loss at 0.4 (PSPNet, Zhao et al. 2017), which for OCR is also the soft-object-region loss (its
 regions are the aux logits),
-and optional pixel-wise distillation from a trained teacher. ``train.batch_size`` is the global
-batch: under ``torchrun`` each of N processes takes batch_size / N images, so the recipe does not
-change with the number of GPUs. ``train.head_lr_mult`` (default 1, as mmsegmentation's Cityscapes
-recipes) scales the learning rate of everything outside the backbone; PSPNet used 10.
+and optional pixel-wise distillation from a trained teacher (a run of the study, or a checkpoint).
+``train.batch_size`` is the global batch: under ``torchrun`` each of N processes takes batch_size / N
+images, so the recipe does not change with the number of GPUs. ``train.head_lr_mult`` (default 1, as
+mmsegmentation's Cityscapes recipes) scales the learning rate of everything outside the backbone; PSPNet used 10.
 
 The run folder (``--out``, :mod:`segmodels.study.runs`) gets the final weights and the training log (the job's
 declared outputs), the resume state (``last.pt``, the growing log, the MLflow run id and, while the tracking server
@@ -23,7 +23,6 @@ The optimisation step and the GPU speed features are in :mod:`segmodels.engine.s
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine import distributed
+from segmodels.engine.progress import Progress
 from segmodels.engine.run import OpenRun, open_run
 from segmodels.engine.step import (
     SpeedSettings,
@@ -46,6 +46,7 @@ from segmodels.engine.step import (
 )
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig, config_to_dict, flatten
+from segmodels.study.matrix import teacher_name
 from segmodels.tracking import log_trained_model
 
 __all__ = ["NonFiniteLossError", "TrainResult", "log_columns", "run_params", "train"]
@@ -62,53 +63,6 @@ def log_columns() -> tuple[str, ...]:
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good state."""
-
-
-# --- progress ----------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A tqdm bar on a terminal; plain lines at logging iterations otherwise (Snakemake logs)."""
-
-    def __init__(self, total: int, start: int, *, batch: int, enabled: bool) -> None:
-        self.total, self.start, self.batch, self.enabled = total, start, batch, enabled
-        self.t0 = self._t = time.perf_counter()
-        self._it = start
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="it", dynamic_ncols=True)
-
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def rate(self, iteration: int) -> float:
-        """Images per second since the previous call (call it after a device sync)."""
-        now = time.perf_counter()
-        rate = (iteration - self._it) * self.batch / max(now - self._t, 1e-9)
-        self._t, self._it = now, iteration
-        return rate
-
-    def report(self, iteration: int, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.t0
-        eta = (self.total - iteration) * elapsed / max(iteration - self.start, 1)
-        text = {"loss": f"{row['loss']:.4f}", "lr": f"{row['lr']:.2e}", "img/s": f"{row['images_per_s']:.1f}"}
-        if "val_miou" in row:
-            text["val_mIoU"] = f"{row['val_miou']:.4f}"
-        if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-        else:
-            fields = " ".join(f"{k} {v}" for k, v in text.items())
-            print(f"iter {iteration}/{self.total} {fields} eta {time.strftime('%H:%M:%S', time.gmtime(eta))}",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -128,8 +82,9 @@ def run_params(cfg: StudyConfig, model_name: str, seed: int) -> dict[str, Any]:
     return {**flatten(config_to_dict(cfg)), "run.model": model_name, "run.seed": seed}
 
 
-def _check_inputs(cfg: StudyConfig, data_dir: Path) -> Path | None:
-    """Check the packed data and the schedule; return the distillation teacher's checkpoint, if any."""
+def _check_inputs(cfg: StudyConfig, data_dir: Path, seed: int, results: Path) -> Path | None:
+    """Check the packed data and the schedule; return the distillation teacher's checkpoint, if any: a teacher
+    named by run is that run's of the same seed under ``results`` (:func:`segmodels.study.matrix.teacher_name`)."""
     from segmodels.data.pack import check_num_classes
 
     if not (data_dir / "train" / "images.npy").is_file():
@@ -141,11 +96,14 @@ def _check_inputs(cfg: StudyConfig, data_dir: Path) -> Path | None:
     for key in ("iterations", "batch_size", "log_every", "ckpt_every"):
         if getattr(t, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
-    teacher = Path(t.distill_teacher) if t.distill_teacher else None
-    if teacher is not None:
-        teacher = runs.RunFolder(teacher).checkpoint if teacher.is_dir() else teacher
-        if not teacher.is_file():
-            raise FileNotFoundError(f"train.distill_teacher: no checkpoint at {teacher}")
+    if not t.distill_teacher:
+        return None
+    name = teacher_name(t.distill_teacher)
+    path = runs.run_dir(results, cfg.experiment, name, seed) if name else Path(t.distill_teacher)
+    teacher = runs.RunFolder(path).checkpoint if name or path.is_dir() else path
+    if not teacher.is_file():
+        run = f"teacher run {name}, seed {seed}, is not trained (train it first; Snakemake does), " if name else ""
+        raise FileNotFoundError(f"train.distill_teacher: {run}no checkpoint at {teacher}")
     return teacher
 
 
@@ -240,13 +198,14 @@ def _log_finish(run: OpenRun, cost: dict[str, Any]) -> None:
 
 
 def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, data_dir: str | Path | None = None,
-          restart: bool = False) -> TrainResult:
+          restart: bool = False, results: str | Path = "results") -> TrainResult:
     """Train run ``model_name`` with ``cfg`` into ``out``, continuing from ``out/last.pt`` when it is there.
 
     ``model_name`` is a run of the study's matrix (or any plain {backbone}-{head}); training uses the run's
     effective config (:func:`segmodels.engine.run.open_run`; a run's own effective config passes unchanged).
-    ``data_dir`` defaults to ``data/packed/{data.dataset}``. Bad input raises ValueError or
-    FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
+    ``data_dir`` defaults to ``data/packed/{data.dataset}``; a teacher named by run (``train.distill_teacher``) is
+    the checkpoint of the same seed in ``{results}/{experiment}/{teacher}/seed{seed}/``. Bad input raises
+    ValueError or FileNotFoundError before any work; so does a ``last.pt`` written with other training-relevant
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
     raises :class:`NonFiniteLossError`; ``last.pt`` then keeps the last good state.
     """
@@ -255,7 +214,7 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     with open_run(cfg, out, job="train", model_name=model_name, seed=seed) as run:
         cfg, t = run.cfg, run.cfg.train
         data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
-        teacher_path = _check_inputs(cfg, data_dir)
+        teacher_path = _check_inputs(cfg, data_dir, seed, Path(results))
         info, device = distributed.init_distributed(t.device)
         flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
                  torch.backends.cudnn.benchmark)  # fmt: skip
@@ -329,7 +288,7 @@ class _Loop:
     def run(self, loader: Any, val_split: Any) -> dict[str, float]:
         t, info, total, start = self.t, self.state.info, self.t.iterations, self.state.start
         self.log = ckpt.TrainLog(self.state.folder, log_columns(), resume_iteration=start) if info.is_main else None
-        progress = _Progress(total, start, batch=t.batch_size, enabled=info.is_main)
+        progress = Progress(total, start, batch=t.batch_size, enabled=info.is_main)
         sums: dict[str, torch.Tensor] = {}
         count, last_good, val = 0, start, {}
         bad_step = torch.full((), -1, dtype=torch.int64, device=self.state.device)

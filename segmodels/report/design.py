@@ -1,9 +1,12 @@
-"""The study's design: the fixed comparisons the report draws, and the earlier study's published table.
+"""The study's design: the fixed comparisons the report draws, the earlier study's published table, and
+mmsegmentation's published Cityscapes results for the models of ``config/cityscapes-mmseg.yaml``.
 
 Backbones are compared under one head (PSPNet's PPM, as in the earlier study), context modules on one backbone
 (ResNet18). The paired differences tested (:func:`fixed_pairs`) are the backbone pairs below, every pair of
-heads on that backbone, and MobileNetV3 against MobileNetV2. The rows, figures and pairs run over the catalog
-(:mod:`segmodels.models.catalog`), so a backbone or head registered at run time joins its comparison.
+heads on that backbone, and MobileNetV3 against MobileNetV2; in a study with distillation, each distilled run
+against its plain counterpart and against its teacher (:func:`distillations`). The rows, figures and pairs run
+over the catalog (:mod:`segmodels.models.catalog`), so a backbone or head registered at run time joins its
+comparison.
 :mod:`segmodels.study.stats` does not import the report: ``segmodels compare`` and the report's results pass it
 :func:`fixed_pairs`.
 """
@@ -11,8 +14,11 @@ heads on that backbone, and MobileNetV3 against MobileNetV2. The rows, figures a
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 from segmodels.models import catalog
+from segmodels.study.matrix import expand_runs
+from segmodels.study.schema import StudyConfig
 
 __all__ = [
     "BACKBONE_HEAD",
@@ -20,14 +26,20 @@ __all__ = [
     "BASELINE_HEAD",
     "CONTEXT_BACKBONE",
     "DEPTH_STEPS",
+    "DISTILLATION",
     "EARLIER_DEVICE",
     "EARLIER_STUDY",
+    "MMSEG_PROTOCOL",
     "MOBILE",
     "NEWER_MOBILE",
+    "PUBLISHED",
     "SPEED_REFERENCE",
+    "Distillation",
     "backbone_models",
     "context_models",
+    "distillations",
     "fixed_pairs",
+    "mmseg_differences",
     "on_context_backbone",
     "under_backbone_head",
 ]
@@ -39,6 +51,7 @@ SPEED_REFERENCE = "resnet50"  # the backbones' speed is given relative to this o
 DEPTH_STEPS = (("resnet18", "resnet50"), ("resnet50", "resnet101"))  # deeper ResNets, step by step
 MOBILE = ("resnet50", "mobilenetv2")  # the mobile backbone against the ResNet it replaces
 NEWER_MOBILE = ("mobilenetv3", "mobilenetv2")  # the newer mobile backbone against the older
+DISTILLATION = "distillation"  # the group of a distilled run's comparisons
 # Backbone differences a − b (mIoU points) under BACKBONE_HEAD.
 BACKBONE_PAIRS = (
     ("resnet50", "resnet18"),
@@ -62,6 +75,63 @@ EARLIER_STUDY: dict[str, dict[str, float]] = {
 }
 
 
+# mmsegmentation's published single-scale Cityscapes val mIoU (its model zoo: configs/pspnet, configs/deeplabv3,
+# configs/fcn and configs/mobilenet_v2 README.md), 512×1024 crops, 80k iterations, batch 8, whole-image inference,
+# keyed by the run names of config/cityscapes-mmseg.yaml. "v1c": mmsegmentation's ResNetV1c (deep stem) backbone,
+# "v1b": its ResNetV1b (torchvision's stem and ImageNet weights, like this study's); each with its config's name.
+# OCR is left out: mmsegmentation publishes it on HRNet and on ResNet101 at batch 16 only.
+PUBLISHED: dict[str, dict[str, tuple[float, str]]] = {
+    "resnet18-ppm": {"v1c": (74.87, "pspnet_r18-d8_512x1024_80k_cityscapes"),
+                     "v1b": (74.23, "pspnet_r18b-d8_512x1024_80k_cityscapes")},
+    "resnet50-ppm": {"v1c": (78.55, "pspnet_r50-d8_512x1024_80k_cityscapes"),
+                     "v1b": (78.22, "pspnet_r50b-d8_512x1024_80k_cityscapes")},
+    "resnet101-ppm": {"v1c": (79.76, "pspnet_r101-d8_512x1024_80k_cityscapes"),
+                      "v1b": (79.69, "pspnet_r101b-d8_512x1024_80k_cityscapes")},
+    "mobilenetv2-ppm": {"v1c": (70.23, "pspnet_m-v2-d8_512x1024_80k_cityscapes")},
+    "resnet18-aspp_deeplabv3": {"v1c": (76.70, "deeplabv3_r18-d8_512x1024_80k_cityscapes"),
+                                "v1b": (76.26, "deeplabv3_r18b-d8_512x1024_80k_cityscapes")},
+    "resnet50-aspp_deeplabv3": {"v1c": (79.32, "deeplabv3_r50-d8_512x1024_80k_cityscapes"),
+                                "v1b": (79.63, "deeplabv3_r50b-d8_512x1024_80k_cityscapes")},
+    "resnet101-aspp_deeplabv3": {"v1c": (80.20, "deeplabv3_r101-d8_512x1024_80k_cityscapes"),
+                                 "v1b": (80.01, "deeplabv3_r101b-d8_512x1024_80k_cityscapes")},
+    "mobilenetv2-aspp_deeplabv3": {"v1c": (73.84, "deeplabv3_m-v2-d8_512x1024_80k_cityscapes")},
+    "resnet18-fcn": {"v1c": (71.11, "fcn_r18-d8_512x1024_80k_cityscapes"),
+                     "v1b": (70.24, "fcn_r18b-d8_512x1024_80k_cityscapes")},
+    "resnet50-fcn": {"v1c": (73.61, "fcn_r50-d8_512x1024_80k_cityscapes"),
+                     "v1b": (75.65, "fcn_r50b-d8_512x1024_80k_cityscapes")},
+    "resnet101-fcn": {"v1c": (75.13, "fcn_r101-d8_512x1024_80k_cityscapes"),
+                      "v1b": (77.37, "fcn_r101b-d8_512x1024_80k_cityscapes")},
+    "mobilenetv2-fcn": {"v1c": (61.54, "fcn_m-v2-d8_512x1024_80k_cityscapes")},
+}  # fmt: skip
+# The settings under which a run is compared with PUBLISHED (dotted key → value): mmsegmentation's protocol.
+MMSEG_PROTOCOL: dict[str, object] = {
+    "data.size": [1024, 2048],
+    "model.output_stride": 8,
+    "train.iterations": 80000,
+    "train.batch_size": 8,
+    "train.crop_size": [512, 1024],
+    "train.scale_range": [0.5, 2.0],
+    "train.lr": 0.01,
+    "train.poly_power": 0.9,
+    "evaluate.full_resolution": True,
+    "evaluate.sliding": False,
+    "evaluate.flip": False,
+    "evaluate.scales": [1.0],
+}
+
+
+def mmseg_differences(cfg: object) -> list[str]:
+    """The keys of MMSEG_PROTOCOL on which a (run's) config departs from it, as ``key=value``; [] at the protocol."""
+    differences = []
+    for key, want in MMSEG_PROTOCOL.items():
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value != want:
+            differences.append(f"{key}={value}")
+    return differences
+
+
 def under_backbone_head(backbone: str) -> str:
     """``"resnet50"`` → ``"resnet50-ppm"``: the backbone's model in the backbone comparison."""
     return f"{backbone}-{BACKBONE_HEAD}"
@@ -82,10 +152,36 @@ def context_models() -> list[str]:
     return [on_context_backbone(h) for h in catalog.heads()]
 
 
-def fixed_pairs() -> list[tuple[str, str, str]]:
+class Distillation(NamedTuple):
+    """A run of the study trained with a teacher, and what the report compares it with."""
+
+    student: str
+    plain: str | None  # the same architecture trained without a teacher (see distillations), None when absent
+    teacher: str | None  # the teacher when it is a run of the study, None for a checkpoint from elsewhere
+
+
+def distillations(cfg: StudyConfig) -> list[Distillation]:
+    """Every run of ``cfg`` with a ``train.distill_teacher``, in matrix order. Its plain counterpart is the run of
+    the same {backbone}-{head} without a teacher whose tags are all the student's, the one with most of them
+    (``mobilenetv2-ppm`` for ``mobilenetv2-ppm_kd``, ``mobilenetv2-ppm_os16`` for ``mobilenetv2-ppm_kd_os16``)."""
+    def tags(name: str) -> set[str]:
+        return set(filter(None, catalog.variant_of(name).split("_")))
+
+    specs = expand_runs(cfg)
+    taught = [s for s in specs if s.overrides.get("train.distill_teacher", cfg.train.distill_teacher)]
+    untaught = [s.name for s in specs if s not in taught]
+    out = []
+    for spec in taught:
+        plain = [n for n in untaught if catalog.pair_of(n) == catalog.pair_of(spec.name) and tags(n) < tags(spec.name)]
+        out.append(Distillation(spec.name, max(plain, key=lambda n: len(tags(n)), default=None), spec.teacher))
+    return out
+
+
+def fixed_pairs(cfg: StudyConfig | None = None) -> list[tuple[str, str, str]]:
     """The discussed comparisons as (group, a, b) of {backbone}-{head} pairs, the difference being a − b:
     the backbone pairs, every pair of context modules, the newer mobile backbone against the older, and any
-    other backbone of the catalog against the context backbone."""
+    other backbone of the catalog against the context backbone; with the study's ``cfg``, each distilled run
+    against its plain counterpart and its teacher (run names)."""
     backbones = f"backbones ({catalog.head(BACKBONE_HEAD).label})"
     pairs = [(backbones, under_backbone_head(a), under_backbone_head(b)) for a, b in BACKBONE_PAIRS]
     modules = f"context modules ({catalog.backbone(CONTEXT_BACKBONE).label})"
@@ -96,4 +192,6 @@ def fixed_pairs() -> list[tuple[str, str, str]]:
     named = {b for pair in (*BACKBONE_PAIRS, NEWER_MOBILE) for b in pair} | {CONTEXT_BACKBONE}
     pairs += [(backbones, under_backbone_head(b), under_backbone_head(CONTEXT_BACKBONE))
               for b in catalog.backbones() if b not in named]  # fmt: skip
+    for d in distillations(cfg) if cfg is not None else []:
+        pairs += [(DISTILLATION, d.student, other) for other in (d.plain, d.teacher) if other is not None]
     return pairs

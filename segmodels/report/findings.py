@@ -10,7 +10,8 @@ matrices no interval exists and the finding says the difference was not tested. 
 after such a word is printed without its sign, so no sentence reads "0.8× faster" or "a drop of -0.88".
 Model and module names come from the catalog (:mod:`segmodels.models.catalog`), the models compared and the
 earlier study's published table (as printed) from the study's design (:mod:`segmodels.report.design`); its
-mIoU/speed column is checked against its own formula (mIoU / latency in ms × 10).
+mIoU/speed column is checked against its own formula (mIoU / latency in ms × 10). A distilled run is set beside
+its plain counterpart and its teacher (:func:`segmodels.report.design.distillations`): mIoU, latency, training cost.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from segmodels.models.catalog import display_name
 from segmodels.report import design
 from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY, under_backbone_head
 from segmodels.report.results import Study, pareto_front, read_confusion, read_metrics
+from segmodels.report.verdicts import level as _level
+from segmodels.report.verdicts import need as _need
+from segmodels.report.verdicts import verdict as _verdict
 
 __all__ = ["findings", "interval_coverage", "verdict_rule"]
 
@@ -33,38 +37,6 @@ def _label(backbone: str) -> str:
 def _module(model: str) -> str:
     """The label of a model's head: the context module it stands for."""
     return catalog.head(catalog.arch_of(model)[1]).label
-
-
-def _need(study: Study, models: Sequence[str], keys: Sequence[str]) -> str | None:
-    """None when every model has every key, else a sentence naming what is missing."""
-    names = {"miou": "mIoU", "latency_ms": "latency"}
-    lacking = []
-    for m in models:
-        absent = [names.get(k, k) for k in keys if study.value(m, k) is None]
-        if m not in study.summary.index:
-            lacking.append(f"{display_name(m)} (not among this study's models)")
-        elif absent:
-            lacking.append(f"{display_name(m)} ({', '.join(absent)})")
-    return f"Not available, inputs missing: {'; '.join(lacking)}." if lacking else None
-
-
-def _level(study: Study) -> str:
-    return f"{study.cfg.stats.confidence * 100:g}%"
-
-
-def _p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
-def _verdict(study: Study, a: str, b: str) -> str | None:
-    """``95% CI [+1.02, +2.31], Holm p = 0.010: significant`` for the mIoU difference a − b, or None without
-    an interval; a comparison outside a tested family has no p (its verdict is then the interval's)."""
-    c = study.comparison(a, b)
-    if c is None:
-        return None
-    word = "significant" if c.significant else "not distinguishable"
-    test = f", Holm {_p(c.p_holm)}" if c.tested else ""
-    return f"{_level(study)} CI [{c.lo:+.2f}, {c.hi:+.2f}]{test}: {word}"
 
 
 def verdict_rule(study: Study) -> str:
@@ -241,6 +213,43 @@ def _finding_mobilenetv3(study: Study) -> str:
     return f"{text}; {earlier}."
 
 
+def _distilled(study: Study, d: design.Distillation) -> str:
+    """One distilled run against its plain counterpart (mIoU, latency, training cost) and against its teacher."""
+    v, student = study.value, display_name(d.student)
+    source = display_name(d.teacher) if d.teacher else "a checkpoint from outside the study"
+    if d.plain is None:
+        return f"{student} distils from {source}; no run of its architecture trains without a teacher to set beside it."
+    if missing := _need(study, (d.student, d.plain), ("miou",)):
+        return f"{student}: {missing}"
+    plain = display_name(d.plain)
+    verdict = _verdict(study, d.student, d.plain)
+    text = (f"{student}, distilled from {source}, scores {v(d.student, 'miou'):.2f} mIoU, "
+            f"{v(d.student, 'miou') - v(d.plain, 'miou'):+.2f} against {plain} trained without it"
+            + (f" ({verdict})" if verdict else ""))  # fmt: skip
+    if d.teacher and v(d.teacher, "miou") is not None:
+        verdict = _verdict(study, d.student, d.teacher)
+        text += (f", {v(d.student, 'miou') - v(d.teacher, 'miou'):+.2f} against its teacher "
+                 f"({v(d.teacher, 'miou'):.2f}" + (f"; {verdict})" if verdict else ")"))  # fmt: skip
+    times = [v(m, "latency_ms") for m in (d.student, d.plain)]
+    timed = f"timed here at {times[0]:.1f} against {times[1]:.1f} ms" if None not in times else "latency not measured"
+    text += (f". Inference latency is unchanged: the distilled network is the plain one ({timed}; a gap is the "
+             "timing's own variation)")  # fmt: skip
+    costs = [study.train_cost(m) for m in (d.student, d.plain)]
+    if None in costs or costs[0][1] != costs[1][1]:
+        return text + "; its training cost is not comparable (cost.json missing, or other devices)."
+    (hours, unit), (alone, _) = costs
+    text += (f". Training took {hours:.3g} {unit} against {alone:.3g} ({(hours / alone - 1) * 100:+.0f} %); what "
+             "distillation adds is the teacher's forward pass on every batch")  # fmt: skip
+    teacher = study.train_cost(d.teacher) if d.teacher else None
+    if teacher is not None and teacher[1] == unit:
+        text += f", besides the {teacher[0]:.3g} {unit} of training the teacher once"
+    return text + "."
+
+
+def _finding_distillation(study: Study) -> str:
+    return " ".join(_distilled(study, d) for d in design.distillations(study.cfg))
+
+
 def _finding_earlier(study: Study) -> str:
     shared = [m for m in EARLIER_STUDY if study.value(study.reference_run(m), "miou") is not None]
     if not shared:
@@ -371,12 +380,15 @@ def _finding_cost(study: Study) -> str:
 def findings(study: Study) -> list[dict[str, str]]:
     """The findings, each a title and one sentence or two computed from the numbers."""
     mobile, reference = _label(design.MOBILE[1]), _label(design.MOBILE[0])
+    distilled = _finding_distillation(study)  # "" in a study without distillation: no finding
+    distillation = [{"title": "Distillation", "text": distilled}] if distilled else []
     return [
         {"title": "Chance level", "text": _finding_chance(study)},
         {"title": f"{mobile} against {reference}", "text": _finding_mobilenet(study)},
         {"title": f"Depth ({catalog.head(design.BACKBONE_HEAD).label} head)", "text": _finding_depth(study)},
         {"title": "Context modules", "text": _finding_context(study)},
         {"title": _label(design.NEWER_MOBILE[0]), "text": _finding_mobilenetv3(study)},
+        *distillation,
         {"title": "How sure", "text": _finding_uncertainty(study)},
         {"title": "Training cost", "text": _finding_cost(study)},
         {"title": "The earlier study", "text": _finding_earlier(study)},

@@ -226,7 +226,7 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
         from segmodels.study.stats import bootstrap_study, study_comparisons
 
         boots, _ = bootstrap_study(cfg, Path(results))
-        comparisons = study_comparisons(boots, cfg.stats, design=fixed_pairs())
+        comparisons = study_comparisons(boots, cfg.stats, design=fixed_pairs(cfg))
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
     return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)

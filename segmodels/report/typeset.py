@@ -23,6 +23,7 @@ from typing import Any
 from segmodels.models.catalog import display_name
 from segmodels.report import TEMPLATE
 from segmodels.report.findings import findings
+from segmodels.report.published import published_table
 from segmodels.report.results import Study, load_study
 from segmodels.report.tables import earlier_table, result_tables, uncertainty_section
 from segmodels.study.config import StudyConfig
@@ -144,6 +145,7 @@ def report_data(
         "tables": result_tables(study),
         "uncertainty": uncertainty_section(study),
         "earlier": earlier_table(study),
+        "published": published_table(study),  # null unless runs are at mmsegmentation's protocol
         "figures": [
             {"file": f"figures/{f['png']}", "caption": f["caption"], "width": _FIGURE_WIDTH.get(f["name"], 100)}
             for f in (index or {}).get("figures", [])

@@ -16,6 +16,12 @@ set a key that an axis sets (a ConfigError at load naming the file, the entry an
 always name the values it runs with: ``resnet18-ppm_os8`` never runs at output stride 16. Every run's
 effective config is built through :func:`segmodels.study.schema.from_dict`, so overrides are type-checked like
 the file itself. The grammar of run names is the catalog's (:mod:`segmodels.models.catalog`).
+
+A run distils from a teacher when its ``train.distill_teacher`` is set: a checkpoint or run folder path, checked
+when training starts, or a value of a run name's shape (``mobilenetv2-ppm_kd: {train.distill_teacher:
+resnet101-ppm}``), the run of the same study and seed that is trained first (:attr:`RunSpec.teacher`). A teacher
+named so that is not a run of the study, the run itself, a teacher in a cycle of teachers or one with other
+``model.num_classes`` is a ConfigError at load naming the file, the run and the teacher.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import copy
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from segmodels.models import catalog
 from segmodels.models.catalog import (  # noqa: F401  (the run-name grammar, importable from here too)
+    RUN_NAME_SHAPE,
     TAG,
     arch_of,
     name_pattern,
@@ -56,6 +63,7 @@ __all__ = [
     "run_config",
     "run_names",
     "run_sections",
+    "teacher_name",
     "with_overrides",
 ]
 
@@ -70,6 +78,7 @@ class RunSpec:
     name: str  # {backbone}-{head}[_tag...]: run folder, Snakemake wildcard, MLflow run name
     arch: tuple[str, str]  # (backbone, head)
     overrides: dict[str, Any] = field(default_factory=dict)  # axis values, then the entry's own overrides
+    teacher: str | None = None  # the run of the study it distils from (train.distill_teacher by name), else None
 
     @property
     def variant(self) -> str:
@@ -132,12 +141,49 @@ def _effective(cfg: StudyConfig, spec: RunSpec, where: str) -> StudyConfig:
     return out
 
 
-def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
+def teacher_name(value: str | None) -> str | None:
+    """A ``train.distill_teacher`` that names a run ({backbone}-{head}[_tag...]), else None (a path, or none)."""
+    return value if value is not None and re.fullmatch(RUN_NAME_SHAPE, value) else None
+
+
+def _check_teachers(runs: list[RunSpec], configs: Mapping[str, StudyConfig], where: str) -> list[RunSpec]:
+    """``runs`` with the teacher each names by run name: a run of the study, not the run itself, in no cycle of
+    teachers, predicting the same classes."""
+    teachers: dict[str, str] = {}
+    for run in runs:
+        teacher = teacher_name(configs[run.name].train.distill_teacher)
+        if teacher is None:
+            continue
+        what = f"{where}: run '{run.name}': 'train.distill_teacher' {teacher!r}"
+        if teacher == run.name:
+            raise ConfigError(f"{what} is the run itself; a teacher is another run of the study, trained first")
+        if teacher not in configs:
+            raise ConfigError(f"{what} is not a run of the study; its runs: {', '.join(configs)} (a teacher outside "
+                              f"the study: give its checkpoint's path, e.g. ./{teacher}/checkpoint.pt)")  # fmt: skip
+        ours, theirs = configs[run.name].model.num_classes, configs[teacher].model.num_classes
+        if ours != theirs:
+            raise ConfigError(f"{what} predicts {theirs} classes ('model.num_classes'), the run {ours}; a teacher "
+                              "must predict the student's classes")  # fmt: skip
+        teachers[run.name] = teacher
+    for student in teachers:
+        chain = [student]
+        while (teacher := teachers.get(chain[-1])) is not None:
+            if teacher in chain:
+                cycle = " -> ".join([*chain[chain.index(teacher) :], teacher])
+                raise ConfigError(f"{where}: run '{teacher}': 'train.distill_teacher' forms a cycle of teachers "
+                                  f"({cycle}); each would have to be trained before the other")  # fmt: skip
+            chain.append(teacher)
+    return [replace(run, teacher=teachers.get(run.name)) for run in runs]
+
+
+def expand_runs(cfg: StudyConfig, *, where: str = "config", teachers: bool = True) -> list[RunSpec]:
     """Every run of the study, entries in order and the axes' cross product within each entry.
 
     Raises ConfigError naming ``where``, the entry and the key for a bad name, a key outside the run-level
     sections, an unknown key, a value of the wrong type, a key set by both the entry and an axis, or two runs
-    of the same name.
+    of the same name; and, naming the run and the teacher, for a bad teacher (see the module's text). With
+    ``teachers`` false the teachers named by run name are neither resolved nor checked: a run's own effective
+    config is a study of that run alone, its teacher another run of the study it came from.
     """
     if not cfg.models:
         raise ConfigError(f"{where}: 'models' is empty; list at least one {{backbone}}-{{head}}")
@@ -152,6 +198,7 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
                                   "tags may hold letters, digits and dots only")  # fmt: skip
     combos = list(itertools.product(*[[(key, v) for v in values] for key, values in axes.items()]))
     runs: list[RunSpec] = []
+    configs: dict[str, StudyConfig] = {}
     seen: dict[str, str] = {}
     for index, item in enumerate(cfg.models):
         entry, own = _entry(item, index, where)
@@ -178,9 +225,10 @@ def expand_runs(cfg: StudyConfig, *, where: str = "config") -> list[RunSpec]:
                                   f"'{entry}'); run names must be unique")  # fmt: skip
             seen[name] = entry
             spec = RunSpec(name, arch, {**dict(combo), **own})
-            _effective(cfg, spec, f"{where}: model entry '{entry}'" + (f", run '{name}'" if name != entry else ""))
+            run_where = f"{where}: model entry '{entry}'" + (f", run '{name}'" if name != entry else "")
+            configs[name] = _effective(cfg, spec, run_where)
             runs.append(spec)
-    return runs
+    return _check_teachers(runs, configs, where) if teachers else runs
 
 
 def run_names(cfg: StudyConfig) -> list[str]:
@@ -194,7 +242,7 @@ def run_config(cfg: StudyConfig, name: str, *, where: str = "config") -> StudyCo
     A plain {backbone}-{head} outside the matrix gets the shared sections; a tagged name outside it raises
     ValueError listing the study's runs. Applied to a run's own effective config, it changes nothing.
     """
-    runs = {run.name: run for run in expand_runs(cfg, where=where)}
+    runs = {run.name: run for run in expand_runs(cfg, where=where, teachers=False)}
     if name in runs:
         spec = runs[name]
     elif not variant_of(name):

@@ -117,7 +117,9 @@ class TrainConfig:
     warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
     aux_weight: float = _limited(0.4, **_AT_LEAST_0)  # also OCR's soft-object-region loss: its regions are aux
-    distill_teacher: str | None = None  # run folder or checkpoint of a trained teacher
+    # The teacher: a run of the same study (its name, e.g. resnet101-ppm: that run's checkpoint of the same seed,
+    # trained first), or the path of a trained teacher's run folder or checkpoint
+    distill_teacher: str | None = None
     distill_weight: float = _limited(1.0, **_AT_LEAST_0)
     distill_temperature: float = _limited(1.0, **_POSITIVE)
     # lr multiple for everything outside the backbone (PSPNet used 10 with ImageNet init)

@@ -88,12 +88,15 @@ Pairs = Sequence[tuple[str, str, str]]  # (group, a, b): the difference is a −
 def study_pairs(models: Sequence[str], design: Pairs) -> list[tuple[str, str, str]]:
     """The discussed pairs among the runs ``models``: the ``design``'s fixed comparisons of {backbone}-{head}
     pairs (the report's: :func:`segmodels.report.design.fixed_pairs`), all among the plain runs (else among the
-    runs of the first run's variant, :func:`segmodels.models.catalog.reference_variant`); then each other variant
-    against its architecture there. Each as (group, a, b)."""
+    runs of the first run's variant, :func:`segmodels.models.catalog.reference_variant`; a design's run name with
+    tags, such as a distilled run's, is taken as it is); then each other variant against its architecture there,
+    unless the design compares them already. Each as (group, a, b)."""
     present = set(models)
     ref = reference_variant(models)
-    pairs = [(g, with_variant(a, ref), with_variant(b, ref)) for g, a, b in design]
-    pairs += [("variants", m, with_variant(pair_of(m), ref)) for m in models if variant_of(m) != ref]
+    pairs = [(g, *(n if variant_of(n) else with_variant(n, ref) for n in (a, b))) for g, a, b in design]
+    drawn = {frozenset(pair[1:]) for pair in pairs}
+    pairs += [("variants", m, with_variant(pair_of(m), ref)) for m in models
+              if variant_of(m) != ref and frozenset((m, with_variant(pair_of(m), ref))) not in drawn]  # fmt: skip
     return [(g, a, b) for g, a, b in pairs if a in present and b in present]
 
 

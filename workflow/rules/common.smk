@@ -60,6 +60,13 @@ def all_runs(name):
     return expand(run_file(name), exp=EXP, model=MODELS, seed=SEEDS)
 
 
+def teacher_checkpoint(wildcards):
+    """The checkpoint of the same seed of the run the job's run distils from, so the teacher trains first; none
+    for a run without a teacher or with a teacher's checkpoint outside the study."""
+    teacher = RUNS[wildcards.model].teacher
+    return expand(run_file(CHECKPOINT), exp=wildcards.exp, model=teacher, seed=wildcards.seed) if teacher else []
+
+
 def section(*names):
     """The config sections a job depends on, as one string: a change re-runs that job (params trigger)."""
     return json.dumps({name: config.get(name) for name in names}, sort_keys=True)

@@ -1,9 +1,12 @@
 # The resume state (runs.LAST) and the MLflow run id (runs.RUN_ID_FILE) stay undeclared: Snakemake deletes
 # declared outputs before a job and after a failure, and the resume state must survive both.
+# A run that distils from another run of the study (train.distill_teacher: its name) has that run's checkpoint of
+# the same seed as an input: the teacher trains first, and a retrained teacher re-runs its students.
 rule train:
     input:
         MANIFEST,
         MLFLOW_READY,
+        teacher=teacher_checkpoint,
     output:
         run_file(CHECKPOINT),
         run_file(TRAIN_LOG),
