@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 from conftest import small_config
-from toys import ToyHead, toy_backbone
+from toys import ToyHead, fwiou, toy_backbone
 
 from segmodels.engine.benchmark import benchmark_run
 from segmodels.engine.evaluate import evaluate
 from segmodels.engine.train import train
-from segmodels.metrics import iou_per_class, metric_keys, register_metric, unregister_metric
+from segmodels.metrics import metric_keys, register_metric, unregister_metric
 from segmodels.models import catalog, list_models, register_backbone, register_head
 from segmodels.report.figures import FIGURES, make_figures
 from segmodels.report.results import load_study
@@ -30,14 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 MODELS = ["resnet18-ppm", "toy-ppm", "resnet18-toyhead", "toy-toyhead"]
 
 
-def _fwiou(matrices: np.ndarray) -> np.ndarray:
-    """Frequency-weighted IoU: the per-class IoUs weighted by each class's share of the labelled pixels."""
-    truth = matrices.sum(axis=-1)
-    weighted = np.where(truth > 0, truth * np.nan_to_num(iou_per_class(matrices)), 0.0).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(truth.sum(axis=-1) > 0, weighted / truth.sum(axis=-1), np.nan)
-
-
 @pytest.fixture
 def extended():
     """ToyNet, a toy head and fwIoU, registered for one test and gone afterwards."""
@@ -45,7 +36,7 @@ def extended():
     with catalog.registered():
         register_backbone("toy", toy_backbone, label="ToyNet", short="TN")
         register_head("toyhead", ToyHead, label="Toy head", options={"width": (int, 8)})
-        register_metric("fwiou", "fwIoU", _fwiou, digits=1, training=False)
+        register_metric("fwiou", "fwIoU", fwiou, digits=1, training=False)
         try:
             yield
         finally:

@@ -19,27 +19,17 @@ from segmodels.models import catalog
 from segmodels.study.config import ConfigError, load_config, study_from_dict
 
 TESTS = Path(__file__).resolve().parent
-# A lab's own module: ToyNet, a toy head and fwIoU (the classes live in tests/toys.py, outside the package).
-PLUGIN = '''
-import numpy as np
-from toys import ToyHead, toy_backbone
+# A lab's own module: ToyNet, a toy head and fwIoU (defined in tests/toys.py, outside the package).
+PLUGIN = """
+from toys import ToyHead, fwiou, toy_backbone
 
-from segmodels.metrics import iou_per_class, register_metric
+from segmodels.metrics import register_metric
 from segmodels.models import register_backbone, register_head
 
 register_backbone("toy", toy_backbone, label="ToyNet", short="TN")
 register_head("toyhead", ToyHead, label="Toy head", options={"width": (int, 8)})
-
-
-def fwiou(matrices):
-    truth = matrices.sum(axis=-1)
-    weighted = np.where(truth > 0, truth * np.nan_to_num(iou_per_class(matrices)), 0.0).sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(truth.sum(axis=-1) > 0, weighted / truth.sum(axis=-1), np.nan)
-
-
 register_metric("fwiou", "fwIoU", fwiou, digits=1, training=False)
-'''
+"""
 
 
 @pytest.fixture

@@ -1,13 +1,15 @@
-"""A backbone and a head defined outside the package (no torchvision), for the tests that register them."""
+"""A backbone, a head and a metric defined outside the package (no torchvision), for the tests that register them."""
 
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
+from segmodels.metrics import iou_per_class
 from segmodels.models.backbones import Backbone, FeatureInfo
 
 
@@ -41,3 +43,12 @@ class ToyHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"out": self.classifier(torch.relu(self.conv(x)))}
+
+
+def fwiou(matrices: np.ndarray) -> np.ndarray:
+    """Frequency-weighted IoU: the per-class IoUs weighted by each class's share of the labelled pixels."""
+    truth = matrices.sum(axis=-1)
+    weighted = np.where(truth > 0, truth * np.nan_to_num(iou_per_class(matrices)), 0.0).sum(axis=-1)
+    total = truth.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, weighted / total, np.nan)
