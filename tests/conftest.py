@@ -21,6 +21,14 @@ from segmodels.study.config import StudyConfig, config_to_dict, from_dict
 _CLASSES = {0: (128, 64, 128), 10: (70, 130, 180), 13: (200, 30, 30)}
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The free disk under the test folders, printed first: a full disk fails the study tests at torch.save."""
+    import tempfile
+
+    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    return f"free disk under {tempfile.gettempdir()}: {free_gb:.1f} GB (the slow study tests need about 1 GB at a time)"
+
+
 def make_packed_dataset(
     root: str | Path, *, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (64, 64), seed: int = 0
 ) -> Path:
