@@ -255,3 +255,28 @@ def test_prefetch_threads_leave_the_callers_thread_count_alone(split):
     assert torch.get_num_threads() == before
     it.close()
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("scale_range", [(0.5, 2.0), (1.5, 2.0), (0.3, 0.6)])
+def test_reading_only_the_crop_windows_gives_the_whole_image_batch(tmp_path, scale_range):
+    """The loader copies only the pixels each crop reads; the batch equals the one made from whole images."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "train").mkdir()
+    images = rng.integers(0, 256, size=(5, 37, 53, 3), dtype=np.uint8)  # noise: any shift of a tap shows
+    labels = rng.integers(0, 19, size=(5, 37, 53), dtype=np.uint8)
+    np.save(tmp_path / "train" / "images.npy", images)
+    np.save(tmp_path / "train" / "labels.npy", labels)
+    loader = TrainLoader(tmp_path / "train", batch_size=5, crop_size=(24, 32), scale_range=scale_range, seed=2)
+    read = whole = 0
+    for step in range(6):
+        idx = loader.indices(step)
+        _, _, params, windows = loader._host([step])
+        x_ref, y_ref = augment_batch(torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]), params,
+                                     (24, 32), MEAN, STD)  # fmt: skip
+        x, y = loader.batch(step)
+        _assert_close(x, x_ref, atol=1e-4)
+        assert torch.equal(y, y_ref)
+        read += int(((windows[:, 1] - windows[:, 0]) * (windows[:, 3] - windows[:, 2])).sum())
+        whole += 5 * 37 * 53
+    if scale_range[0] >= 1.5:  # upscaled crops read a fraction of the image
+        assert read < 0.6 * whole, (read, whole)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentParams", "augment_batch", "sample_params"]
+__all__ = ["AugmentParams", "augment_batch", "sample_params", "source_windows"]
 
 BRIGHTNESS = 32.0  # ± on the 0-255 scale
 CONTRAST = (0.5, 1.5)
@@ -100,14 +100,40 @@ def _axis(p: AugmentParams, axis: int, size: int, crop: int) -> np.ndarray:
     return 2 * (origin + u) / (scale * size) - 1
 
 
+def source_windows(p: AugmentParams, in_size: tuple[int, int], crop_size: tuple[int, int]) -> np.ndarray:
+    """The part of each source image that its crop reads: (N, 4) int64 rows ``[y0, y1)`` and columns ``[x0, x1)``.
+
+    It holds both pixels of every bilinear tap (after the clamp of 'border' padding) and every nearest label
+    pixel, with one pixel to spare on each side against rounding, so reading only the window gives the batch
+    that reading the whole image gives. A crop at scale s reads about (crop / s) pixels per axis: at the
+    Cityscapes recipe (scale 0.5-2.0, 512×1024 crops of 1024×2048 images) a quarter of the image on average.
+    """
+    out = np.empty((len(p.scale), 4), dtype=np.int64)
+    for axis, (size, crop) in enumerate(zip(in_size, crop_size, strict=True)):
+        g = _axis(p, axis, size, crop)
+        pos = np.clip((g + 1) * (size / 2) - 0.5, 0, size - 1)  # pixel coordinate of each tap, clamped as 'border'
+        out[:, 2 * axis] = np.clip(np.floor(pos.min(axis=1)) - 1, 0, size - 1)
+        out[:, 2 * axis + 1] = np.clip(np.floor(pos.max(axis=1)) + 3, 1, size)
+    return out
+
+
+def _to_window(g: np.ndarray, size: int, start: np.ndarray, held: int) -> np.ndarray:
+    """Grid coordinates over a whole image of ``size`` pixels → over a buffer of ``held`` pixels whose first one
+    is the image's pixel ``start`` (per sample); the 'border' clamp to the image is applied here."""
+    pos = np.clip((g + 1) * (size / 2) - 0.5, 0, size - 1) - start[:, None]
+    return 2 * (pos + 0.5) / held - 1
+
+
 def _plan(
-    p: AugmentParams, in_size: tuple[int, int], crop_size: tuple[int, int], mean, std
-) -> tuple[np.ndarray, np.ndarray]:
+    p: AugmentParams, in_size: tuple[int, int], crop_size: tuple[int, int], mean, std,
+    windows: np.ndarray | None = None, held: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Everything per sample that does not depend on pixel values, in two small arrays (two host→device copies).
 
     float32 columns: grid x (cw), grid y (ch), nearest source column (cw), row × width (ch), inside x (cw),
     inside y (ch), colour matrix (9), offset terms (3 + 3); the colour map includes the normalisation. uint8
-    columns: 255 on the columns (cw) and rows (ch) outside the rescaled image, 0 inside.
+    columns: 255 on the columns (cw) and rows (ch) outside the rescaled image, 0 inside. With ``windows``, the
+    batch holds each sample's window (see :func:`source_windows`) at its top-left in a buffer of ``held`` pixels.
     """
     (h, w), (ch, cw) = in_size, crop_size
     gy, gx = _axis(p, 0, h, ch), _axis(p, 1, w, cw)
@@ -115,6 +141,13 @@ def _plan(
     # clamped outside the image, where the label is ignore anyway
     iy = np.clip(np.ceil((gy + 1) * (h / 2)) - 1, 0, h - 1)
     ix = np.clip(np.ceil((gx + 1) * (w / 2)) - 1, 0, w - 1)
+    inside = np.abs(gx) <= 1, np.abs(gy) <= 1
+    if windows is not None:
+        hh, hw = held if held is not None else (h, w)
+        y0, x0 = windows[:, 0].astype(np.float64), windows[:, 2].astype(np.float64)
+        iy, ix = iy - y0[:, None], ix - x0[:, None]
+        gy, gx = _to_window(gy, h, y0, hh), _to_window(gx, w, x0, hw)
+        w = hw
     hue, sat, contrast = (np.asarray(a, np.float64) for a in (p.hue, p.saturation, p.contrast))
     n = hue.shape[0]
     chroma = np.zeros((n, 3, 3))
@@ -128,7 +161,6 @@ def _plan(
     colour = inv[None, :, None] * contrast[:, None, None] * (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ)
     base = np.asarray(p.brightness, np.float64)[:, None] * inv[None] - (np.asarray(mean) / np.asarray(std))[None]
     per_grey = (1 - contrast)[:, None] * inv[None]
-    inside = np.abs(gx) <= 1, np.abs(gy) <= 1
     plan = np.concatenate([gx, gy, ix, iy * w, *inside, colour.reshape(n, 9), base, per_grey], axis=1, dtype=np.float32)
     padding = np.concatenate([~inside[0], ~inside[1]], axis=1).astype(np.uint8) * np.uint8(255)
     return plan, padding
@@ -143,15 +175,25 @@ def augment_batch(
     std: tuple[float, float, float],
     *,
     ignore_index: int = 255,
+    in_size: tuple[int, int] | None = None,
+    windows: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, H, W, 3) and labels (N, H, W) on one device → float32 (N, 3, ch, cw) normalised, int64 labels.
 
     Pixels outside the rescaled image get label ``ignore_index`` and the mean colour (0 after normalisation).
+    With ``windows`` (:func:`source_windows` of images of ``in_size``), the tensors hold only each sample's window,
+    at the top-left; the pixel just past a window's bottom row and right column must repeat its edge.
     """
     n, h, w = labels.shape
     ch, cw = crop_size
     dev = images.device
-    plan, padding = (torch.from_numpy(a) for a in _plan(params, (h, w), crop_size, mean, std))
+    if windows is None:
+        plan, padding = (torch.from_numpy(a) for a in _plan(params, (h, w), crop_size, mean, std))
+    else:
+        if in_size is None:
+            raise ValueError("augment_batch: windows need in_size, the size of the whole source images")
+        planned = _plan(params, in_size, crop_size, mean, std, windows, (h, w))
+        plan, padding = (torch.from_numpy(a) for a in planned)
     if dev.type == "cuda":  # page-locked, so the copies run asynchronously
         plan, padding = (t.pin_memory().to(dev, non_blocking=True) for t in (plan, padding))
     elif dev.type != "cpu":

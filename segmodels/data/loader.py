@@ -1,8 +1,8 @@
 """Batches from packed splits: memory-mapped uint8 arrays → augmented, normalised tensors on the training device.
 
-A batch is gathered from the memory map in one copy (into pinned memory when the device is a GPU), moved to the
-device, and augmented there as a whole (:mod:`segmodels.data.augment`), so with a GPU the data path costs the
-CPU one memcpy per batch and never limits the GPU; on the CPU, batches cost a fraction of a millisecond per
+A batch is gathered from the memory map in one copy of only the pixels its crops read (into pinned memory when
+the device is a GPU), moved to the device, and augmented there as a whole (:mod:`segmodels.data.augment`), so
+with a GPU the data path costs the CPU one memcpy per batch and never limits the GPU; on the CPU, batches cost a fraction of a millisecond per
 sample, made ahead by background threads. Everything random is drawn from generators keyed by (seed, step,
 rank): ``batch(step)`` is a pure function of its arguments, so a resumed run sees the batches it would have seen.
 Under DDP the ranks share one permutation per epoch and take disjoint slices of it.
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmodels.data.augment import AugmentParams, augment_batch, sample_params
+from segmodels.data.augment import AugmentParams, augment_batch, sample_params, source_windows
 from segmodels.data.labels import IGNORE_INDEX
 from segmodels.data.pack import read_manifest
 
@@ -124,6 +124,29 @@ def _gather(split: PackedSplit, idx: np.ndarray, pin: bool) -> tuple[torch.Tenso
     return images, labels
 
 
+def _gather_windows(
+    split: PackedSplit, idx: np.ndarray, windows: np.ndarray, held: tuple[int, int], pin: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy only each row's window ``[y0, y1) × [x0, x1)`` out of the memory map, at the top-left of a buffer of
+    ``held`` pixels; the row and column just past a smaller window repeat its edge (the 'border' padding of the
+    resampling may give them a weight of a rounding error)."""
+    hh, hw = held
+    if (windows[:, 1] - windows[:, 0]).max() > hh or (windows[:, 3] - windows[:, 2]).max() > hw:
+        raise AssertionError(f"a crop window is larger than the buffer {held}: {windows.tolist()}")
+    images = torch.empty((len(idx), hh, hw, 3), dtype=torch.uint8, pin_memory=pin)
+    labels = torch.empty((len(idx), hh, hw), dtype=torch.uint8, pin_memory=pin)
+    im, lab = images.numpy(), labels.numpy()
+    for k, (i, (y0, y1, x0, x1)) in enumerate(zip(idx.tolist(), windows.tolist(), strict=True)):
+        wh, ww = y1 - y0, x1 - x0
+        im[k, :wh, :ww] = split.images[i, y0:y1, x0:x1]
+        lab[k, :wh, :ww] = split.labels[i, y0:y1, x0:x1]
+        if wh < hh:
+            im[k, wh, :ww] = im[k, wh - 1, :ww]
+        if ww < hw:
+            im[k, : min(wh + 1, hh), ww] = im[k, : min(wh + 1, hh), ww - 1]
+    return images, labels
+
+
 def _as_split(split: PackedSplit | str | Path) -> PackedSplit:
     return split if isinstance(split, PackedSplit) else PackedSplit(split)
 
@@ -162,6 +185,10 @@ class TrainLoader:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
         self._pin = self.device.type == "cuda"
+        # The buffer the crop windows are copied into: the largest window the scale range allows, so that its size
+        # (and with it the rounding of every sample's resampling) does not depend on which samples share a batch.
+        self._held = tuple(min(size, int(np.ceil((crop - 1) / self.scale_range[0])) + 5)
+                           for size, crop in zip(self.split.size, self.crop_size, strict=True))  # fmt: skip
         self._perms: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
@@ -188,9 +215,9 @@ class TrainLoader:
         return np.array([self._perm(int(p // n))[p % n] for p in positions], dtype=np.int64)
 
     def _host(self, steps: list[int]):
-        """The CPU part for consecutive ``steps``: gathered uint8 rows and the augmentation parameters."""
+        """The CPU part for consecutive ``steps``: the augmentation parameters, then only the part of each image
+        that its crop reads (:func:`~segmodels.data.augment.source_windows`) copied out of the memory map."""
         idx = np.concatenate([self.indices(step) for step in steps])
-        images, labels = _gather(self.split, idx, self._pin)
         params = [
             sample_params(
                 _generator(self.seed, step, self.rank, 2),
@@ -203,14 +230,18 @@ class TrainLoader:
             )
             for step in steps
         ]
-        return images, labels, AugmentParams.concat(params)
+        params = AugmentParams.concat(params)
+        windows = source_windows(params, self.split.size, self.crop_size)
+        images, labels = _gather_windows(self.split, idx, windows, self._held, self._pin)
+        return images, labels, params, windows
 
     def _device(self, host) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The device part: one augmentation over all the steps' samples, split back into batches."""
-        images, labels, params = host
+        images, labels, params, windows = host
         images = images.to(self.device, non_blocking=self._pin)
         labels = labels.to(self.device, non_blocking=self._pin)
-        x, y = augment_batch(images, labels, params, self.crop_size, MEAN, STD, ignore_index=IGNORE_INDEX)
+        x, y = augment_batch(images, labels, params, self.crop_size, MEAN, STD, ignore_index=IGNORE_INDEX,
+                             in_size=self.split.size, windows=windows)  # fmt: skip
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
