@@ -38,12 +38,14 @@ def new_figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def palette_legend(fig: Any) -> None:
+def palette_legend(fig: Any, label_set: Any, present: Iterable[int] | None = None) -> None:
+    """The colours of ``label_set`` (a :class:`~segmodels.data.labelset.LabelSet`) under the figure; only the
+    classes in ``present`` when given (a 150-class legend would not fit)."""
     from matplotlib.patches import Patch
 
-    from segmodels.data.labels import CLASS_NAMES, PALETTE
-
-    handles = [Patch(facecolor=PALETTE[i] / 255, edgecolor="0.3", lw=0.3, label=n) for i, n in enumerate(CLASS_NAMES)]
+    shown = sorted(set(present)) if present is not None else range(label_set.num_classes)
+    handles = [Patch(facecolor=label_set.palette[i] / 255, edgecolor="0.3", lw=0.3, label=label_set.classes[i])
+               for i in shown if 0 <= i < label_set.num_classes]  # fmt: skip
     ncol = max(2, min(10, int(fig.get_figwidth() / 1.1)))  # as many columns as the figure's width holds
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=7, frameon=False, handlelength=1.2)
 

@@ -11,9 +11,19 @@ from segmodels.models import catalog
 from segmodels.models.catalog import display_name
 from segmodels.report import design
 from segmodels.report.figures_common import Drawn, new_figure, palette_legend
-from segmodels.report.results import Study, class_iou, read_confusion, read_samples, read_train_log
+from segmodels.report.results import (
+    MANY_CLASSES,
+    Study,
+    class_iou,
+    class_selection,
+    read_confusion,
+    read_samples,
+    read_train_log,
+)
 
 __all__ = ["fig_backbones", "fig_confusion", "fig_context_modules", "fig_per_class", "fig_training"]
+
+CONFUSION_CLASSES = 25  # the confusion figure's rows when a dataset has more classes
 
 
 def _comparison(study: Study, models: list[str], what: str, max_rows: int = 3) -> Drawn | str:
@@ -32,6 +42,8 @@ def _comparison(study: Study, models: list[str], what: str, max_rows: int = 3) -
         aspect = img.height / img.width
     fig = new_figure(2.2 * len(columns), 2.2 * aspect * len(indices) + 0.9)
     axes = np.atleast_2d(fig.subplots(len(indices), len(columns), squeeze=False))
+    codes = _colour_codes(study.labels)
+    present: set[int] = set()
     for r, index in enumerate(indices):
         for c, (key, title) in enumerate(columns):
             ax = axes[r, c]
@@ -45,14 +57,32 @@ def _comparison(study: Study, models: list[str], what: str, max_rows: int = 3) -
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="0.5")
             else:
                 with Image.open(path) as img:
-                    ax.imshow(np.asarray(img.convert("RGB")), interpolation="nearest")
+                    rgb = np.asarray(img.convert("RGB"))
+                ax.imshow(rgb, interpolation="nearest")
+                if key != "input":
+                    present |= _classes_in(rgb, codes)
             if r == 0:
                 ax.set_title(title, fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"val #{index}", fontsize=8)
-    palette_legend(fig)
+    palette_legend(fig, study.labels, present if study.labels.num_classes > MANY_CLASSES else None)
     caption = f"{what}: input, ground truth and the prediction of {', '.join(display_name(m) for m in shown)}"
     return Drawn(fig, caption + f" on validation images {', '.join(map(str, indices))}.", shown)
+
+
+def _colour_codes(label_set) -> dict[int, int]:
+    """24-bit colour → class index of ``label_set`` (the first class of a colour used twice)."""
+    codes: dict[int, int] = {}
+    for c, (r, g, b) in enumerate(label_set.palette.astype(np.int64).tolist()):
+        codes.setdefault((r << 16) | (g << 8) | b, c)
+    return codes
+
+
+def _classes_in(rgb: np.ndarray, codes: dict[int, int]) -> set[int]:
+    """The classes whose colours appear in a colourised label image."""
+    values = rgb.astype(np.int64)
+    found = np.unique((values[..., 0] << 16) | (values[..., 1] << 8) | values[..., 2])
+    return {codes[v] for v in found.tolist() if v in codes}
 
 
 def fig_backbones(study: Study) -> Drawn | str:
@@ -69,16 +99,23 @@ def fig_context_modules(study: Study) -> Drawn | str:
 
 
 def fig_per_class(study: Study) -> Drawn | str:
+    import warnings
+
     import seaborn as sns
 
-    from segmodels.data.labels import CLASS_NAMES
+    from segmodels.data.labelset import names_or_indices
 
     rows = {m: class_iou(study, m) for m in study.summary.index}
     rows = {display_name(m): v for m, v in rows.items() if v is not None}
     if not rows:
         return "no metrics.json with per-class IoU"
-    table = pd.DataFrame(rows, index=list(CLASS_NAMES)[: len(next(iter(rows.values())))]).T
-    fig = new_figure(11.0, 1.2 + 0.42 * len(table))
+    n = len(next(iter(rows.values())))
+    table = pd.DataFrame(rows, index=names_or_indices(study.labels.classes, n)).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent everywhere
+        shown, selection = class_selection(np.nanmean(table.to_numpy(dtype=float), axis=0))
+    table = table.iloc[:, shown]
+    fig = new_figure(11.0 if len(shown) <= 24 else 14.0, 1.2 + 0.42 * len(table))
     ax = fig.add_subplot()
     sns.heatmap(
         table,
@@ -96,6 +133,8 @@ def fig_per_class(study: Study) -> Drawn | str:
     ax.set_xticklabels(ax.get_xticklabels(), rotation=40, ha="right", fontsize=8)
     ax.tick_params(axis="y", labelsize=8, rotation=0)
     caption = "Per-class IoU (%) of every evaluated model (mean over seeds; blank: class absent from the data)."
+    if selection:
+        caption = caption[:-1] + f"; {selection}."
     return Drawn(fig, caption, [m for m in study.summary.index if class_iou(study, m) is not None])
 
 
@@ -136,7 +175,7 @@ def fig_training(study: Study) -> Drawn | str:
 def fig_confusion(study: Study) -> Drawn | str:
     import seaborn as sns
 
-    from segmodels.data.labels import CLASS_NAMES
+    from segmodels.data.labelset import names_or_indices
 
     ranked = sorted(
         (m for m in study.finished() if study.value(m, "miou") is not None), key=lambda m: -study.value(m, "miou")
@@ -150,12 +189,22 @@ def fig_confusion(study: Study) -> Drawn | str:
     total = np.sum(matrices, axis=0).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = total / total.sum(axis=1, keepdims=True) * 100
-    names = list(CLASS_NAMES)[: len(norm)] if len(norm) <= len(CLASS_NAMES) else list(range(len(norm)))
+    names = names_or_indices(study.labels.classes, len(norm))
+    subset = ""
+    if len(norm) > CONFUSION_CLASSES:  # the most frequent true classes, and one column for all the others
+        keep = sorted(np.argsort(-total.sum(axis=1), kind="stable")[:CONFUSION_CLASSES].tolist())
+        rest = np.setdiff1d(np.arange(len(norm)), keep)
+        norm = np.concatenate([norm[np.ix_(keep, keep)], norm[np.ix_(keep, rest)].sum(axis=1, keepdims=True)], 1)
+        names, columns = [names[i] for i in keep], [names[i] for i in keep] + ["(other)"]
+        subset = (f" Of {len(total)} classes, the {CONFUSION_CLASSES} with the most true pixels; '(other)': "
+                  "predicted as any other class.")  # fmt: skip
+    else:
+        columns = names
     fig = new_figure(7.0, 6.2)
     ax = fig.add_subplot()
     annot = np.where(norm >= 1, np.char.mod("%.0f", np.nan_to_num(norm)), "")
     sns.heatmap(
-        pd.DataFrame(norm, index=names, columns=names),
+        pd.DataFrame(norm, index=names, columns=columns),
         ax=ax,
         cmap="Blues",
         vmin=0,
@@ -172,6 +221,6 @@ def fig_confusion(study: Study) -> Drawn | str:
     ax.tick_params(labelsize=7)
     caption = (
         f"Row-normalised confusion matrix (%) of the best model, {display_name(model)} "
-        f"({study.value(model, 'miou'):.2f} mIoU); rows: true class; cells under 1 % left blank."
+        f"({study.value(model, 'miou'):.2f} mIoU); rows: true class; cells under 1 % left blank.{subset}"
     )
     return Drawn(fig, caption, [model])

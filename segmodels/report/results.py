@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from segmodels.data.labelset import LabelSet
 from segmodels.models.catalog import (  # noqa: F401  (display_name, head_label: importable from here too)
     arch_of,
     display_name,
@@ -37,8 +38,11 @@ from segmodels.study.stats import COMPARISON_COLUMNS, Comparison, comparisons_fr
 from segmodels.study.summary import summarize
 
 __all__ = [
+    "MANY_CLASSES",
     "Study",
     "class_iou",
+    "class_selection",
+    "label_set_of_study",
     "load_study",
     "pareto_front",
     "read_comparisons",
@@ -51,6 +55,7 @@ __all__ = [
 ]
 
 SUMMARY_COLUMNS = ("model", "status", "miou", "latency_ms")  # the least a summary.csv must hold
+MANY_CLASSES = 40  # above this many classes, per-class tables and figures show the best and the worst classes
 
 
 # --- readers: one per file type -------------------------------------------------------------------------------
@@ -154,6 +159,14 @@ class Study:
     notes: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)  # paired bootstrap of mIoU differences
     reference: str = ""  # the variant the fixed comparisons draw from; "" for the plain runs
+    label_set: LabelSet | None = None  # the classes the runs were scored on; None: found on first use
+
+    @property
+    def labels(self) -> LabelSet:
+        """The classes the runs were scored on (:func:`label_set_of_study`)."""
+        if self.label_set is None:
+            self.label_set = label_set_of_study(self)
+        return self.label_set
 
     def reference_run(self, pair: str) -> str:
         """The run of ``pair`` ({backbone}-{head}) that the backbone and context-module comparisons use."""
@@ -230,6 +243,48 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
     return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)
+
+
+def label_set_of_study(study: Study) -> LabelSet:
+    """The classes the study's runs were scored on: recorded in their metrics.json by ``evaluate``; for older
+    results, the packed data's manifest (``data/packed/{dataset}``), then the per-class names of a metrics.json
+    with the default palette, then Cityscapes' 19 classes."""
+    from segmodels.data.labelset import cityscapes_label_set, label_set_of
+
+    names = None
+    for model in study.summary.index:
+        for run in study.runs(model):
+            data = read_json(runs.RunFolder(run).metrics)
+            if isinstance(data, dict) and isinstance(data.get("label_set"), dict):
+                try:
+                    return LabelSet.from_manifest(data["label_set"], str(runs.RunFolder(run).metrics))
+                except ValueError:
+                    continue
+            if isinstance(data, dict) and names is None and isinstance(data.get("per_class"), dict):
+                names = list(data["per_class"])
+    try:
+        return label_set_of(Path("data/packed") / study.cfg.data.dataset)
+    except (FileNotFoundError, ValueError):
+        pass
+    if names is not None and tuple(names) != cityscapes_label_set().classes:
+        return LabelSet(study.cfg.data.dataset, tuple(names))
+    return cityscapes_label_set()
+
+
+def class_selection(mean_iou: np.ndarray, limit: int = MANY_CLASSES) -> tuple[list[int], str]:
+    """The classes a per-class table or figure shows: all of them up to ``limit``; beyond, the ``limit / 2`` with
+    the highest and those with the lowest mean IoU (NaN last), best first. Returns (indices, a note; "" when all)."""
+    n = len(mean_iou)
+    if n <= limit:
+        return list(range(n)), ""
+    values = np.where(np.isfinite(mean_iou), mean_iou, -np.inf)
+    order = [int(i) for i in np.argsort(-values, kind="stable")]
+    each = limit // 2
+    defined = [i for i in order if np.isfinite(mean_iou[i])]
+    top, bottom = defined[:each], [i for i in defined[-each:] if i not in defined[:each]]
+    note = (f"{n} classes: the {len(top)} with the highest and the {len(bottom)} with the lowest mean IoU over the "
+            f"models shown; every class is in each run's per_class.csv")  # fmt: skip
+    return top + bottom, note
 
 
 def class_iou(study: Study, model: str) -> np.ndarray | None:

@@ -13,13 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from segmodels.metrics import METRICS, Metric
 from segmodels.models import catalog
 from segmodels.models.catalog import display_name, short_name, variant_of
 from segmodels.report import design
 from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY
 from segmodels.report.findings import interval_coverage, verdict_rule
-from segmodels.report.results import Study, class_iou
+from segmodels.report.results import Study, class_iou, class_selection
 
 __all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
 
@@ -209,21 +211,32 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
 
 
 def _per_class_table(study: Study) -> dict[str, Any]:
-    from segmodels.data.labels import CLASS_NAMES
+    import warnings
+
+    from segmodels.data.labelset import names_or_indices
 
     ious = {m: class_iou(study, m) for m in study.summary.index}
     ious = {m: v for m, v in ious.items() if v is not None}
-    names = list(CLASS_NAMES)
+    n = max((len(v) for v in ious.values()), default=0)
+    names = names_or_indices(study.labels.classes, n)
+    grid = np.full((len(ious), n), np.nan)
+    for r, v in enumerate(ious.values()):
+        grid[r, : len(v)] = v
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a class absent everywhere
+        shown, selection = class_selection(np.nanmean(grid, axis=0) if len(ious) else np.zeros(n))
     rows = []
-    for c, name in enumerate(names):
-        values = [float(v[c]) if c < len(v) and math.isfinite(v[c]) else None for v in ious.values()]
-        rows.append(_text([name]) + _column(values, 1))
+    for c in shown:
+        values = [float(v) if math.isfinite(v) else None for v in grid[:, c]]
+        rows.append(_text([names[c]]) + _column(values, 1))
     means = [study.value(m, "miou") for m in ious]
     rows.append(_text(["mean (mIoU)"]) + _column(means, 1))
     header = ["Class"] + [short_name(m) for m in ious]
     note = "IoU in %, mean over seeds; – : class absent from both truth and prediction. " + "; ".join(
         f"{short_name(m)} = {display_name(m)}" for m in ious
     )
+    if selection:
+        note = f"{selection}. {note}"
     return {"title": "Per-class IoU", "header": header, "rows": rows, "align": "l" + "r" * len(ious), "note": note}
 
 
