@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmodels.data.cityscapes import IMAGE_ZIP, LABEL_ZIP, CityscapesSource, find_root
 from segmodels.data.pack import prepare
+from segmodels.data.sources.cityscapes import IMAGE_ZIP, LABEL_ZIP, CityscapesSource, find_root
 
 CITIES = ("aachen", "bremen")
 VALID_IDS = np.array([0, 1, 4, 7, 8, 11, 17, 21, 23, 24, 26, 33], dtype=np.uint8)

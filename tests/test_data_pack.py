@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.data.cityscapes import IMAGE_ZIP, LABEL_ZIP
 from segmodels.data.labels import ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
 from segmodels.data.pack import MANIFEST, prepare
+from segmodels.data.sources.cityscapes import IMAGE_ZIP, LABEL_ZIP
 from segmodels.data.synthetic import SynthParams, generate
 
 RAW_SIZE, PACKED = (48, 96), (24, 48)

@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from segmodels.cli import main
-from segmodels.data.cityscapes import CityscapesSource
 from segmodels.data.labels import ID_PALETTE, ID_TO_TRAINID, IGNORE_INDEX, MAX_LABEL_ID, NUM_CLASSES, label_id
+from segmodels.data.sources.cityscapes import CityscapesSource
 from segmodels.data.synthetic import PARAMS_FILE, SynthParams, generate, image_ids, render
 
 SMALL = SynthParams(train=3, val=2, size=(48, 96), seed=7)
@@ -35,7 +35,9 @@ def test_layout_naming_and_label_ids(tmp_path):
     assert [s.name for s in train] == sorted(name for _, name in image_ids("train", 3))
     assert {s.name.split("_")[0] for s in train} == {"synthtown", "pixelburg", "rendersheim"}
     for sample in train + src.samples("val"):
-        image, ids, _, _ = src.read(sample)
+        image, train_ids, _, _ = src.read(sample)
+        ids = src.read_ids(sample)
+        np.testing.assert_array_equal(train_ids, ID_TO_TRAINID[ids])  # read() maps label ids to train ids
         assert image.shape == (48, 96, 3) and ids.shape == (48, 96)
         assert ids.max() <= MAX_LABEL_ID
         assert (ids == label_id("ego vehicle")).any()  # void strip at the bottom, like real Cityscapes

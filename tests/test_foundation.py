@@ -131,7 +131,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"model": {"bn_momentum": 1.5}}, "'model.bn_momentum' must be at most 1, got 1.5"),
         ({"model": {"bn_momentum": 0.0}}, "'model.bn_momentum' must be greater than 0, got 0.0"),
         ({"model": {"num_classes": 0}}, "'model.num_classes' must be at least 1, got 0"),
-        ({"data": {"source": "kitti"}}, "'data.source' must be one of synthetic, cityscapes, got 'kitti'"),
+        ({"data": {"source": "kitti"}}, "'data.source' must be one of synthetic, cityscapes, voc, ade20k, folder, got 'kitti'"),
         ({"models": []}, "'models' is empty"),
         ({"train": {"iterations": 0}}, "'train.iterations' must be at least 1, got 0"),
         ({"train": {"lr": -0.01}}, "'train.lr' must be greater than 0, got -0.01"),

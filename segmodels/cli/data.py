@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from segmodels.data.layouts import LAYOUTS, MASK_KINDS
+from segmodels.data.sources import source_names
+
 __all__ = ["COMMANDS"]
 
 
@@ -43,18 +46,31 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", type=int, metavar="N", help="validation images (default 16)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="image height and width (default 256 512)")
     p.add_argument("--seed", type=int, metavar="S", help="random seed; the same seed gives the same files (default 0)")
-    p.add_argument("--no-color", action="store_true", help="do not write the *_gtFine_color.png previews")
-    p.add_argument("--zip", action="store_true", help="write the two official archives (leftImg8bit_trainvaltest.zip, "
-                   "gtFine_trainvaltest.zip) instead of a folder tree; `prepare --source cityscapes` reads them")
+    p.add_argument("--layout", choices=LAYOUTS, help="the file layout written: cityscapes (leftImg8bit/, gtFine/), voc "
+                   "(JPEGImages/, SegmentationClass/, 21 classes), ade20k (images/, annotations/, 150 classes) or folder "
+                   "(images/, masks/, classes.yaml); `prepare --source synthetic` or --source LAYOUT reads each "
+                   "(default: data.synthetic.layout, else cityscapes)")
+    p.add_argument("--masks", choices=MASK_KINDS, default="index", help="folder layout: masks of class indices or of "
+                   "the class colours listed in classes.yaml (default index)")
+    p.add_argument("--no-color", action="store_true", help="cityscapes layout: do not write the *_gtFine_color.png "
+                   "previews")
+    p.add_argument("--zip", action="store_true", help="cityscapes layout: write the two official archives "
+                   "(leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip) instead of a folder tree; "
+                   "`prepare --source cityscapes` reads them")
     _add_workers(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _synth_run(args: argparse.Namespace) -> int:
-    from segmodels.data.synthetic import SynthParams, generate, generate_zips
+    from segmodels.data.layouts import generate_layout
+    from segmodels.data.synthetic import SynthParams, generate_zips
 
     cfg = _config(args)
     syn = cfg.data.synthetic if cfg else None
+    layout = args.layout or (syn.layout if syn else "cityscapes")
+    if args.zip and layout != "cityscapes":
+        raise ValueError(f"--zip writes Cityscapes' two archives; the {layout} layout is written as a folder tree "
+                         "(drop --zip)")  # fmt: skip
     size = _size(args.size, "--size") or (tuple(syn.size) if syn else (256, 512))
     params = SynthParams(
         train=args.train if args.train is not None else (syn.train if syn else 48),
@@ -65,8 +81,11 @@ def _synth_run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out) if args.out else Path("data/raw") / (cfg.data.dataset if cfg else "synthetic")
     start = time.perf_counter()
-    n = (generate_zips if args.zip else generate)(out, params, workers=args.workers, progress=not args.quiet)
-    what = f"train={params.train} val={params.val} size={size[0]}×{size[1]} seed={params.seed}"
+    if args.zip:
+        n = generate_zips(out, params, workers=args.workers, progress=not args.quiet)
+    else:
+        n = generate_layout(out, layout, params, masks=args.masks, workers=args.workers, progress=not args.quiet)
+    what = f"{layout} layout, train={params.train} val={params.val} size={size[0]}×{size[1]} seed={params.seed}"
     if n == 0:
         print(f"synth: {out} is up to date ({what})")
     else:
@@ -78,12 +97,16 @@ def _synth_run(args: argparse.Namespace) -> int:
 def _prepare_args(p: argparse.ArgumentParser) -> None:
     _add_config(p, "takes data.source, data.root, data.dataset and data.size")
     p.add_argument(
-        "--source", choices=("synthetic", "cityscapes"), help="where the raw data comes from (default: data.source)"
+        "--source",
+        choices=source_names(),
+        help="the reader of the raw data: cityscapes, synthetic (what `segmodels synth` wrote, in any layout), voc, "
+        "ade20k, folder (images/, masks/, classes.yaml), or one registered by a plugin (default: data.source)",
     )
     p.add_argument(
         "--root",
         metavar="DIR",
-        help="raw data: a Cityscapes folder with leftImg8bit/ and gtFine/ or the two official zips "
+        help="raw data: a Cityscapes folder with leftImg8bit/ and gtFine/ or the two official zips, a VOC2012 "
+        "folder, ADEChallengeData2016, or a folder dataset "
         "(default: data.root, else $CITYSCAPES_DATASET for cityscapes, else data/raw/{dataset})",
     )
     p.add_argument("--dataset", metavar="NAME", help="dataset name for the default folders (default: data.dataset)")
@@ -96,7 +119,7 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 def _raw_root(source: str, root: str | None, dataset: str) -> Path:
     if source == "cityscapes":
-        from segmodels.data.cityscapes import find_root
+        from segmodels.data.sources.cityscapes import find_root
 
         return find_root(root, dataset=dataset)  # as cityscapesScripts: $CITYSCAPES_DATASET when not given
     return Path(root) if root else Path("data/raw") / dataset
@@ -204,12 +227,14 @@ def _bench(args: argparse.Namespace, cfg, work: Path) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "synth": (
-        "Generate street scenes in the Cityscapes layout (leftImg8bit/, gtFine/ labelIds) for the demo study",
+        "Generate street scenes for the demo study, in the Cityscapes layout (leftImg8bit/, gtFine/ labelIds) or "
+        "in Pascal VOC's, ADE20K's or a folder dataset's",
         _synth_args,
         _synth_run,
     ),
     "prepare": (
-        "Pack a raw Cityscapes-layout dataset (folders or the official zips) into memory-mappable uint8 arrays",
+        "Pack a raw dataset (Cityscapes folders or zips, Pascal VOC, ADE20K, a folder of one's own) into "
+        "memory-mappable uint8 arrays",
         _prepare_args,
         _prepare_run,
     ),

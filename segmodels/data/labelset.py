@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MANIFEST", "LabelSet", "cityscapes_label_set", "default_palette", "label_set_of", "names_or_indices"]
+__all__ = ["MANIFEST", "LabelSet", "cityscapes_label_set", "default_palette", "label_set_of", "names_or_indices",
+           "recorded_label_set"]
 
 MANIFEST = "manifest.json"
 
@@ -138,6 +139,18 @@ def label_set_of(path: str | Path) -> LabelSet:
         if candidate.is_file():
             return LabelSet.from_manifest(json.loads(candidate.read_text()), str(candidate))
     raise FileNotFoundError(f"no {MANIFEST} in {path} or its parent: run `segmodels prepare` first")
+
+
+def recorded_label_set(path: str | Path) -> LabelSet | None:
+    """:func:`label_set_of`, or None where no manifest, or one without a class list (arrays packed by hand)."""
+    try:
+        return label_set_of(path)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        if "no 'classes' list" in str(exc):
+            return None
+        raise
 
 
 def cityscapes_label_set() -> LabelSet:

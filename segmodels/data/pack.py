@@ -1,9 +1,11 @@
-"""Preprocessing: raw Cityscapes layout → packed uint8 arrays that training loads by memory map.
+"""Preprocessing: a raw dataset → packed uint8 arrays that training loads by memory map.
 
-``prepare(root=..., out=data/packed/{dataset}, size=(512, 1024))`` decodes every pair of the train and val
-splits, maps label ids to the 19 train ids (others → 255), resizes (antialiased bilinear for images, nearest for
-labels) and writes ``{split}/images.npy`` (N, H, W, 3), ``{split}/labels.npy`` (N, H, W) and ``manifest.json``
-(source, sizes, counts, per-class pixel counts, CRC-32 of every input file, image ids).
+``prepare(root=..., out=data/packed/{dataset}, size=(512, 1024), source="cityscapes")`` opens the raw dataset
+with the reader registered as ``source`` (:mod:`segmodels.data.sources`: Cityscapes, the generated data, Pascal
+VOC, ADE20K, a folder of one's own), decodes every pair of the train and val splits into class indices of the
+source's label set (255 where not scored), resizes (antialiased bilinear for images, nearest for labels) and
+writes ``{split}/images.npy`` (N, H, W, 3), ``{split}/labels.npy`` (N, H, W) and ``manifest.json`` (source, the
+label set, sizes, counts, per-class pixel counts, CRC-32 of every input file, image ids).
 
 Everything is written into a temporary folder beside ``out`` and renamed into place at the end, so a crash
 leaves either the previous complete dataset or nothing. The manifest records a fingerprint of the inputs (size
@@ -27,8 +29,7 @@ import numpy as np
 
 from segmodels.atomic import fsync_dir
 from segmodels.data._io import Progress, atomic_write_json, default_workers, parallel_map
-from segmodels.data.cityscapes import CityscapesSource, Sample
-from segmodels.data.labels import CLASS_NAMES, ID_TO_TRAINID, IGNORE_INDEX, NUM_CLASSES
+from segmodels.data.sources import Sample, Source, open_source, source_names
 
 __all__ = [
     "FORMAT",
@@ -105,6 +106,8 @@ def _up_to_date(out: Path, want: dict) -> dict | None:
         return None
     if any(manifest.get(k) != want[k] for k in ("format", "size")):
         return None
+    if any(manifest.get(k) != v for k, v in want["label_set"].items()):  # e.g. an edited classes.yaml
+        return None
     if set(manifest.get("splits", {})) != set(want["splits"]):
         return None
     h, w = want["size"]
@@ -126,7 +129,7 @@ def _up_to_date(out: Path, want: dict) -> dict | None:
 _STATE: dict = {}
 
 
-def _init_worker(source: CityscapesSource, tmp: Path, size: tuple[int, int], offsets: dict) -> None:
+def _init_worker(source: Source, tmp: Path, size: tuple[int, int], offsets: dict) -> None:
     _STATE.update(source=source.fresh(), tmp=tmp, size=size, offsets=offsets)
 
 
@@ -135,10 +138,9 @@ def _pack_one(task: tuple[str, int, Sample]) -> tuple[str, int, int, int, list[i
     from PIL import Image
 
     split, index, sample = task
-    source: CityscapesSource = _STATE["source"]
+    source: Source = _STATE["source"]
     h, w = _STATE["size"]
-    image, label_ids, crc_img, crc_lab = source.read(sample)
-    train_ids = ID_TO_TRAINID[label_ids]
+    image, train_ids, crc_img, crc_lab = source.read(sample)  # class indices of the source's label set
     if image.shape[:2] != (h, w):
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
         train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.Resampling.NEAREST))
@@ -148,7 +150,8 @@ def _pack_one(task: tuple[str, int, Sample]) -> tuple[str, int, int, int, list[i
             fh.seek(start + index * row)
             fh.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
     hist = np.bincount(train_ids.ravel(), minlength=256)
-    counts = [*hist[:NUM_CLASSES].tolist(), int(hist[IGNORE_INDEX])]
+    label_set = source.label_set
+    counts = [*hist[: label_set.num_classes].tolist(), int(hist[label_set.ignore_index])]
     return split, index, crc_img, crc_lab, counts
 
 
@@ -209,21 +212,18 @@ def prepare(
 ) -> PrepareResult:
     """Pack the raw dataset at ``root`` into ``out``; see the module docstring."""
     root, out = Path(root), Path(out)
-    if source not in ("synthetic", "cityscapes"):
-        raise ValueError(f"source must be synthetic or cityscapes, got {source!r}")
+    if source not in source_names():
+        raise ValueError(f"source must be one of {', '.join(source_names())}, got {source!r}")
     size = tuple(int(v) for v in size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"size must be [height, width] of positive integers, got {list(size)}")
-    if source == "synthetic" and not root.is_dir():
-        raise FileNotFoundError(
-            f"no generated dataset in {root}: run `segmodels synth --out {root}` "
-            f"(or `segmodels synth --config CONFIG`) first"
-        )
-    src = CityscapesSource.open(root)
+    src = open_source(source, root)
+    num_classes = src.label_set.num_classes
     samples = {split: src.samples(split) for split in splits}
     want = {
         "format": FORMAT,
         "size": list(size),
+        "label_set": src.label_set.to_manifest(),
         "splits": {
             s: {"count": len(items), "inputs_digest": _digest(items, src.stamps(items))} for s, items in samples.items()
         },
@@ -245,7 +245,7 @@ def prepare(
         offsets = {split: _create_arrays(tmp / split, len(items), size) for split, items in samples.items()}
         tasks = [(split, i, sample) for split, items in samples.items() for i, sample in enumerate(items)]
         crcs: dict[str, list] = {s: [None] * len(items) for s, items in samples.items()}
-        counts = {s: np.zeros(NUM_CLASSES + 1, np.int64) for s in samples}
+        counts = {s: np.zeros(num_classes + 1, np.int64) for s in samples}
         n_workers = default_workers() if workers is None else max(1, workers)
         with Progress(len(tasks), f"prepare {out.name}", enabled=progress) as bar:
             for _, (split, i, crc_img, crc_lab, hist) in parallel_map(
@@ -275,15 +275,16 @@ def _manifest(src, source, dataset, size, *, samples, want, crcs, counts, source
     synth = None
     with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
         synth = json.loads((src.root / "synth.json").read_text())
+    n = src.label_set.num_classes
     splits = {}
     for split, items in samples.items():
         total = int(counts[split].sum())
-        class_pixels = counts[split][:NUM_CLASSES].tolist()
+        class_pixels = counts[split][:n].tolist()
         splits[split] = {
             **want["splits"][split],
             "source_sizes": source_sizes[split],  # "height×width": images of that size before resizing
             "class_pixels": class_pixels,  # after resizing, per train id
-            "ignore_pixels": int(counts[split][NUM_CLASSES]),
+            "ignore_pixels": int(counts[split][n]),
             "class_frequency": [round(c / max(total, 1), 6) for c in class_pixels],  # of all pixels
             "names": [s.name for s in items],
             "inputs": [
@@ -298,8 +299,7 @@ def _manifest(src, source, dataset, size, *, samples, want, crcs, counts, source
         "root": str(src.root.resolve()),
         "layout": src.layout,
         "size": list(size),
-        "classes": list(CLASS_NAMES),
-        "ignore_index": IGNORE_INDEX,
+        **src.label_set.to_manifest(),  # label_set, classes, palette, ignore_index
         "synthetic": synth,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "segmodels_version": __version__,

@@ -8,7 +8,8 @@ same files and a larger count only adds images. Each file is written atomically;
 records the parameters, and a second run with the same parameters and complete output does nothing.
 
 The default (48 train / 16 val at 256×512, packed at 128×256 by ``config/demo.yaml``) is what a CPU can train
-every model of the study on within minutes; scenes are described in :mod:`segmodels.data.scene`.
+every model of the study on within minutes; scenes are described in :mod:`segmodels.data.scene`. The same scenes
+in the Pascal VOC, ADE20K and folder layouts: :mod:`segmodels.data.layouts`.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import numpy as np
 
 from segmodels.atomic import fsync_dir, write_bytes_atomic
 from segmodels.data._io import Progress, atomic_write_json, default_workers, encode_png
-from segmodels.data.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, IMAGE_ZIP, LABEL_DIR, LABEL_SUFFIX, LABEL_ZIP
+from segmodels.data.sources.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, IMAGE_ZIP, LABEL_DIR, LABEL_SUFFIX, LABEL_ZIP
+from segmodels.data.sources.synthetic import PARAMS_FILE
 
 __all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "generate_zips", "image_ids"]
 
 GENERATOR_VERSION = 1  # bump when the scenes change, so that existing output is regenerated
-PARAMS_FILE = "synth.json"
 CITIES = {"train": ("synthtown", "pixelburg", "rendersheim"), "val": ("mockfurt", "procedurach")}
 COLOR_SUFFIX = "_gtFine_color.png"
 _SPLIT_CODE = {"train": 1, "val": 2}

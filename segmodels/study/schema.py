@@ -16,6 +16,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from segmodels.data.layouts import LAYOUTS
+from segmodels.data.sources import source_names
+
 __all__ = [
     "RUN_SECTIONS",
     "BenchmarkConfig",
@@ -77,13 +80,19 @@ class SynthConfig:
     # [height, width] as written to disk; the scene generator needs 32 pixels a side
     size: list[int] = _limited(factory=lambda: [256, 512], minItems=2, maxItems=2, items={"minimum": 32})
     seed: int = _limited(0, **_AT_LEAST_0)
+    # the file layout written by `segmodels synth` (read back by data.source synthetic, or the layout's own source)
+    layout: str = _limited("cityscapes", enum=list(LAYOUTS))
 
 
 @dataclass
 class DataConfig:
     dataset: str = _limited("synthetic", pattern=NAME_PATTERN)  # name of data/raw/{dataset}, data/packed/{dataset}
-    source: str = _limited("synthetic", enum=["synthetic", "cityscapes"])
-    root: str | None = None  # cityscapes: a folder or the folder with the two zips; default $CITYSCAPES_DATASET
+    # the reader of the raw data (segmodels.data.sources): what `segmodels synth` wrote, Cityscapes, Pascal VOC,
+    # ADE20K or a folder with images/, masks/ and classes.yaml
+    source: str = _limited("synthetic", enum=source_names())
+    # cityscapes: a folder or the folder with the two zips, default $CITYSCAPES_DATASET; others: the dataset's
+    # folder, default data/raw/{dataset}
+    root: str | None = None
     size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # packed [height, width]; the study's 1024×512
     synthetic: SynthConfig = field(default_factory=SynthConfig)
 
@@ -100,7 +109,9 @@ class ModelConfig:
     # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
     # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
     bn_momentum: float | None = _limited(0.1, exclusiveMinimum=0, maximum=1)
-    num_classes: int = _limited(19, minimum=1, maximum=255)  # labels are bytes and 255 is the ignore index
+    # null: the number of classes the packed data's manifest lists; a number is checked against it. At most 255:
+    # labels are bytes and 255 is the ignore index
+    num_classes: int | None = _limited(None, minimum=1, maximum=255)
 
 
 @dataclass

@@ -7,7 +7,8 @@ extracted image tree next to the label zip works too. The generated dataset (``s
 the same layout and goes through the same code.
 
 Every problem with the input is reported with the file at fault, and the cheap checks (pairing, PNG headers,
-sizes) run over the whole split before any decoding starts.
+sizes) run over the whole split before any decoding starts. Masks are mapped from the 34 label ids to the 19
+train ids of :func:`~segmodels.data.labelset.cityscapes_label_set` (others → 255).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import os
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segmodels.data.labels import MAX_LABEL_ID
+from segmodels.data.labelset import LabelSet, cityscapes_label_set
+from segmodels.data.sources import Sample
 
 __all__ = [
     "IMAGE_SUFFIX",
@@ -35,6 +37,7 @@ __all__ = [
     "ZipStore",
     "find_root",
     "missing_dataset_message",
+    "open_cityscapes",
 ]
 
 IMAGE_ZIP = "leftImg8bit_trainvaltest.zip"
@@ -131,13 +134,6 @@ class ZipStore:
 Store = DirStore | ZipStore
 
 
-@dataclass(frozen=True)
-class Sample:
-    name: str  # image id, e.g. aachen_000000_000019
-    image: str  # path inside the image store
-    label: str  # path inside the label store
-
-
 def _png_size(head: bytes, where: str) -> tuple[int, int, int, int]:
     """(height, width, bit depth, colour type) from a PNG's first bytes; ValueError naming ``where`` otherwise."""
     if len(head) < _PNG_HEAD - 4 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
@@ -148,6 +144,8 @@ def _png_size(head: bytes, where: str) -> tuple[int, int, int, int]:
 
 class CityscapesSource:
     """One Cityscapes root: lists, checks and decodes the (image, labelIds) pairs of a split."""
+
+    label_set: LabelSet = cityscapes_label_set()
 
     def __init__(self, root: Path, images: Store, labels: Store) -> None:
         self.root, self.images, self.labels = Path(root), images, labels
@@ -229,20 +227,38 @@ class CityscapesSource:
         return ih, iw
 
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray, int, int]:
-        """Decode a pair → (RGB H×W×3 uint8, label ids H×W uint8, crc32 of the image file, crc32 of the label file)."""
+        """Decode a pair → (RGB H×W×3 uint8, train ids H×W uint8, crc32 of the image file, crc32 of the label file)."""
         img_bytes, lab_bytes = self.images.read(sample.image), self.labels.read(sample.label)
         image = _decode(img_bytes, "RGB", self.images.describe(sample.image))
-        label = _decode(lab_bytes, "L", self.labels.describe(sample.label))
+        ids = self._ids(lab_bytes, sample)
+        if image.shape[:2] != ids.shape:
+            where = self.labels.describe(sample.label)
+            raise ValueError(f"{where}: label is {ids.shape} but its image is {image.shape[:2]} (height×width)")
+        return image, self.label_set.to_train_ids(ids), zlib.crc32(img_bytes), zlib.crc32(lab_bytes)
+
+    def read_ids(self, sample: Sample) -> np.ndarray:
+        """The label ids of ``*_gtFine_labelIds.png`` as stored (0-33), before mapping to train ids."""
+        return self._ids(self.labels.read(sample.label), sample)
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        """The label alone as train ids (H×W uint8), for scoring at full resolution."""
+        return self.label_set.to_train_ids(self.read_ids(sample))
+
+    def _ids(self, data: bytes, sample: Sample) -> np.ndarray:
         where = self.labels.describe(sample.label)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"{where}: label is {label.shape} but its image is {image.shape[:2]} (height×width)")
+        label = _decode(data, "L", where)
         bad = np.flatnonzero(np.bincount(label.ravel(), minlength=256)[MAX_LABEL_ID + 1 :]) + MAX_LABEL_ID + 1
         if bad.size:
             raise ValueError(
                 f"{where}: label ids {bad[:5].tolist()} are not Cityscapes ids (0-{MAX_LABEL_ID}); "
                 f"is this a *_labelTrainIds.png or another dataset's mask?"
             )
-        return image, label, zlib.crc32(img_bytes), zlib.crc32(lab_bytes)
+        return label
+
+
+def open_cityscapes(root: str | os.PathLike) -> CityscapesSource:
+    """The Cityscapes source at ``root`` (the extracted folders, the two official zips, or one of each)."""
+    return CityscapesSource.open(root)
 
 
 def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
