@@ -106,12 +106,13 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
     from segmodels.data.loader import PackedSplit, normalize
     from segmodels.engine.evaluate import RawLabels
     from segmodels.engine.inference import predict_scores
+    from segmodels.engine.run import with_data_classes
     from segmodels.metrics import batch_confusion
     from segmodels.models import build_model, catalog
     from segmodels.study.config import load_config
     from segmodels.study.matrix import run_config, run_names
 
-    study = load_config(config)
+    study = with_data_classes(load_config(config), packed)
     split = PackedSplit(packed / "val")
     raw = RawLabels(packed / "val", list(split.names))
     x = normalize(torch.from_numpy(np.array(split.images[0:1])))

@@ -50,16 +50,18 @@ def worker_environment(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build(name: str, cfg: Any) -> Any:
+    from segmodels.engine.run import num_classes_of
+
     if name in PEERS:
         from torchvision.models import segmentation
 
-        return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=cfg.model.num_classes)
+        return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes_of(cfg))
     from segmodels.models import build_model, catalog
     from segmodels.study.matrix import run_config
 
     run = run_config(cfg, name)
     backbone, head = catalog.arch_of(name)
-    return build_model(backbone, head, num_classes=run.model.num_classes, output_stride=run.model.output_stride,
+    return build_model(backbone, head, num_classes=num_classes_of(run), output_stride=run.model.output_stride,
                        aux=catalog.head(head).cascade, pretrained=None, head_options=run.model.head_options)  # fmt: skip
 
 

@@ -322,11 +322,7 @@ class ConfusionMatrix:
 
 
 def class_names_for(num_classes: int) -> list[str]:
-    """The Cityscapes names for 19 classes, ``class{i}`` otherwise."""
-    if num_classes == 19:
-        from segmodels.data.labels import CLASS_NAMES
-
-        return list(CLASS_NAMES)
+    """``class{i}``: the names where no label set is known (a dataset's names are in its packed manifest)."""
     return [f"class{i}" for i in range(num_classes)]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from segmodels.data.labelset import cityscapes_label_set
 from segmodels.study.config import StudyConfig, config_to_dict, from_dict
 
 # Three classes with distinct colours (train ids of Cityscapes: road, sky, car), noise on top.
@@ -66,7 +67,7 @@ def make_packed_dataset(
         "dataset": root.name,
         "source": "test-fixture",
         "size": [h, w],
-        "ignore_index": 255,
+        **cityscapes_label_set().to_manifest(),  # the ids above are Cityscapes' train ids
         "splits": splits,
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -40,7 +40,8 @@ BAD_TEACHERS = {
     "a cycle": ([{"mobilenetv2-fcn_a": {"train.distill_teacher": "mobilenetv2-fcn_b"}},
                  {"mobilenetv2-fcn_b": {"train.distill_teacher": "mobilenetv2-fcn_a"}}],
                 "cycle of teachers (mobilenetv2-fcn_a -> mobilenetv2-fcn_b -> mobilenetv2-fcn_a)"),
-    "other classes": ([{TEACHER: {"model.num_classes": 5}}, DISTILLED],
+    "other classes": ([{TEACHER: {"model.num_classes": 5}},
+                       {STUDENT: {"train.distill_teacher": TEACHER, "model.num_classes": 19}}],
                       f"'{TEACHER}' predicts 5 classes ('model.num_classes'), the run 19"),
 }  # fmt: skip
 

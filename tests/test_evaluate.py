@@ -175,7 +175,9 @@ def test_evaluate_run_writes_everything_and_logs_to_mlflow(tmp_path, packed, mon
     np.testing.assert_array_equal(per_image, expected.numpy())
     np.testing.assert_array_equal(confusion, expected.sum(0).numpy())
     assert confusion.sum() == (split_labels != 255).sum()
-    recomputed = compute_metrics(confusion)
+    assert saved["label_set"]["label_set"] == "cityscapes" and saved["label_set"]["classes"][:2] == ["road", "sidewalk"]
+    assert list(saved["per_class"]) == saved["label_set"]["classes"]  # the packed manifest's classes
+    recomputed = compute_metrics(confusion, saved["label_set"]["classes"])
     assert compute_metrics(per_image.sum(0))["miou"] == pytest.approx(saved["miou"])  # what the bootstrap resamples
     assert saved["miou"] == pytest.approx(recomputed["miou"]) and saved["absent"] == recomputed["absent"]
     nan_iou = [name for name, v in saved["per_class"].items() if v["iou"] is None]

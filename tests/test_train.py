@@ -280,13 +280,15 @@ def test_classes_of_the_packed_data_are_checked_before_any_model_or_run(tmp_path
 
     data = make_packed_dataset(tmp_path / "three")
     manifest = json.loads((data / "manifest.json").read_text())
+    del manifest["palette"]
     (data / "manifest.json").write_text(json.dumps({**manifest, "classes": ["road", "sky", "car"]}))
+    nineteen = small_config(model={"num_classes": 19})  # set in the config: checked against the data
     with pytest.raises(ValueError, match=r"'model.num_classes' is 19, but the packed data in .*three has 3 classes "
                                          r"\(road, sky, car\); set model.num_classes: 3"):  # fmt: skip
-        train(small_config(), "mobilenetv2-fcn", out=tmp_path / "run", data_dir=data)
+        train(nineteen, "mobilenetv2-fcn", out=tmp_path / "run", data_dir=data)
     assert not (tmp_path / "run").exists()
     assert not MlflowClient(mlflow_uri).search_experiments(filter_string="name = 'segbench-test'")
-    config = write_config(tmp_path / "study.yaml", small_config())
+    config = write_config(tmp_path / "study.yaml", nineteen)
     code = main(["train", "--config", str(config), "--model", "mobilenetv2-fcn", "--out", str(tmp_path / "run"),
                  "--data", str(data)])  # fmt: skip
     err = capsys.readouterr().err

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from segmodels.engine.run import num_classes_of
 from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
 from segmodels.study.config import StudyConfig, load_config
 
@@ -34,7 +35,7 @@ def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple
 
     backbone, head = arch_of(model_name)
     torch.manual_seed(0)  # both variants start from the same weights
-    model = build_model(backbone, head, num_classes=cfg.model.num_classes, output_stride=cfg.model.output_stride,
+    model = build_model(backbone, head, num_classes=num_classes_of(cfg), output_stride=cfg.model.output_stride,
                         aux=cfg.model.aux, pretrained=None, bn_momentum=cfg.model.bn_momentum,
                         head_options=cfg.model.head_options).to(device).train()
     images, labels = batch
@@ -79,7 +80,7 @@ def bench_train(cfg: StudyConfig, model_name: str, *, device: torch.device, crop
     gen = torch.Generator().manual_seed(0)
     h, w = crop
     images = torch.randn(batch_size, 3, h, w, generator=gen).to(device)
-    labels = torch.randint(0, cfg.model.num_classes, (batch_size, h, w), generator=gen).to(device)
+    labels = torch.randint(0, num_classes_of(cfg), (batch_size, h, w), generator=gen).to(device)
     settings = {"off": speed_settings(cfg.train, device, off=True), "on": speed_settings(cfg.train, device)}
     setups = {name: _setup(cfg, model_name, s, (images, labels), device) for name, s in settings.items()}
     for name, s in settings.items():

@@ -278,8 +278,9 @@ class TrainState:
             "config": config_to_dict(self.cfg), "params": self.params, "world_size": self.info.world_size,
         }, self.folder.last)  # fmt: skip
 
-    def save_final(self, name: str) -> None:
-        """checkpoint.pt of run ``name``: the weights, the model's description and the run's config."""
+    def save_final(self, name: str, label_set: dict[str, Any] | None = None) -> None:
+        """checkpoint.pt of run ``name``: the weights, the model's description, the run's config and the classes
+        it was trained on (``label_set``: the packed manifest's, for ``predict``'s colours and MLflow's names)."""
         from segmodels.models.catalog import arch_of
 
         m, (backbone, head) = self.cfg.model, arch_of(name)
@@ -288,6 +289,7 @@ class TrainState:
             "backbone": backbone, "head": head, "num_classes": m.num_classes, "output_stride": m.output_stride,
             "aux": m.aux, "head_options": dict(m.head_options), "config": config_to_dict(self.cfg),
             "iteration": self.cfg.train.iterations,
+            **({"label_set": label_set} if label_set is not None else {}),
         }, self.folder.checkpoint)  # fmt: skip
 
 

@@ -34,15 +34,18 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segmodels.engine.run import OpenRun, open_run
+from segmodels.engine.run import OpenRun, open_run, with_data_classes
 from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
+
+if TYPE_CHECKING:
+    from segmodels.data.labelset import LabelSet
 
 __all__ = ["RawLabels", "evaluate", "logged_scores", "protocol", "resolve_split", "settings_tag"]
 
@@ -97,17 +100,18 @@ def protocol(ev: EvaluateConfig, *, precision: str, resolution: str) -> dict[str
 
 
 class RawLabels:
-    """The raw ``*_gtFine_labelIds.png`` of every packed image of a split, as train ids at full resolution.
+    """The raw masks of every packed image of a split, as class indices at full resolution.
 
-    Only the raw labels carry the full resolution (the packed ones were resized); the packed manifest
-    names the raw dataset's root and each image's label file, which is read through the same
-    :class:`~segmodels.data.cityscapes.CityscapesSource` as ``prepare`` (extracted tree or zip). All headers
-    are checked here, before inference; a missing manifest, root or file raises naming it.
+    Only the raw masks carry the full resolution (the packed ones were resized); the packed manifest
+    names the source, the raw dataset's root and each image's mask file, which is read through the same
+    reader as ``prepare`` (:func:`segmodels.data.sources.open_source`: Cityscapes' extracted tree or zip,
+    Pascal VOC, ADE20K, a folder dataset). All headers are checked here, before inference; a missing
+    manifest, root or file raises naming it.
     """
 
     def __init__(self, split_dir: Path, names: list[str]) -> None:
-        from segmodels.data.cityscapes import CityscapesSource, Sample
         from segmodels.data.pack import read_manifest
+        from segmodels.data.sources import Sample, open_source
 
         split = split_dir.name
         try:
@@ -125,7 +129,7 @@ class RawLabels:
         root = Path(manifest["root"])
         if not root.exists():
             raise FileNotFoundError(f"raw dataset not found: {root} (the root recorded in the manifest of {split_dir})")
-        self.source = CityscapesSource.open(root)
+        self.source = open_source(manifest.get("source", "cityscapes"), root)
         self.samples = [Sample(n, i["image"], i["label"]) for n, i in zip(names, entry["inputs"], strict=True)]
         self.sizes = [self.source.check_headers(sample) for sample in self.samples]
 
@@ -133,16 +137,11 @@ class RawLabels:
         return len(self.samples)
 
     def read(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        from segmodels.data.labels import ID_TO_TRAINID
-
         sample = self.samples[index]
-        with Image.open(io.BytesIO(self.source.labels.read(sample.label))) as img:
-            ids = np.asarray(img)
-        if ids.shape != self.sizes[index]:
-            raise ValueError(f"{self.source.labels.describe(sample.label)}: decoded size differs from its header")
-        return ID_TO_TRAINID[ids]
+        classes = self.source.read_label(sample)
+        if classes.shape != self.sizes[index]:
+            raise ValueError(f"{sample.label} in {self.source.root}: decoded size differs from its header")
+        return classes
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -175,10 +174,9 @@ def evaluate(
     from segmodels.atomic import write_bytes_atomic, write_text_atomic
     from segmodels.data._io import Progress
     from segmodels.data.loader import PackedSplit
-    from segmodels.data.pack import check_num_classes
     from segmodels.devices import resolve_device
     from segmodels.engine.inference import amp_dtype, environment
-    from segmodels.metrics import class_names_for, compute_metrics, metric_keys
+    from segmodels.metrics import compute_metrics, metric_keys
 
     with open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
                        log_mlflow=log_mlflow) as run:  # fmt: skip
@@ -186,7 +184,7 @@ def evaluate(
         ev = cfg.evaluate
         _check_settings(ev)
         split_dir = resolve_split(cfg, data)
-        check_num_classes(split_dir, cfg.model.num_classes)
+        cfg = with_data_classes(cfg, split_dir)
         split = PackedSplit(split_dir)
         n = len(split)
         bad = [i for i in ev.samples if not 0 <= i < n]
@@ -198,13 +196,13 @@ def evaluate(
         dev = resolve_device(device or ev.device)
         with run.meter(dev) as meter:  # model loading and inference; not the file writes
             model, meta = run.load_model(dev, expect_num_classes=cfg.model.num_classes)
-            num_classes = int(meta["num_classes"])
+            label_set = _label_set(split_dir, meta)
             amp = ev.amp and dev.type == "cuda"
             start = time.monotonic()
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
-                scored = _score(model, split, raw_labels, ev, dev, num_classes=num_classes, folder=folder, bar=bar)
+                scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar)
             matrix = scored.confusion.cpu().numpy()
-            result = compute_metrics(matrix, class_names_for(num_classes))
+            result = compute_metrics(matrix, label_set.classes)
             packed_scores = None
             if scored.packed is not None:
                 packed_scores = compute_metrics(scored.packed.cpu().numpy())
@@ -237,6 +235,7 @@ def evaluate(
             "per_class": {
                 name: {"iou": result["iou"][c], "acc": result["acc"][c]} for c, name in enumerate(result["class_names"])
             },
+            "label_set": label_set.to_manifest(),  # the report's class names and colours
             "absent": result["absent"],
             "no_truth": result["no_truth"],
             "num_images": n,
@@ -304,14 +303,31 @@ class _Scored:
     samples: dict[Path, bytes]  # the sample PNGs, by path
 
 
+def _label_set(split_dir: Path, meta: dict[str, Any]) -> LabelSet:
+    """The classes the split is scored on: its manifest's (whose count ``check_num_classes`` has compared with
+    the model's), else the checkpoint's, else numbered classes."""
+    from segmodels.data.labelset import LabelSet, recorded_label_set
+
+    found = recorded_label_set(split_dir)
+    if found is not None:
+        if found.num_classes != int(meta["num_classes"]):
+            raise ValueError(f"the packed data in {split_dir} has {found.num_classes} classes but the checkpoint's "
+                             f"model predicts {meta['num_classes']}: evaluate it on the data it was trained for")
+        return found
+    recorded = meta.get("label_set")
+    if isinstance(recorded, dict) and len(recorded.get("classes", ())) == int(meta["num_classes"]):
+        return LabelSet.from_manifest(recorded, "the checkpoint's label_set")
+    return LabelSet("classes", tuple(f"class{i}" for i in range(int(meta["num_classes"]))))
+
+
 def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,
-           num_classes: int, folder: runs.RunFolder, bar: Any) -> _Scored:  # fmt: skip
+           label_set: LabelSet, folder: runs.RunFolder, bar: Any) -> _Scored:  # fmt: skip
     """Run the model over ``split`` and count its confusion matrices; render the configured samples."""
-    from segmodels.data.labels import colorize
     from segmodels.data.loader import val_batches
     from segmodels.engine.inference import predict_scores
     from segmodels.metrics import ConfusionMatrix, batch_confusion
 
+    num_classes = label_set.num_classes
     n, names = len(split), list(split.names)
     confusion = ConfusionMatrix(num_classes, device=dev)
     packed_confusion = ConfusionMatrix(num_classes, device=dev) if raw_labels is not None else None
@@ -347,9 +363,9 @@ def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateCon
             pred_rows = [p for batch in preds for p in batch]
             gt_rows = [t for batch in targets for t in batch]
             for row, i in wanted:
-                sample_files[folder.sample(i, names[i])] = _png(colorize(pred_rows[row].cpu().numpy()))
+                sample_files[folder.sample(i, names[i])] = _png(label_set.colorize(pred_rows[row].cpu().numpy()))
                 sample_files[folder.sample(i, names[i], "input")] = _png(np.asarray(split.images[i]))
-                sample_files[folder.sample(i, names[i], "gt")] = _png(colorize(gt_rows[row].cpu().numpy()))
+                sample_files[folder.sample(i, names[i], "gt")] = _png(label_set.colorize(gt_rows[row].cpu().numpy()))
         bar.update(len(idx))
     packed = packed_confusion.reduce_().matrix if packed_confusion is not None else None
     return _Scored(confusion.reduce_().matrix, packed, per_image, sample_files)

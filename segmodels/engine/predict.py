@@ -64,6 +64,18 @@ def _encode(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _label_set(meta: dict[str, Any]) -> Any:
+    """The classes the checkpoint was trained on (recorded with it), else Cityscapes' for a 19-class model (a
+    checkpoint from before label sets were recorded), else numbered classes with the default colours."""
+    from segmodels.data.labelset import LabelSet, cityscapes_label_set
+
+    n = int(meta["num_classes"])
+    recorded = meta.get("label_set")
+    if isinstance(recorded, dict) and len(recorded.get("classes", ())) == n:
+        return LabelSet.from_manifest(recorded, "the checkpoint's label_set")
+    return cityscapes_label_set() if n == 19 else LabelSet("classes", tuple(f"class{i}" for i in range(n)))
+
+
 def predict_images(
     checkpoint: str | Path,
     images: Sequence[str | Path],
@@ -82,7 +94,6 @@ def predict_images(
     trained at); the masks are always at the input's own size.
     """
     from segmodels.atomic import write_bytes_atomic
-    from segmodels.data.labels import colorize
     from segmodels.data.loader import normalize
     from segmodels.devices import resolve_device
     from segmodels.engine.inference import load_model, predict_scores
@@ -93,7 +104,8 @@ def predict_images(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay alpha must lie in [0, 1], got {alpha}")
     dev = resolve_device(device)
-    model, _ = load_model(checkpoint, device=dev)
+    model, meta = load_model(checkpoint, device=dev)
+    colorize = _label_set(meta).colorize
     out_dir = Path(out_dir)
     written = []
     for path in paths:

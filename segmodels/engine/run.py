@@ -21,12 +21,47 @@ from segmodels.study.matrix import run_config
 from segmodels.study.runs import RunFolder
 from segmodels.tracking import RunLogger, log_to_run, tracking_uri
 
-__all__ = ["PLAIN_VARIANT", "OpenRun", "open_run", "resolve_run", "run_tags"]
+__all__ = ["DEFAULT_NUM_CLASSES", "PLAIN_VARIANT", "OpenRun", "num_classes_of", "open_run", "resolve_run", "run_tags",
+           "with_data_classes"]
 
 # The ``variant`` tag of a run without variant tags. MLflow's runs table puts runs whose grouping tag is missing or
 # empty into a collapsed "Additional runs" group left out of the charts; a name holds them in a group of their own,
 # and parentheses, which no variant's tags may contain, keep it from meeting a real variant.
 PLAIN_VARIANT = "(plain)"
+
+
+# Classes of a model built without data to read them from (export or benchmark of an untrained model): Cityscapes'.
+DEFAULT_NUM_CLASSES = 19
+
+
+def with_data_classes(cfg: Any, data_dir: str | Path) -> Any:
+    """``cfg`` with ``model.num_classes`` read from the packed data's manifest at ``data_dir`` (a dataset or split
+    folder) when the config leaves it null; a number in the config is checked against the manifest instead.
+    ValueError, before any model is built, when they differ or nothing says how many classes there are."""
+    import dataclasses
+
+    from segmodels.data.labelset import recorded_label_set
+    from segmodels.data.pack import check_num_classes
+
+    if cfg.model.num_classes is not None:
+        check_num_classes(data_dir, cfg.model.num_classes)
+        return cfg
+    labels = recorded_label_set(data_dir)
+    if labels is None:
+        raise ValueError(f"'model.num_classes' is not set and {data_dir} has no manifest.json listing the classes: "
+                         f"pack the data with `segmodels prepare`, or set model.num_classes in the config")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=labels.num_classes))
+
+
+def num_classes_of(cfg: Any, data_dir: str | Path | None = None) -> int:
+    """The classes of a model built without a run's data: ``model.num_classes``, else the manifest's at ``data_dir``
+    (default ``data/packed/{data.dataset}``), else :data:`DEFAULT_NUM_CLASSES`."""
+    from segmodels.data.labelset import recorded_label_set
+
+    if cfg.model.num_classes is not None:
+        return int(cfg.model.num_classes)
+    labels = recorded_label_set(data_dir if data_dir is not None else Path("data/packed") / cfg.data.dataset)
+    return labels.num_classes if labels is not None else DEFAULT_NUM_CLASSES
 
 
 def resolve_run(cfg: Any, folder: str | Path | None = None, *, checkpoint: str | Path | None = None,
@@ -83,7 +118,7 @@ class OpenRun:
         """The run's model built from its ``model`` section, with the configured ImageNet weights
         (``model.pretrained``) unless ``pretrained`` is false."""
         m = self.cfg.model
-        return build_model(*arch_of(self.name), num_classes=m.num_classes, output_stride=m.output_stride, aux=m.aux,
+        return build_model(*arch_of(self.name), num_classes=num_classes_of(self.cfg), output_stride=m.output_stride, aux=m.aux,
                            pretrained=m.pretrained if pretrained else None, bn_momentum=m.bn_momentum,
                            head_options=m.head_options)  # fmt: skip
 

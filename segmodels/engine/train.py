@@ -34,7 +34,7 @@ from torch import nn
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine import distributed
 from segmodels.engine.progress import Progress
-from segmodels.engine.run import OpenRun, open_run
+from segmodels.engine.run import OpenRun, open_run, with_data_classes
 from segmodels.engine.step import (
     SpeedSettings,
     Stepper,
@@ -87,10 +87,6 @@ def _check_inputs(cfg: StudyConfig, data_dir: Path, seed: int, results: Path) ->
     named by run is that run's of the same seed under ``results`` (:func:`segmodels.study.matrix.teacher_name`)."""
     from segmodels.data.pack import check_num_classes
 
-    if not (data_dir / "train" / "images.npy").is_file():
-        raise FileNotFoundError(
-            f"packed train split not found: {data_dir / 'train' / 'images.npy'} (run `segmodels prepare`, or pass --data)"
-        )
     check_num_classes(data_dir, cfg.model.num_classes)
     t = cfg.train
     for key in ("iterations", "batch_size", "log_every", "ckpt_every"):
@@ -209,11 +205,17 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
     settings (unless ``restart``, which discards the folder's previous state). A diverging loss
     raises :class:`NonFiniteLossError`; ``last.pt`` then keeps the last good state.
     """
+    from segmodels.data.labelset import recorded_label_set
     from segmodels.data.pack import data_identity
 
+    data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
+    if not (data_dir / "train" / "images.npy").is_file():
+        raise FileNotFoundError(
+            f"packed train split not found: {data_dir / 'train' / 'images.npy'} (run `segmodels prepare`, or pass --data)"
+        )
+    cfg = with_data_classes(cfg, data_dir)  # the number of classes of the model: the data's, unless set
     with open_run(cfg, out, job="train", model_name=model_name, seed=seed) as run:
         cfg, t = run.cfg, run.cfg.train
-        data_dir = Path(data_dir) if data_dir is not None else Path("data/packed") / cfg.data.dataset
         teacher_path = _check_inputs(cfg, data_dir, seed, Path(results))
         info, device = distributed.init_distributed(t.device)
         flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
@@ -241,13 +243,14 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
                 val = loop.run(loader, val_split)
                 meter.images = t.iterations * t.batch_size  # what the final weights were trained on
             if info.is_main:
-                state.save_final(model_name)
+                labels = recorded_label_set(data_dir)
+                state.save_final(model_name, labels.to_manifest() if labels is not None else None)
                 loop.log.finish()
                 _log_finish(run, meter.result())
             run_id = run.logger.run_id if run.logger is not None else None
             run.end()
             if info.is_main:  # the checkpoint just written, as the run's MLflow model (tracking.log_model)
-                log_trained_model(run.folder.path, None, cfg)
+                log_trained_model(run.folder.path, None, cfg, labels.classes if labels is not None else None)
             distributed.barrier()
             return TrainResult(run.folder.path, t.iterations, run_id, val, state.model)
         finally:

@@ -161,7 +161,7 @@ def _check_teachers(runs: list[RunSpec], configs: Mapping[str, StudyConfig], whe
             raise ConfigError(f"{what} is not a run of the study; its runs: {', '.join(configs)} (a teacher outside "
                               f"the study: give its checkpoint's path, e.g. ./{teacher}/checkpoint.pt)")  # fmt: skip
         ours, theirs = configs[run.name].model.num_classes, configs[teacher].model.num_classes
-        if ours != theirs:
+        if ours is not None and theirs is not None and ours != theirs:  # null: the data's, the same for both
             raise ConfigError(f"{what} predicts {theirs} classes ('model.num_classes'), the run {ours}; a teacher "
                               "must predict the student's classes")  # fmt: skip
         teachers[run.name] = teacher

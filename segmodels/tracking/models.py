@@ -79,7 +79,7 @@ def log_trained_model(
         return None
     module = _loggable(model, target)
     num_classes = getattr(module.model, "num_classes", cfg.model.num_classes)
-    names = list(class_names) if class_names is not None else _class_names(num_classes)
+    names = list(class_names) if class_names is not None else _class_names(num_classes, target)
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model of {num_classes} classes: {names}")
     uri = uri or tracking_uri(cfg.tracking.uri)
@@ -135,7 +135,15 @@ def _loggable(model: Any, target: str | Path) -> Any:
     return LogitsOnly(model).eval()
 
 
-def _class_names(num_classes: int) -> list[str]:
+def _class_names(num_classes: int, target: str | Path) -> list[str]:
+    """The class names recorded in the run folder's checkpoint (the packed data's label set), else numbered."""
+    import torch
+
+    checkpoint = RunFolder(Path(target)).checkpoint if Path(target).is_dir() else None
+    if checkpoint is not None and checkpoint.is_file():
+        recorded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("label_set")
+        if isinstance(recorded, dict) and len(recorded.get("classes", ())) == num_classes:
+            return [str(name) for name in recorded["classes"]]
     from segmodels.metrics import class_names_for
 
     return class_names_for(num_classes)
