@@ -1,4 +1,4 @@
-"""Which device a job runs on, and distinct GPUs for jobs that share a machine.
+"""Which device a job runs on, distinct GPUs for jobs that share a machine, and what the CPU can do.
 
 Snakemake counts a ``gpu`` resource but never sets ``CUDA_VISIBLE_DEVICES``: with
 ``--resources gpu=4`` four jobs would all start on GPU 0. So a job claims its GPUs by holding an
@@ -17,6 +17,10 @@ it is a symlink or belongs to someone else). Users who share GPUs on one host ma
 ``SEGMODELS_GPU_LOCK_DIR`` at one common folder (mode 1777, like /tmp). Lock files are opened with
 ``O_NOFOLLOW`` and never truncated, and the holder's pid is written only into a file the user owns,
 so nobody can make a job overwrite another user's file through a planted link.
+
+On the CPU, :func:`cpu_bf16_support` tells whether bfloat16 runs natively (AMX, AVX512-BF16, Arm BF16) or would
+be emulated, and :func:`cpu_flags` lists the instruction sets that decide inference speed; both read
+/proc/cpuinfo, or a text given to them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import platform
 import re
 import stat
 import subprocess
@@ -33,8 +38,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
+    "CPU_FLAGS",
     "claim_devices",
     "claim_slot",
+    "cpu_bf16_support",
+    "cpu_flags",
+    "cpu_name",
     "default_lock_dir",
     "release_devices",
     "resolve_device",
@@ -190,3 +199,68 @@ def resolve_device(spec: str = "auto", *, lock_dir: Path | None = None):
     count = torch.cuda.device_count()
     index = 0 if count == 1 else claim_devices(1, visible_devices()[:count], lock_dir)[0]
     return torch.device("cuda", index)
+
+
+# --- what the CPU can do -------------------------------------------------------------------------------------
+
+# Instruction sets that decide CPU inference speed, as /proc/cpuinfo spells them: AVX2/AVX-512 for fp32 kernels,
+# AVX512-BF16 and AMX for bf16 (native dot products instead of conversions to fp32), VNNI for int8 (onnxruntime's
+# and oneDNN's u8×s8 dot products). "bf16" is the Arm BF16 extension (a "Features" entry on aarch64).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni", "bf16")
+
+
+def _cpuinfo(cpuinfo: str | None) -> str | None:
+    if cpuinfo is not None:
+        return cpuinfo
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+
+
+def _cpuinfo_field(text: str, *keys: str) -> str | None:
+    """The value of the first line whose key is one of ``keys`` (the first processor's entry)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name: /proc/cpuinfo's (or the ``cpuinfo`` text given), else ``platform.processor()``."""
+    text = _cpuinfo(cpuinfo)
+    name = _cpuinfo_field(text, "model name") if text else None
+    return name or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """The instruction sets of :data:`CPU_FLAGS` this CPU has, in that order (from /proc/cpuinfo, or the
+    ``cpuinfo`` text given); empty where neither can be read."""
+    text = _cpuinfo(cpuinfo)
+    listed = (_cpuinfo_field(text, "flags", "features") or "") if text else ""
+    present = set(listed.lower().split())
+    return [flag for flag in CPU_FLAGS if flag in present]
+
+
+def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether bfloat16 runs natively on this CPU, and why (a non-empty reason either way).
+
+    Native means AMX (``amx_bf16``: tile matrix multiplies, Sapphire Rapids on), AVX512-BF16 (``avx512_bf16``:
+    bf16 dot products, Cooper Lake, Zen 4 on) or Arm's BF16 extension. Without them oneDNN still runs bf16 on
+    AVX-512 by converting to fp32, which is slower than fp32 itself, so a bf16 timing would mislead.
+    ``cpuinfo``: the text of /proc/cpuinfo to judge (default: this machine's).
+    """
+    text = _cpuinfo(cpuinfo)
+    name = cpu_name(cpuinfo)
+    if text is None:
+        return False, (f"cannot tell whether this CPU ({name}) has bf16 instructions: /proc/cpuinfo is not "
+                       "readable here, so bf16 is not assumed")  # fmt: skip
+    flags = cpu_flags(text)
+    if "amx_bf16" in flags:
+        return True, f"{name} has AMX (amx_bf16): native bf16 matrix multiplies"
+    if "avx512_bf16" in flags:
+        return True, f"{name} has AVX512-BF16 (avx512_bf16): native bf16 dot products"
+    if "bf16" in flags:
+        return True, f"{name} has the Arm BF16 extension (bf16): native bf16 dot products"
+    return False, f"this CPU ({name}) has no AVX512-BF16 or AMX: bf16 on the CPU would be emulated and slower"

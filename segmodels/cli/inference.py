@@ -108,8 +108,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     src.add_argument("--run", type=Path, help="run folder whose checkpoint.pt is exported")
     src.add_argument("--checkpoint", type=Path, help="checkpoint file to export")
     src.add_argument("--model", help="{backbone}-{head}[_tag...] with random weights (for deployment tests)")
-    p.add_argument("--config", type=Path, help="study config: benchmark.size and benchmark.onnx_opset defaults")
-    p.add_argument("--out", type=Path, help="output file (default: RUN/model.onnx, or ./{model}.onnx)")
+    p.add_argument("--config", type=Path, help="study config: benchmark.size and benchmark.onnx_opset defaults, "
+                   "and data.dataset for --int8 (default: the one the checkpoint was trained with)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="output file (default: RUN/model.onnx, or ./{model}.onnx); the record "
+                   "goes beside it as {stem}.export.json")  # fmt: skip
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="fixed input height and width "
                    "(default: benchmark.size)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=1, help="fixed batch size of the graph (default: 1)")
@@ -118,14 +120,36 @@ def _add_export(p: argparse.ArgumentParser) -> None:
                    "logits allowed between onnxruntime (CPU) and PyTorch on one random input; above it the command "
                    "fails with exit status 1 (default: 1e-3, fp32 logits)")  # fmt: skip
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison with PyTorch")
-    p.add_argument("--no-mlflow", action="store_true", help="with --run: do not log the file to the run's MLflow "
+    p.add_argument("--int8", action="store_true", help="also write an INT8 model ({stem}.int8.onnx, onnxruntime "
+                   "static quantization) and print how many pixels keep their class on validation images")  # fmt: skip
+    p.add_argument("--calibration", type=int, metavar="N", help="with --int8: packed training images to calibrate "
+                   "on (default: 100, at most the split's size)")  # fmt: skip
+    p.add_argument("--data", type=Path, help="with --int8: packed dataset folder holding train/ and val/ "
+                   "(default: data/packed/{data.dataset})")  # fmt: skip
+    p.add_argument("--no-mlflow", action="store_true", help="with --run: do not log the files to the run's MLflow "
                    "run (under onnx/)")  # fmt: skip
+
+
+def _int8_data(args: argparse.Namespace, dataset: str) -> Path | None:
+    """The packed dataset folder --int8 calibrates on; usage errors for INT8 flags that cannot apply."""
+    if not args.int8:
+        if args.calibration is not None or args.data is not None:
+            raise ValueError("--calibration and --data are for --int8 only")
+        return None
+    if args.format != "onnx":
+        raise ValueError(f"--int8 quantizes the ONNX graph: use it with --format onnx, not {args.format}")
+    data = args.data or Path("data/packed") / dataset
+    if not (data / "train" / "images.npy").is_file():
+        raise FileNotFoundError(f"--int8 calibrates on packed training images, and {data / 'train'} holds none: "
+                                "give --data DIR (a packed dataset folder) or --config of the study whose "
+                                "data.dataset was packed (segmodels prepare)")  # fmt: skip
+    return data
 
 
 def _run_export(args: argparse.Namespace) -> int:
     import sys
 
-    from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
+    from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_model, record_path
     from segmodels.study.config import StudyConfig, load_config
 
     cfg = load_config(args.config) if args.config else StudyConfig()
@@ -135,16 +159,19 @@ def _run_export(args: argparse.Namespace) -> int:
     atol = ONNX_ATOL if args.atol is None else args.atol
     if not atol >= 0:
         raise ValueError(f"--atol must be >= 0, got {args.atol}")
+    dataset = cfg.data.dataset
     if args.model:
+        from segmodels.engine.run import num_classes_of
         from segmodels.models import build_model, catalog
         from segmodels.study.matrix import run_config
 
         backbone, head = catalog.arch_of(args.model)
+        data = _int8_data(args, dataset)  # usage errors before the model is built
         cfg = run_config(cfg, args.model)
         model = build_model(
             backbone,
             head,
-            num_classes=cfg.model.num_classes,
+            num_classes=num_classes_of(cfg, data),
             output_stride=cfg.model.output_stride,
             aux=catalog.head(head).cascade,
             pretrained=None,
@@ -160,23 +187,27 @@ def _run_export(args: argparse.Namespace) -> int:
         ckpt = args.checkpoint or RunFolder(args.run).checkpoint
         expected = model_name_from_path(args.run) if args.run else None
         model, meta = load_model(ckpt, device=torch.device("cpu"), expect_model=expected)
-        if args.config is None:  # the store the run was trained with
-            cfg.tracking.uri = ((meta.get("config") or {}).get("tracking") or {}).get("uri")
+        if args.config is None:  # the store and the data the run was trained with
+            trained = meta.get("config") or {}
+            cfg.tracking.uri = (trained.get("tracking") or {}).get("uri")
+            dataset = (trained.get("data") or {}).get("dataset") or dataset
+        data = _int8_data(args, dataset)
         out = args.out or (args.run / "model.onnx" if args.run else ckpt.with_suffix(".onnx"))
-    path = export_onnx(model, out, size=size, batch_size=args.batch_size, opset=args.opset or cfg.benchmark.onnx_opset)
-    print(f"wrote {path} (input images {args.batch_size}x3x{size[0]}x{size[1]}, output logits)")
-    if not args.no_verify:
-        try:
-            check = verify_onnx(model, path, size=size, batch_size=args.batch_size, atol=atol)
-        except OnnxMismatchError as exc:  # the graph is kept for inspection; the exit status says it is wrong
-            print(f"segmodels export: verification failed: {exc}", file=sys.stderr)
-            return 1
-        print(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.2e} <= tolerance {atol:g}, "
-              f"argmax agreement {check['argmax_agreement'] * 100:.3f}%")  # fmt: skip
+    try:
+        record = export_model(
+            model, out, size=size, batch_size=args.batch_size, opset=args.opset or cfg.benchmark.onnx_opset,
+            verify=not args.no_verify, atol=atol, int8=args.int8, data_dir=data, calibration=args.calibration,
+        )  # fmt: skip
+    except OnnxMismatchError as exc:  # the graph is kept for inspection; the exit status says it is wrong
+        print(f"segmodels export: verification failed: {exc}", file=sys.stderr)
+        return 1
     if args.run is not None and not args.no_mlflow:
         from segmodels.tracking import log_to_run, tracking_uri
 
-        log_to_run(args.run, artifacts=[path], artifact_path="onnx", uri=tracking_uri(cfg.tracking.uri))
+        files = [Path(record["path"]), record_path(record["path"])]
+        if record["int8"]:
+            files.insert(1, Path(record["int8"]["path"]))
+        log_to_run(args.run, artifacts=files, artifact_path="onnx", uri=tracking_uri(cfg.tracking.uri))
     return 0
 
 

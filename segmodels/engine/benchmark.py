@@ -6,10 +6,15 @@ complete forward pass of one input batch: a latency, not a pipelined throughput.
 p90, mean, std, min and max in ms, FPS (images per second: batch size / median) and peak memory; beside
 them parameters, GFLOPs (of one image), and the device, driver and library versions.
 
-Modes (``benchmark.modes``): ``fp32`` or ``amp`` (autocast to ``benchmark.amp_dtype``), each optionally
-with ``+channels_last``, ``+compile`` (torch.compile) and ``+cudagraphs`` (one captured graph replayed;
-with ``+compile`` the ``reduce-overhead`` mode instead); ``onnx`` times the exported model in onnxruntime.
-On the CPU, ``amp`` and ``cudagraphs`` are reported as skipped with the reason rather than timed.
+Modes (``benchmark.modes``): ``fp32`` or ``amp`` (autocast to ``benchmark.amp_dtype`` on a GPU, to bfloat16 on
+the CPU), each optionally with ``+channels_last``, ``+compile`` (torch.compile), ``+cudagraphs`` (one captured
+graph replayed; with ``+compile`` the ``reduce-overhead`` mode instead) and ``+fold`` (the inference-ready model,
+:func:`segmodels.models.fold.inference_model`: BatchNorm folded into the convolutions); ``onnx`` times the
+exported (folded) model in onnxruntime, ``onnx-int8`` its INT8 quantization (:mod:`segmodels.engine.quantize`,
+calibrated on the timed input: the ranges change no operator, so not the time). On the CPU, ``amp`` is timed only
+where bf16 runs natively (:func:`segmodels.devices.cpu_bf16_support`); else it, like ``cudagraphs`` there, is
+reported as skipped with the reason. latency.json says per mode whether the folded model was timed, and records
+the CPU's name and instruction sets.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from segmodels.devices import cpu_bf16_support, cpu_flags, cpu_name
 from segmodels.engine.run import open_run
+from segmodels.models.fold import fold_report, inference_model
 from segmodels.study import runs
 from segmodels.study.runs import primary_mode
 
@@ -44,7 +51,8 @@ __all__ = [
 ]
 
 _PRECISIONS = ("fp32", "amp")
-_FLAGS = ("channels_last", "compile", "cudagraphs")
+_FLAGS = ("channels_last", "compile", "cudagraphs", "fold")
+_ONNX = {"onnx": False, "onnx-int8": True}  # mode name → INT8
 
 
 @dataclass(frozen=True)
@@ -54,13 +62,15 @@ class Mode:
     channels_last: bool = False
     compile: bool = False
     cudagraphs: bool = False
+    fold: bool = False
     onnx: bool = False
+    int8: bool = False
 
 
 def parse_mode(name: str) -> Mode:
     """``"amp+channels_last"`` → Mode(precision="amp", channels_last=True); ValueError names a bad token."""
-    if name == "onnx":
-        return Mode(name, onnx=True)
+    if name in _ONNX:
+        return Mode(name, onnx=True, int8=_ONNX[name])
     precision, flags = "fp32", set()
     for token in name.split("+"):
         if token in _PRECISIONS:
@@ -70,7 +80,7 @@ def parse_mode(name: str) -> Mode:
         else:
             raise ValueError(
                 f"benchmark.modes: unknown mode {name!r} (token {token!r}); use fp32 or amp, optionally joined "
-                f"with +{' +'.join(_FLAGS)}, or onnx"
+                f"with +{' +'.join(_FLAGS)}, or {' or '.join(_ONNX)}"
             )
     return Mode(name, precision, **{f: f in flags for f in _FLAGS})
 
@@ -78,18 +88,22 @@ def parse_mode(name: str) -> Mode:
 def _skip_reason(mode: Mode, device: torch.device, amp_dtype: str) -> str | None:
     if device.type != "cuda":
         if mode.precision == "amp":
-            return "amp on the CPU: fp16 autocast has no fast CPU kernels, so its time would mislead"
+            native, why = cpu_bf16_support()
+            if not native:  # fp16 has no fast CPU kernels either, so there is nothing worth timing
+                return f"amp on the CPU is bf16 autocast, and {why}"
         if mode.cudagraphs:
             return "CUDA graphs need a CUDA device"
+    elif mode.precision == "amp" and amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return "this GPU has no bfloat16 support; set benchmark.amp_dtype: float16"
     if mode.onnx:
         try:
             import onnxruntime as ort
         except ImportError:
             return "onnxruntime is not installed (pip install segmodels[export])"
+        if mode.int8 and device.type == "cuda":  # (a missing onnxruntime.quantization fails the mode, with why)
+            return "INT8 through onnxruntime is timed on the CPU: its CUDA provider has no int8 convolutions"
         if device.type == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             return "onnxruntime has no CUDAExecutionProvider here; its CPU time would not compare with the GPU modes"
-    elif mode.precision == "amp" and amp_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-        return "this GPU has no bfloat16 support; set benchmark.amp_dtype: float16"
     return None
 
 
@@ -138,11 +152,13 @@ def _torch_forward(model: nn.Module, x: torch.Tensor, mode: Mode, device: torch.
         x = x.contiguous(memory_format=torch.channels_last)
     if mode.compile:
         model = torch.compile(model, mode="reduce-overhead" if mode.cudagraphs else "default")
-    use_amp = mode.precision == "amp" and device.type == "cuda"
+    use_amp = mode.precision == "amp"
+    amp_dtype = amp_dtype if device.type == "cuda" else torch.bfloat16
 
     def forward() -> torch.Tensor:
         # cache_enabled=False: autocast's weight cache must not outlive a CUDA graph capture.
-        amp = torch.autocast("cuda", dtype=amp_dtype, cache_enabled=False) if use_amp else contextlib.nullcontext()
+        amp = (torch.autocast(device.type, dtype=amp_dtype, cache_enabled=False) if use_amp
+               else contextlib.nullcontext())  # fmt: skip
         with torch.inference_mode(), amp:
             return model(x)["out"]
 
@@ -160,22 +176,6 @@ def _torch_forward(model: nn.Module, x: torch.Tensor, mode: Mode, device: torch.
     return graph.replay
 
 
-def _onnx_forward(model: nn.Module, x: torch.Tensor, device: torch.device, opset: int, workdir: Path):
-    import onnxruntime as ort
-
-    from segmodels.engine.export import export_onnx
-
-    path = export_onnx(
-        model.cpu(), workdir / "model.onnx", size=tuple(x.shape[-2:]), batch_size=x.shape[0], opset=opset
-    )
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-    session = ort.InferenceSession(str(path), providers=providers)
-    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
-    return lambda: session.run(None, feed), session.get_providers()[0]
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
@@ -183,13 +183,22 @@ def _peak_rss_mb() -> float:
 def _time_mode(model, x, mode, *, device, dtype, onnx_opset, warmup, repeats, entry) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         if mode.onnx:
-            fn, provider = _onnx_forward(copy.deepcopy(model), x, device, onnx_opset, Path(tmp))
+            from segmodels.engine.export import onnx_runner
+
+            fn, provider = onnx_runner(copy.deepcopy(model), x, Path(tmp), device=device, opset=onnx_opset,
+                                       int8=mode.int8)  # fmt: skip
             entry["provider"] = provider
+            entry["folded"] = True  # export_onnx exports the inference-ready model
+            if mode.int8:
+                entry["quantization"] = "QDQ: int8 per-channel weights, uint8 activations, calibrated on the input"
             if device.type == "cuda":
                 entry["note"] = "input and output in host memory: the copies to and from the GPU are timed too"
         else:
-            fn = _torch_forward(copy.deepcopy(model).to(device), x.to(device), mode, device, dtype)
-            entry["amp_dtype"] = str(dtype).removeprefix("torch.") if mode.precision == "amp" else None
+            timed = inference_model(model) if mode.fold else copy.deepcopy(model)
+            fn = _torch_forward(timed.to(device), x.to(device), mode, device, dtype)
+            entry["folded"] = mode.fold
+            amp = dtype if device.type == "cuda" else torch.bfloat16
+            entry["amp_dtype"] = str(amp).removeprefix("torch.") if mode.precision == "amp" else None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -243,6 +252,10 @@ def benchmark_model(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     result["device"] = environment(device)
+    bf16, why = cpu_bf16_support()
+    # The host CPU: it runs every CPU mode and feeds the GPU; its instruction sets decide the CPU times.
+    result["cpu"] = {"name": cpu_name(), "flags": cpu_flags(), "bf16_native": bf16, "bf16_reason": why}
+    result["fold"] = fold_report(inference_model(model))  # the model +fold and the onnx modes time
     x = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     for mode in parsed:
         reason = _skip_reason(mode, device, amp_dtype)

@@ -10,6 +10,15 @@ stored inside the .onnx file (every model of the study is far below protobuf's 2
 :func:`verify_onnx` is a check that can fail: it runs the file in onnxruntime (CPU) and the model in PyTorch on
 one input and raises :class:`OnnxMismatchError` when the largest absolute difference of the logits exceeds
 ``atol`` (default :data:`ONNX_ATOL`), or is not finite, or the shapes differ.
+
+What is exported is the inference-ready model (:func:`segmodels.models.fold.inference_model`): BatchNorm folded
+into the convolutions, no dropout, no training-only auxiliary head; its logits are the model's own up to float
+rounding, which :func:`verify_onnx` checks against the unfolded model. The graph's input is the float32 image batch
+the model takes, normalised outside the graph (ImageNet mean and std, :func:`segmodels.data.loader.normalize`).
+
+:func:`export_model` is the whole ``segmodels export``: the fp32 graph, its verification, optionally an INT8 graph
+beside it (:mod:`segmodels.engine.quantize`, calibrated on packed training images) with the fraction of pixels
+whose class it keeps on validation images, and a record of all of it in ``{stem}.export.json`` beside the file.
 """
 
 from __future__ import annotations
@@ -22,8 +31,19 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ONNX_ATOL", "LogitsOnly", "OnnxMismatchError", "export_onnx", "verify_onnx"]
+__all__ = [
+    "AGREEMENT_IMAGES",
+    "ONNX_ATOL",
+    "LogitsOnly",
+    "OnnxMismatchError",
+    "export_model",
+    "export_onnx",
+    "onnx_runner",
+    "record_path",
+    "verify_onnx",
+]
 
+AGREEMENT_IMAGES = 8  # validation images the INT8 model's predictions are compared on (millions of pixels)
 # fp32 logits of the study's models agree to ~1e-6 (tiny models) to ~1e-4 (deep ones at 1024×512): the
 # kernels differ in summation order only. A wrong graph (a dropped op, a stale weight) misses by far more.
 ONNX_ATOL = 1e-3
@@ -55,12 +75,16 @@ def export_onnx(
     size: tuple[int, int] = (512, 1024),
     batch_size: int = 1,
     opset: int = 18,
+    fold: bool = True,
 ) -> Path:
-    """Write ``model`` (eval mode, CPU, fp32) as ONNX with input ``images`` (N, 3, H, W) and output ``logits``."""
+    """Write ``model`` (eval mode, CPU, fp32) as ONNX with input ``images`` (N, 3, H, W) and output ``logits``;
+    ``fold``: export its inference-ready copy (BatchNorm folded, no dropout or training-only auxiliary head)."""
     from segmodels.atomic import write_bytes_atomic
+    from segmodels.models.fold import inference_model
 
     path = Path(path)
-    wrapped = LogitsOnly(model.eval().cpu())
+    model = model.eval().cpu()
+    wrapped = LogitsOnly(inference_model(model) if fold else model)
     example = torch.zeros(batch_size, 3, *size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
@@ -119,3 +143,118 @@ def verify_onnx(
             report,
         )
     return report
+
+
+def record_path(path: str | Path) -> Path:
+    """The export record beside an ONNX file: ``model.onnx`` → ``model.export.json``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".onnx") + ".export.json")
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    size: tuple[int, int] = (512, 1024),
+    batch_size: int = 1,
+    opset: int = 18,
+    verify: bool = True,
+    atol: float = ONNX_ATOL,
+    int8: bool = False,
+    data_dir: str | Path | None = None,
+    calibration: int | None = None,
+    seed: int = 0,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Export the inference-ready ``model`` to ``path`` (fp32 ONNX), verify it against PyTorch (``verify``), and
+    with ``int8`` quantize it to :func:`segmodels.engine.quantize.int8_path` beside it, calibrated on
+    ``calibration`` images (default :data:`~segmodels.engine.quantize.CALIBRATION_IMAGES`) of
+    ``data_dir/train`` and compared on up to :data:`AGREEMENT_IMAGES` of ``data_dir/val``.
+
+    Writes and returns the record (:func:`record_path`). The INT8 settings are checked before any work; then the
+    record and INT8 model of an earlier export to ``path`` are removed. A failed verification raises
+    :class:`OnnxMismatchError` with the fp32 file kept for inspection and nothing else written.
+    """
+    from segmodels.data.loader import MEAN, STD
+    from segmodels.models.fold import fold_report, inference_model
+    from segmodels.study.runs import write_json
+
+    path = Path(path)
+    count = n_val = None
+    if int8:
+        from segmodels.engine.quantize import calibration_count, packed_images
+
+        if data_dir is None:
+            raise ValueError("INT8 export calibrates on packed training images: give the packed dataset folder")
+        count = calibration_count(data_dir, calibration)
+        n_val = min(AGREEMENT_IMAGES, len(packed_images(Path(data_dir) / "val")))
+    elif calibration is not None:
+        raise ValueError("a calibration count is for INT8 export only")
+    log = log or (lambda _: None)
+    from segmodels.engine.quantize import int8_path
+
+    # Files made from an earlier model at this path would describe a file that is about to be replaced.
+    for stale in (record_path(path), int8_path(path)):
+        stale.unlink(missing_ok=True)
+    model = model.eval().cpu()
+    ready = inference_model(model)
+    folded = fold_report(ready)
+    export_onnx(ready, path, size=size, batch_size=batch_size, opset=opset, fold=False)
+    aux = "auxiliary head dropped" if fold_report(model)["training_aux_head"] else "no training-only auxiliary head"
+    log(f"wrote {path} (input images {batch_size}x3x{size[0]}x{size[1]}, output logits; folded model: "
+        f"{folded['folded']} BatchNorms folded, {folded['batchnorm_left']} left, {aux})")  # fmt: skip
+    record: dict[str, Any] = {
+        "model": getattr(model, "name", None),
+        "path": str(path),
+        # The graph reads images normalised outside it: (uint8 / 255 - mean) / std per channel.
+        "input": {"name": "images", "shape": [batch_size, 3, *size], "dtype": "float32", "mean": MEAN, "std": STD},
+        "output": {"name": "logits"},
+        "opset": opset,
+        "folded": True,
+        "fold": folded,
+        "verify": None,
+        "int8": None,
+    }
+    if verify:
+        record["verify"] = check = verify_onnx(model, path, size=size, batch_size=batch_size, atol=atol)
+        log(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.2e} <= tolerance {atol:g}, "
+            f"argmax agreement {check['argmax_agreement'] * 100:.3f}%")  # fmt: skip
+    if int8:
+        from segmodels.engine.quantize import agreement, quantize_onnx
+
+        quantized = quantize_onnx(path, int8_path(path), calibration_dir=data_dir, count=count, seed=seed)
+        val = Path(data_dir) / "val"
+        quantized["agreement"] = agreement(path, quantized["path"], val, limit=n_val)
+        quantized["agreement_images"] = {"split": str(val), "count": n_val}
+        record["int8"] = quantized
+        log(
+            f"wrote {quantized['path']} (INT8, calibrated on {count} images of {quantized['calibration']['split']}; "
+            f"{quantized['int8_bytes'] / 2**20:.1f} MiB against {quantized['fp32_bytes'] / 2**20:.1f} MiB)"
+        )
+        log(f"INT8 vs fp32 argmax agreement: {quantized['agreement'] * 100:.2f}% of the pixels of {n_val} "
+            f"image(s) of {val}")  # fmt: skip
+    write_json(record_path(path), record)
+    return record
+
+
+def onnx_runner(
+    model: nn.Module, x: torch.Tensor, workdir: str | Path, *, device: torch.device, opset: int = 18, int8: bool = False
+) -> tuple[Any, str]:
+    """Export ``model`` for input ``x`` into ``workdir`` (INT8 with ``int8``, calibrated on ``x`` itself: the ranges
+    change no operator, so not the time) and return a no-argument callable running it in onnxruntime on ``x``, with
+    the execution provider that runs it (CUDA's on a CUDA ``device``)."""
+    import onnxruntime as ort
+
+    workdir = Path(workdir)
+    size, batch = (int(x.shape[-2]), int(x.shape[-1])), int(x.shape[0])
+    path = export_onnx(model.cpu(), workdir / "model.onnx", size=size, batch_size=batch, opset=opset)
+    if int8:
+        from segmodels.engine.quantize import quantize_on_inputs
+
+        path = Path(quantize_on_inputs(path, workdir / "model.int8.onnx", [x.cpu().numpy()])["path"])
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+    session = ort.InferenceSession(str(path), providers=providers)
+    feed = {session.get_inputs()[0].name: x.cpu().numpy()}
+    return lambda: session.run(None, feed), session.get_providers()[0]
