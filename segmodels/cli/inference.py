@@ -32,6 +32,12 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-amp", action="store_true", help="full precision on the GPU too")
     p.add_argument("--device", help=_DEVICE_HELP)
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+    p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
+                   help="torch (default); onnx: export the checkpoint and score the graph in ONNX Runtime on the "
+                   "CPU; onnx-int8: quantize it too and score the INT8 graph. Writes to RUN/eval-BACKEND/ unless "
+                   "--out; MLflow keys end in _onnx / _onnx_int8")  # fmt: skip
+    p.add_argument("--calibration", type=int, metavar="N", help="onnx-int8: packed training images to calibrate "
+                   "on (default 100, at most the split's)")  # fmt: skip
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -57,13 +63,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     cfg.evaluate = dataclasses.replace(cfg.evaluate, **changes)
     metrics = evaluate(
         cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
-        device=args.device, log_mlflow=not args.no_mlflow,
+        device=args.device, log_mlflow=not args.no_mlflow, backend=args.backend, calibration=args.calibration,
     )  # fmt: skip
     scores = "  ".join(
         f"{m.label} {metrics[m.key] * 100:.{m.digits}f}" for m in METRICS if metrics.get(m.key) is not None
     )
     absent = f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else ""
-    print(f"{metrics['model']}: {scores}  ({metrics['num_images']} images{absent})")
+    how = "" if args.backend == "torch" else f", {metrics['protocol']['precision']}"
+    print(f"{metrics['model']}: {scores}  ({metrics['num_images']} images{how}{absent})")
     return 0
 
 

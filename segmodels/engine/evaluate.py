@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segmodels.engine.onnx_model import check_backend, onnx_model
 from segmodels.engine.run import OpenRun, open_run, with_data_classes
 from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
@@ -163,8 +164,14 @@ def evaluate(
     device: str | None = None,
     log_mlflow: bool = True,
     progress: bool = True,
+    backend: str = "torch",
+    calibration: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
+
+    ``backend`` ``onnx`` / ``onnx-int8`` scores the exported (and, for INT8, quantized with ``calibration``
+    training images) graph in ONNX Runtime on the CPU instead (:mod:`segmodels.engine.onnx_model`), into
+    ``RUN/eval-{backend}/`` unless ``out`` says otherwise; its MLflow keys end in ``_{backend}``.
 
     The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
@@ -183,6 +190,7 @@ def evaluate(
         cfg = run.cfg
         ev = cfg.evaluate
         _check_settings(ev)
+        check_backend(backend, scales=list(ev.scales), sliding=ev.sliding, calibration=calibration)
         split_dir = resolve_split(cfg, data)
         cfg = with_data_classes(cfg, split_dir)
         split = PackedSplit(split_dir)
@@ -191,12 +199,18 @@ def evaluate(
         if bad:
             raise ValueError(f"evaluate.samples: index {bad[0]} is out of range for the {n} images of {split_dir}")
         raw_labels = RawLabels(split_dir, list(split.names)) if ev.full_resolution else None
+        if out is None and backend != "torch":
+            out = Path(run_dir) / f"eval-{backend}"
         folder = runs.RunFolder(out if out is not None else run_dir)
 
-        dev = resolve_device(device or ev.device)
+        dev = resolve_device("cpu" if backend != "torch" else device or ev.device)  # ONNX Runtime's CPU provider
         with run.meter(dev) as meter:  # model loading and inference; not the file writes
             model, meta = run.load_model(dev, expect_num_classes=cfg.model.num_classes)
             label_set = _label_set(split_dir, meta)
+            exported = None
+            if backend != "torch":
+                model, exported = onnx_model(model, backend, size=split.size, folder=folder.path / "onnx",
+                                             data_dir=split_dir.parent, calibration=calibration)  # fmt: skip
             amp = ev.amp and dev.type == "cuda"
             start = time.monotonic()
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
@@ -228,6 +242,8 @@ def evaluate(
             "tag": settings_tag(ev),
         }
         precision = f"amp {dtype}" if amp else "fp32"
+        if backend != "torch":
+            precision = f"ONNX Runtime {'int8' if backend == 'onnx-int8' else 'fp32'}"
         full_size = "/".join(settings["resolution"]) if raw_labels is not None else packed_size
         metrics = {
             "model": run.name,
@@ -249,6 +265,8 @@ def evaluate(
                                      resolution=packed_size),
             },
             "settings": settings,
+            "backend": backend,
+            "export": None if exported is None else {"verify": exported["verify"], "int8": exported["int8"]},
             "device": environment(dev),
             "checkpoint": {"path": str(run.checkpoint), "iteration": meta.get("iteration")},
             "iteration": meta.get("iteration"),
@@ -259,7 +277,7 @@ def evaluate(
         runs.write_json(folder.metrics, metrics)
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
         canonical = folder.path.resolve() == Path(run_dir).resolve() and checkpoint is None
-        _log(run, metrics, packed_scores, [folder.metrics, folder.per_class] if canonical else [])
+        _log(run, metrics, packed_scores, [folder.metrics, folder.per_class] if canonical else [], backend)
     return metrics
 
 
@@ -277,13 +295,16 @@ def logged_scores(metrics: dict[str, Any], tag: str = "", packed: dict[str, Any]
     return scores
 
 
-def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path]) -> None:
+def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path],
+         backend: str = "torch") -> None:  # fmt: skip
     """The scores, the evaluation's cost and its protocol, to the run's MLflow run."""
     from segmodels.engine.cost import cost_metrics
 
-    # Inference variants (TTA, sliding windows) get their own keys; full-resolution scoring is the protocol the
-    # run is scored by (its "protocol" tag says which), so the study's headline stays miou.
+    # Inference variants (TTA, sliding windows, ONNX backends) get their own keys; full-resolution scoring is the
+    # protocol the run is scored by (its "protocol" tag says which), so the study's headline stays miou.
     tag = settings_tag(dataclasses.replace(run.cfg.evaluate, full_resolution=False))
+    if backend != "torch":
+        tag = "_".join(filter(None, [tag, backend.replace("-", "_")]))
     cost_prefix = f"cost/eval_{tag}_" if tag else "cost/eval_"
     run.log(
         metrics=logged_scores(metrics, tag, packed) | cost_metrics(metrics["cost"], cost_prefix),

@@ -115,7 +115,7 @@ def fig_per_class(study: Study) -> Drawn | str:
         warnings.simplefilter("ignore", RuntimeWarning)  # a class absent everywhere
         shown, selection = class_selection(np.nanmean(table.to_numpy(dtype=float), axis=0))
     table = table.iloc[:, shown]
-    fig = new_figure(11.0 if len(shown) <= 24 else 14.0, 1.2 + 0.42 * len(table))
+    fig = new_figure(11.0 if len(shown) <= 24 else 14.0, max(1.2 + 0.42 * len(table), 2.6 if selection else 0))
     ax = fig.add_subplot()
     sns.heatmap(
         table,
