@@ -1,9 +1,7 @@
-"""Cityscapes data: labels, the raw layout, the scene generator, packing and the training loader.
+"""Data: dataset sources (Cityscapes, generated scenes, Pascal VOC, ADE20K, a folder), label sets, packing and the
+training loader.
 
-Kept light on purpose: ``segmodels --help`` imports this package, so torch is only imported by
-:mod:`segmodels.data.loader` and :mod:`segmodels.data.augment`.
+Kept light on purpose: ``segmodels --help`` imports this package, so nothing is imported here; torch is only
+imported by :mod:`segmodels.data.loader` and :mod:`segmodels.data.augment`, and the Cityscapes table
+(:mod:`segmodels.data.labels`) only by the Cityscapes source and the scene generator.
 """
-
-from segmodels.data.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE, colorize
-
-__all__ = ["CLASS_NAMES", "IGNORE_INDEX", "NUM_CLASSES", "PALETTE", "colorize"]

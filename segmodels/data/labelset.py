@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MANIFEST", "LabelSet", "cityscapes_label_set", "default_palette", "label_set_of", "names_or_indices",
+__all__ = ["IGNORE_INDEX", "MANIFEST", "LabelSet", "cityscapes_label_set", "default_palette", "label_set_of", "names_or_indices",
            "recorded_label_set"]
 
 MANIFEST = "manifest.json"
+IGNORE_INDEX = 255  # the unscored value of every packed label array, whatever the raw data used
 
 
 def default_palette(n: int) -> np.ndarray:

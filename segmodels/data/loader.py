@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from segmodels.data.augment import AugmentParams, augment_batch, sample_params, source_windows
-from segmodels.data.labels import IGNORE_INDEX
+from segmodels.data.labelset import IGNORE_INDEX
 from segmodels.data.pack import read_manifest
 
 __all__ = ["MEAN", "STD", "PackedSplit", "TrainLoader", "WaitClock", "normalize", "val_batches"]
