@@ -122,6 +122,7 @@ def packed(tmp_path_factory):
 
 def _config(**evaluate) -> StudyConfig:
     cfg = StudyConfig()
+    cfg.evaluate.amp = False  # fp32 on every CPU: the scores are compared with an fp32 forward pass
     cfg.evaluate.batch_size = 2
     cfg.evaluate.samples = [0, 2]
     for key, value in evaluate.items():

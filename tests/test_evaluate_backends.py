@@ -22,7 +22,7 @@ def trained(tmp_path_factory, packed_data):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     try:
         cfg = small_config(train={"iterations": 60, "batch_size": 2, "lr": 0.1, "log_every": 20, "ckpt_every": 60,
-                                  "warmup_iters": 5}, evaluate={"samples": []})  # fmt: skip
+                                  "warmup_iters": 5}, evaluate={"samples": [], "amp": False})  # fmt: skip
         run = folder / "results" / "test" / "mobilenetv2-fcn" / "seed0"
         train(cfg, "mobilenetv2-fcn", out=run, data_dir=packed_data)
         yield cfg, run
@@ -48,6 +48,24 @@ def test_onnx_scores_what_torch_scores_and_int8_is_measured(trained, packed_data
     assert (run / "eval-onnx-int8" / "onnx" / "model.int8.onnx").is_file()
     assert abs(int8["miou"] - torch_metrics["miou"]) < 0.2  # measured, not assumed: the number is in metrics.json
     assert not (run / "metrics.json").exists()  # the run's own scores are left to its own evaluation
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_on_the_cpu_is_bf16_where_the_cpu_has_it(trained, packed_data, monkeypatch, native):
+    import dataclasses
+
+    from segmodels import devices
+
+    cfg, run = trained
+    monkeypatch.setattr(devices, "cpu_bf16_support", lambda cpuinfo=None: (native, "as the test says"))
+    cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, amp=True))
+    fp32 = np.load(run / "eval-torch" / "confusion.npy") if (run / "eval-torch").is_dir() else None
+    metrics = evaluate(cfg, run, data=packed_data, out=run / f"eval-amp-{native}", log_mlflow=False, progress=False)
+    assert metrics["settings"]["amp"] is native
+    assert metrics["protocol"]["precision"] == ("amp bfloat16" if native else "fp32")
+    if native and fp32 is not None:  # bf16 moves a few boundary pixels, not the scores
+        matrix = np.load(run / f"eval-amp-{native}" / "confusion.npy")
+        assert np.abs(matrix - fp32).sum() <= 0.02 * fp32.sum()
 
 
 @pytest.mark.parametrize(

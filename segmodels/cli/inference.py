@@ -29,7 +29,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-resolution", action="store_true", default=None,
                    help="score at the raw labels' resolution (read through the packed manifest)")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="images per forward pass (default: evaluate.batch_size)")
-    p.add_argument("--no-amp", action="store_true", help="full precision on the GPU too")
+    p.add_argument("--no-amp", action="store_true", help="full precision (fp32) on the GPU, and on a CPU "
+                   "with bf16 (AVX512-BF16, AMX), where amp means bf16 autocast")  # fmt: skip
     p.add_argument("--device", help=_DEVICE_HELP)
     p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
     p.add_argument("--backend", choices=("torch", "onnx", "onnx-int8"), default="torch",
@@ -83,8 +84,10 @@ def _add_benchmark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="latency.json path, or a folder for it (default: RUN/latency.json)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input height and width "
                    "(default: benchmark.size, 512 1024)")  # fmt: skip
-    p.add_argument("--modes", nargs="+", metavar="MODE", help="fp32, amp, each optionally +channels_last "
-                   "+compile +cudagraphs (e.g. amp+channels_last), or onnx (default: benchmark.modes)")  # fmt: skip
+    p.add_argument("--modes", nargs="+", metavar="MODE", help="fp32, amp (bf16 autocast on a CPU "
+                   "with AVX512-BF16 or AMX, skipped on others), each optionally +fold (BatchNorm folded) "
+                   "+channels_last +compile +cudagraphs (e.g. amp+channels_last), or onnx, onnx-int8 (ONNX Runtime, "
+                   "the folded model; INT8 calibrated on the timed input) (default: benchmark.modes)")  # fmt: skip
     p.add_argument("--repeats", type=int, help="timed forward passes per mode (default: benchmark.repeats on a "
                    "GPU, capped at benchmark.cpu_repeats on the CPU)")  # fmt: skip
     p.add_argument("--warmup", type=int, help="untimed passes first (default: benchmark.warmup, capped at "
@@ -227,7 +230,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="resize for the forward pass, e.g. the "
                    "training resolution (masks are always written at the input's size)")  # fmt: skip
     p.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    p.add_argument("--no-amp", action="store_true", help="full precision on the GPU too")
+    p.add_argument("--no-amp", action="store_true", help="full precision (fp32) on the GPU, and on a CPU "
+                   "with bf16 (AVX512-BF16, AMX), where amp means bf16 autocast")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
 
 

@@ -182,7 +182,7 @@ def evaluate(
     from segmodels.data._io import Progress
     from segmodels.data.loader import PackedSplit
     from segmodels.devices import resolve_device
-    from segmodels.engine.inference import amp_dtype, environment
+    from segmodels.engine.inference import amp_available, amp_dtype, environment
     from segmodels.metrics import compute_metrics, metric_keys
 
     with open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
@@ -211,10 +211,11 @@ def evaluate(
             if backend != "torch":
                 model, exported = onnx_model(model, backend, size=split.size, folder=folder.path / "onnx",
                                              data_dir=split_dir.parent, calibration=calibration)  # fmt: skip
-            amp = ev.amp and dev.type == "cuda"
+            amp = ev.amp and backend == "torch" and amp_available(dev)  # bf16 on a CPU that has it
             start = time.monotonic()
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
-                scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar)
+                scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar,
+                                amp=amp)  # fmt: skip
             matrix = scored.confusion.cpu().numpy()
             result = compute_metrics(matrix, label_set.classes)
             packed_scores = None
@@ -342,7 +343,7 @@ def _label_set(split_dir: Path, meta: dict[str, Any]) -> LabelSet:
 
 
 def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,
-           label_set: LabelSet, folder: runs.RunFolder, bar: Any) -> _Scored:  # fmt: skip
+           label_set: LabelSet, folder: runs.RunFolder, bar: Any, amp: bool = False) -> _Scored:  # fmt: skip
     """Run the model over ``split`` and count its confusion matrices; render the configured samples."""
     from segmodels.data.loader import val_batches
     from segmodels.engine.inference import predict_scores
@@ -359,7 +360,7 @@ def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateCon
         idx = [int(i) for i in indices]
         scores = predict_scores(
             model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
-            window=ev.window, stride=ev.stride, amp=ev.amp and dev.type == "cuda",
+            window=ev.window, stride=ev.stride, amp=amp,
         )  # fmt: skip
         preds, targets = [scores.argmax(1)], [labels]
         if raw_labels is not None:

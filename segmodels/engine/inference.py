@@ -40,18 +40,32 @@ __all__ = [
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the GPU supports it (no overflow, no scaler needed), float16 otherwise."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    """bfloat16 on the CPU and where the GPU supports it (no overflow, no scaler needed), float16 otherwise."""
+    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
     return torch.float16
+
+
+def amp_available(device: torch.device) -> bool:
+    """Whether ``amp`` inference runs in reduced precision on ``device``: on a GPU, and on a CPU where bfloat16 is
+    native (:func:`segmodels.devices.cpu_bf16_support`: AMX or AVX512-BF16); elsewhere it stays fp32, since
+    emulated bf16 is slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        from segmodels.devices import cpu_bf16_support
+
+        return cpu_bf16_support()[0]
+    return False
 
 
 def autocast(
     device: torch.device, enabled: bool, dtype: torch.dtype | None = None
 ) -> contextlib.AbstractContextManager:
-    """Mixed precision on a CUDA device when ``enabled``; a no-op elsewhere (CPU inference stays fp32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=dtype or amp_dtype(device))
+    """Mixed precision when ``enabled``: autocast on a CUDA device, bf16 autocast on the CPU (callers enable it
+    there only where :func:`amp_available`); a no-op elsewhere."""
+    if enabled and device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, dtype=dtype or amp_dtype(device))
     return contextlib.nullcontext()
 
 

@@ -96,7 +96,7 @@ def predict_images(
     from segmodels.atomic import write_bytes_atomic
     from segmodels.data.loader import normalize
     from segmodels.devices import resolve_device
-    from segmodels.engine.inference import load_model, predict_scores
+    from segmodels.engine.inference import amp_available, load_model, predict_scores
 
     paths = check_images(images)
     if size is not None and (len(size) != 2 or min(size) <= 0):
@@ -114,7 +114,7 @@ def predict_images(
         x = normalize(torch.from_numpy(rgb).unsqueeze(0).to(dev))
         if size is not None:
             x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-        scores = predict_scores(model, x, flip=flip, amp=amp and dev.type == "cuda", out_size=(h, w))
+        scores = predict_scores(model, x, flip=flip, amp=amp and amp_available(dev), out_size=(h, w))
         mask = scores.argmax(1)[0].to(torch.uint8).cpu().numpy()
         color = colorize(mask)
         overlay = (rgb.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).round().astype(np.uint8)
