@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for i, name in enumerate(names, start=2):
         backbone, head = parse_model_name(name)
-        build = lambda b=backbone, h=head: build_model(b, h, aux=catalog.head(h).cascade)  # noqa: E731
+        strides = catalog.backbone(backbone).output_strides  # 8 as the study's CNNs, else the backbone's own
+        stride = 8 if 8 in strides else strides[-1]
+        build = lambda b=backbone, h=head, s=stride: build_model(b, h, output_stride=s,  # noqa: E731
+                                                                 aux=catalog.head(h).cascade)
         row, paired = measure(name, build, args, baseline=reference)
         rows.append(row)
         baseline_times += paired

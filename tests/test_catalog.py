@@ -32,10 +32,14 @@ def toy():
 
 
 def test_the_built_in_names_labels_and_short_names():
-    assert catalog.backbones() == ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3")
-    assert catalog.heads() == ("ppm", "aspp", "ocr", "fcn") and catalog.cascade_heads() == ("ocr",)
-    assert [catalog.backbone(b).short for b in catalog.backbones()] == ["R18", "R50", "R101", "MNv2", "MNv3"]
-    assert [catalog.head(h).short for h in catalog.heads()] == ["PPM", "ASPP (1,2,3,6)", "OCR", "FCN"]
+    assert catalog.backbones() == ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3", "mitb0",
+                                   "mitb1", "mitb2")  # fmt: skip
+    assert catalog.heads() == ("ppm", "aspp", "ocr", "fcn", "segformer") and catalog.cascade_heads() == ("ocr",)
+    assert [catalog.backbone(b).short for b in catalog.backbones()] == ["R18", "R50", "R101", "MNv2", "MNv3", "MiT0",
+                                                                        "MiT1", "MiT2"]  # fmt: skip
+    assert [catalog.head(h).short for h in catalog.heads()] == ["PPM", "ASPP (1,2,3,6)", "OCR", "FCN", "MLP"]
+    assert catalog.display_name("mitb0-segformer") == "MiT-B0-SegFormer (MLP)"
+    assert catalog.backbone("mitb2").output_strides == (32,) and catalog.backbone("resnet18").output_strides == (8, 16, 32)
     assert catalog.display_name("mobilenetv2-aspp_os16") == "MobileNetV2-ASPP (1,2,3,6) os16"
     assert catalog.short_name("resnet101-ppm") == "R101 PPM" and catalog.short_name("resnet18-fcn_a_b") == "R18 FCN a b"
     assert set(BACKBONE_SPECS) == set(catalog.backbones()) and set(HEAD_BUILDERS) == set(catalog.heads())
@@ -109,8 +113,9 @@ def test_a_catalog_entry_and_a_builder_must_come_together_at_build_time():
 @pytest.mark.usefixtures("toy")
 def test_a_registered_toy_is_listed_parsed_and_named():
     names = list_models()
-    assert len(names) == 6 * 5 and names[-5:] == ["toy-ppm", "toy-aspp", "toy-ocr", "toy-fcn", "toy-toyhead"]
-    assert "resnet18-toyhead" in names and names.index("resnet18-toyhead") == 4
+    assert len(names) == 9 * 6 and names[-6:] == ["toy-ppm", "toy-aspp", "toy-ocr", "toy-fcn", "toy-segformer",
+                                                   "toy-toyhead"]  # fmt: skip
+    assert "resnet18-toyhead" in names and names.index("resnet18-toyhead") == 5
     assert parse_model_name("toy-toyhead") == ("toy", "toyhead") and catalog.arch_of("toy-ppm_os16") == ("toy", "ppm")
     assert catalog.display_name("toy-toyhead_os16") == "ToyNet-Toy head os16"
     assert catalog.short_name("toy-toyhead") == "TN Toy head"

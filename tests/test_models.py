@@ -53,7 +53,7 @@ def check_model(model: nn.Module, x: torch.Tensor) -> None:
     assert set(out) == {"out"}
     assert out["out"].shape == expected
     info = model.backbone.feature_info
-    assert set(info) == {"out", "aux"} == set(features)
+    assert {"out", "aux"} <= set(info) == set(features)  # and the other stages the backbone declares
     assert info["out"].reduction == model.output_stride
     for key, feature in features.items():
         assert feature.shape == (n, info[key].channels, h // info[key].reduction, w // info[key].reduction), key
@@ -69,12 +69,19 @@ def check_model(model: nn.Module, x: torch.Tensor) -> None:
     assert all(v.shape == expected for v in out.values())
 
 
+def _stride(backbone: str) -> int:
+    """The study's output stride 8, or the one stride of a backbone without a dilated form (MiT: 32)."""
+    strides = catalog.backbone(backbone).output_strides
+    return 8 if 8 in strides else strides[0]
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_every_model(name: str) -> None:
     torch.manual_seed(0)
     backbone, head = parse_model_name(name)
-    model = build_model(backbone, head)
-    assert (model.backbone_name, model.head_name, model.num_classes, model.output_stride) == (backbone, head, 19, 8)
+    model = build_model(backbone, head, output_stride=_stride(backbone))
+    assert (model.backbone_name, model.head_name, model.num_classes) == (backbone, head, 19)
+    assert model.output_stride == _stride(backbone)
     check_model(model, _image())
 
 
@@ -162,7 +169,11 @@ def test_head_options_table_is_the_heads_signatures() -> None:
             _check(list(default) if isinstance(default, tuple) else default, tp, name, "table")
 
 
-@pytest.mark.parametrize("backbone", catalog.backbones())
+# The backbones with a dilated form (the CNNs); MiT's single stride is tested in test_segformer.py.
+_DILATED = [b for b in catalog.backbones() if catalog.backbone(b).output_strides == (8, 16, 32)]
+
+
+@pytest.mark.parametrize("backbone", _DILATED)
 @pytest.mark.parametrize("output_stride", [16, 32])
 def test_backbone_output_stride(backbone: str, output_stride: int) -> None:
     features = build_backbone(backbone, output_stride=output_stride).eval()
@@ -183,7 +194,7 @@ _DROPPED = {
 }
 
 
-@pytest.mark.parametrize("backbone", catalog.backbones())
+@pytest.mark.parametrize("backbone", list(_DROPPED))
 def test_dilation_adds_and_drops_no_weight(backbone: str) -> None:
     reference = BACKBONE_SPECS[backbone].constructor(weights=None)
     expected = _nparams(reference) - sum(_nparams(part) for part in _DROPPED[backbone](reference))
@@ -276,7 +287,7 @@ def test_bn_momentum_reaches_every_batchnorm() -> None:
 def test_registry() -> None:
     assert set(BACKBONE_SPECS) == set(catalog.backbones()) and set(HEAD_BUILDERS) == set(catalog.heads())
     names = list_models()
-    assert len(names) == len(set(names)) == 20
+    assert len(names) == len(set(names)) == 8 * 5  # 5 CNN and 3 MiT backbones × ppm, aspp, ocr, fcn, segformer
     assert all(f"{parse_model_name(n)[0]}-{parse_model_name(n)[1]}" == n for n in names)
 
 
@@ -406,9 +417,12 @@ def test_count_flops_and_parameters() -> None:
 def test_cli_lists_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     from segmodels.cli import main
 
+    # Every model; the CNNs at the default output stride 8, MiT (32 only) at its own, which the table shows.
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines[1:]] == list_models()
+    strides = {line.split()[0]: int(line.split()[1]) for line in lines[1:]}
+    assert strides["mitb0-segformer"] == 32 and strides["resnet18-ppm"] == 8
     assert main(["models", "--json", "--flops", "32", "32", "--models", "resnet18-ocr", "mobilenetv3-fcn"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["resnet18-ocr", "mobilenetv3-fcn"]

@@ -25,7 +25,9 @@ def _add_models_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument(
-        "--output-stride", type=int, default=8, choices=(8, 16, 32), help="backbone output stride (default: 8)"
+        "--output-stride", type=int, default=8, choices=(8, 16, 32), help="backbone output stride (default: 8; a "
+        "backbone that cannot be built at it, e.g. a MiT transformer at 32 only, is counted at its own and the "
+        "'os' column says so)",
     )
     parser.add_argument("--num-classes", type=int, default=19, help="number of classes (default: 19, Cityscapes)")
     parser.add_argument(
@@ -47,16 +49,18 @@ def _run_models(args: argparse.Namespace) -> int:
     parsed = [parse_model_name(name) for name in names]  # unknown names fail before any work
     rows = []
     for name, (backbone, head) in zip(names, parsed, strict=True):
+        strides = catalog.backbone(backbone).output_strides
+        stride = args.output_stride if args.output_stride in strides else strides[-1]
         # Shapes are all that counting needs: the meta device allocates nothing and computes nothing.
         with torch.device("meta"):
             model = build_model(
                 backbone,
                 head,
                 num_classes=args.num_classes,
-                output_stride=args.output_stride,
+                output_stride=stride,
                 aux=args.aux or catalog.head(head).cascade,
             )
-        row: dict[str, object] = {"model": name, "backbone": backbone, "head": head}
+        row: dict[str, object] = {"model": name, "backbone": backbone, "head": head, "output_stride": stride}
         row["params_m"] = round(count_parameters(model) / 1e6, 3)
         if args.flops:
             row["gflops"] = round(count_flops(model, tuple(args.flops)) / 1e9, 2)
@@ -65,10 +69,11 @@ def _run_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     flops_title = f"  GFLOPs@{args.flops[0]}x{args.flops[1]}" if args.flops else ""
-    print(f"{'model':<18} {'params (M)':>10}{flops_title}")
+    width = max(18, *(len(str(row["model"])) for row in rows))
+    print(f"{'model':<{width}} {'os':>3} {'params (M)':>10}{flops_title}")
     for row in rows:
         flops = f"  {row['gflops']:>{len(flops_title) - 2}.1f}" if args.flops else ""
-        print(f"{row['model']:<18} {row['params_m']:>10.2f}{flops}")
+        print(f"{row['model']:<{width}} {row['output_stride']:>3} {row['params_m']:>10.2f}{flops}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""One optimisation step of the training recipe: learning-rate schedule, SGD groups, the step itself.
+"""One optimisation step of the training recipe: learning-rate schedule, parameter groups, SGD or AdamW, the step.
 
 On a GPU: mixed precision (bf16 where supported, else fp16 with a gradient scaler), channels_last,
 cudnn.benchmark and TF32, a fused SGD, optional torch.compile; the host waits for the device only
@@ -19,6 +19,8 @@ from segmodels.engine.losses import distillation_loss, segmentation_loss
 from segmodels.study.config import TrainConfig
 
 __all__ = [
+    "ADAMW_BETAS",
+    "NO_DECAY_NAMES",
     "SpeedSettings",
     "Stepper",
     "build_optimizer",
@@ -44,12 +46,20 @@ def poly_lr(
     return lr
 
 
+# Parameters without weight decay besides norm weights and biases (any 1-d tensor): position encodings and
+# tokens, after mmsegmentation's SegFormer/PVT paramwise_cfg (pos_block decay_mult 0) and timm's no_weight_decay.
+NO_DECAY_NAMES = ("pos_block", "pos_embed", "cls_token")
+ADAMW_BETAS = (0.9, 0.999)
+
+
 def param_groups(model: nn.Module, *, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """SGD groups: backbone/head × decayed/not. Norm weights and biases (1-d tensors) get no decay."""
+    """Groups: backbone/head × decayed/not. Norm weights and biases (1-d tensors) and position parameters
+    (:data:`NO_DECAY_NAMES`) get no decay; everything outside the backbone gets ``head_lr_mult`` × lr."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups.setdefault((name.startswith("backbone."), param.ndim > 1), []).append(param)
+            decay = param.ndim > 1 and not any(part in name for part in NO_DECAY_NAMES)
+            groups.setdefault((name.startswith("backbone."), decay), []).append(param)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_mult": 1.0 if bb else head_lr_mult}
         for (bb, decay), params in sorted(groups.items(), reverse=True)
@@ -57,9 +67,15 @@ def param_groups(model: nn.Module, *, weight_decay: float, head_lr_mult: float =
 
 
 def build_optimizer(model: nn.Module, tcfg: TrainConfig, *, fused: bool = False, foreach: bool = True):
-    """SGD with momentum over :func:`param_groups`; ``fused`` (CUDA) runs one kernel for all tensors."""
+    """``train.optimizer``: SGD with momentum (sgd) or AdamW (adamw, betas :data:`ADAMW_BETAS`, decoupled weight
+    decay: SegFormer's recipe, Xie et al. 2021 §4.1) over :func:`param_groups`; ``fused`` (CUDA) runs one kernel for
+    all tensors. The schedule sets each group's lr to the step's lr × its ``lr_mult``."""
     groups = param_groups(model, weight_decay=tcfg.weight_decay, head_lr_mult=tcfg.head_lr_mult)
     kwargs = {"fused": True} if fused else {"foreach": foreach}
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=tcfg.lr, betas=ADAMW_BETAS, **kwargs)
+    if tcfg.optimizer != "sgd":
+        raise ValueError(f"train.optimizer must be sgd or adamw, got {tcfg.optimizer!r}")
     optimizer = torch.optim.SGD(groups, lr=tcfg.lr, momentum=tcfg.momentum, **kwargs)
     if fused and tcfg.momentum > 0:
         # Fused SGD allocates its momentum buffers uninitialised and, when GradScaler finds an inf on the very first

@@ -22,7 +22,10 @@ Adding a model of your own: register its builder and its names in one call (torc
     # now "tiny-bighead", "tiny-ppm", "resnet18-bighead" are models like the others
 
 :func:`add_backbone` / :func:`add_head` add the names alone (no torch): such an entry validates in a config
-but fails at build time until a builder is registered. Tests register inside ``with catalog.registered():``,
+but fails at build time until a builder is registered. A backbone entry also says at which output strides it can
+be built (``output_strides``: a transformer without a dilated form, MiT, has 32 only; a study's runs are checked
+against it when the config is loaded), and an alias of a timm model names that model (``timm``: a study's
+``backbones:`` section adds such entries, built through timm with no builder to register). Tests register inside ``with catalog.registered():``,
 which puts the catalog and the builder registries back as they were on exit.
 """
 
@@ -38,6 +41,7 @@ from typing import Any
 
 __all__ = [
     "RUN_NAME_SHAPE",
+    "OUTPUT_STRIDES",
     "TAG",
     "BackboneEntry",
     "HeadEntry",
@@ -69,11 +73,16 @@ _NAME = re.compile(r"[a-z0-9]+")
 _REGISTRIES = (("segmodels.models.backbones.base", "BACKBONE_SPECS"), ("segmodels.models.heads", "HEAD_BUILDERS"))
 
 
+OUTPUT_STRIDES = (8, 16, 32)
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
     name: str
     label: str  # what the report prints: "ResNet18"
     short: str  # what narrow table headers print: "R18"
+    output_strides: tuple[int, ...] = OUTPUT_STRIDES  # what it can be built at (a transformer: 32 only)
+    timm: str | None = None  # an alias of this timm model (a study's ``backbones:``), built through timm
 
 
 @dataclass(frozen=True)
@@ -104,10 +113,24 @@ def _check_new(kind: str, name: str, label: str, short: str | None, table: Mappi
             raise ValueError(f"{kind} '{name}': {what} must be a non-empty string, got {text!r}")
 
 
-def add_backbone(name: str, *, label: str, short: str | None = None) -> BackboneEntry:
-    """Add backbone ``name`` with its display ``label`` and ``short`` name (default: the label)."""
+def add_backbone(
+    name: str,
+    *,
+    label: str,
+    short: str | None = None,
+    output_strides: Sequence[int] | None = None,
+    timm: str | None = None,
+) -> BackboneEntry:
+    """Add backbone ``name`` with its display ``label`` and ``short`` name (default: the label), the
+    ``output_strides`` it can be built at (default 8, 16 and 32) and, for an alias of a timm model, its ``timm``
+    name (built through timm, no builder to register)."""
     _check_new("backbone", name, label, short, _BACKBONES)
-    entry = BackboneEntry(name, label, short or label)
+    strides = tuple(output_strides or OUTPUT_STRIDES)
+    if not strides or not set(strides) <= set(OUTPUT_STRIDES):
+        raise ValueError(f"backbone '{name}': output_strides must be some of {OUTPUT_STRIDES}, got {strides}")
+    if timm is not None and (not isinstance(timm, str) or not timm.strip()):
+        raise ValueError(f"backbone '{name}': timm must be a timm model name, got {timm!r}")
+    entry = BackboneEntry(name, label, short or label, strides, timm)
     _BACKBONES[name] = entry
     return entry
 
@@ -325,6 +348,9 @@ for _name, _label, _short in (
     ("mobilenetv3", "MobileNetV3", "MNv3"),
 ):
     add_backbone(_name, label=_label, short=_short)
+# SegFormer's Mix Transformer encoders (Xie et al. 2021): no dilated form, output stride 32 only.
+for _size in ("0", "1", "2"):
+    add_backbone(f"mitb{_size}", label=f"MiT-B{_size}", short=f"MiT{_size}", output_strides=(32,))
 # The head classes' signatures are the truth for the options; registering a builder holds the table to them.
 add_head("ppm", label="PPM", structure=_ppm_structure, options={
     "bins": (list[int], (1, 2, 3, 6)), "bin_channels": (int | None, None), "channels": (int, 512),
@@ -336,3 +362,5 @@ add_head("aspp", label="ASPP (1,2,3,6)", structure=_aspp_structure, options={
 add_head("ocr", label="OCR", cascade=True, options={
     "mid_channels": (int, 512), "key_channels": (int, 256), "dropout": (float, 0.1)})  # fmt: skip
 add_head("fcn", label="FCN", options={"channels": (int, 512), "dropout": (float, 0.1)})
+# SegFormer's all-MLP decoder over every stage of the backbone (768 channels on MiT-B2: the head's own default).
+add_head("segformer", label="SegFormer (MLP)", short="MLP", options={"channels": (int, 256), "dropout": (float, 0.1)})

@@ -46,9 +46,10 @@ _FOLDED = "_folded_batchnorms"  # attribute of a model made by inference_model: 
 
 
 def _can_fold(conv: nn.Module | None, bn: nn.Module | None) -> bool:
+    # The exact classes: a subclass may do more in its forward (timm's BatchNormAct2d applies an activation).
     return (
         type(conv) is nn.Conv2d
-        and isinstance(bn, _NORMS)
+        and type(bn) in _NORMS
         and bn.running_mean is not None
         and bn.running_var is not None
         and conv.out_channels == bn.num_features

@@ -2,7 +2,9 @@
 
 The forward contract is torchvision's: the backbone returns a dict of feature maps and the model returns
 ``{"out": logits}`` at the input size, plus ``"aux"`` in training mode. For a cascade head (OCR) the
-auxiliary head runs in eval mode too: its logits are the head's soft object regions.
+auxiliary head runs in eval mode too: its logits are the head's soft object regions. A multi-stage head
+(SegFormer's MLP decoder) reads the list of the backbone's stages (``backbone.stages``) instead of "out".
+The backbone may be any timm model with ``features_only``: ``"timm:<model>"``, or a catalogued alias of one.
 The registries are plain dicts: ``BACKBONE_SPECS`` (backbones package) and ``HEAD_BUILDERS`` (heads package),
 keyed by the names in :mod:`segmodels.models.catalog`; a name in one but not the other fails here, by name.
 """
@@ -19,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from segmodels.models import catalog
-from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone
+from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone, timm_name_of
 from segmodels.models.catalog import list_models, parse_model_name
-from segmodels.models.heads import HEAD_BUILDERS, FCNHead, keyword_options
+from segmodels.models.heads import HEAD_BUILDERS, FCNHead, backbone_options, keyword_options, reads_stages
 
 __all__ = ["AUX_CHANNELS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
 
@@ -55,6 +57,8 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.output_stride = output_stride
         self.cascade = cascade
+        # A multi-stage head reads these maps of the backbone, shallow to deep; any other head reads "out".
+        self.head_stages = tuple(getattr(backbone, "stages", ("aux", "out"))) if reads_stages(type(head)) else None
 
     @property
     def name(self) -> str:
@@ -68,7 +72,10 @@ class SegmentationModel(nn.Module):
         aux = None
         if self.aux_head is not None and (self.training or self.cascade):
             aux = self.aux_head(features["aux"])["out"]
-        head = self.head(features["out"], aux) if self.cascade else self.head(features["out"])
+        if self.head_stages is not None:
+            head = self.head([features[key] for key in self.head_stages])
+        else:
+            head = self.head(features["out"], aux) if self.cascade else self.head(features["out"])
         outputs = {"out": head["out"]}
         if self.training and aux is not None:
             outputs["aux"] = aux
@@ -115,16 +122,20 @@ def build_model(
 ) -> SegmentationModel:
     """Build ``{backbone}-{head}``.
 
+    backbone: a catalogued name, or ``"timm:<model>"`` for any timm model with ``features_only``.
     pretrained: None (random init), "imagenet" (torchvision's ImageNet weights, from the torch hub cache or
-    downloaded) or the path of a state dict in torchvision's key layout for the backbone.
+    downloaded; the released MiT weights; timm's default weights) or the path of a state dict in the backbone's
+    key layout (torchvision's; the released MiT code's or Hugging Face's; timm's).
     aux: the auxiliary FCN head on the backbone's "aux" stage. A cascade head (``catalog.cascade_heads()``: OCR)
     needs it, in eval mode too: its soft object regions are that head's logits.
-    head_options: keyword arguments of the head's class, e.g. ``heads.DEEPLABV3_OPTIONS`` for ASPP.
+    head_options: keyword arguments of the head's class, e.g. ``heads.DEEPLABV3_OPTIONS`` for ASPP; they override
+    the head's own defaults for the backbone (SegFormer's decoder: 768 channels on MiT-B2, else 256).
     bn_momentum: running-statistics momentum of every BatchNorm (None keeps each constructor's own: 0.1, but
     0.01 in torchvision's MobileNetV3).
     All arguments are checked before anything is built.
     """
-    _check_registered("backbone", backbone, BACKBONE_SPECS, catalog.backbones(), "register_backbone")
+    if timm_name_of(backbone) is None:  # a timm model needs no builder of its own
+        _check_registered("backbone", backbone, BACKBONE_SPECS, catalog.backbones(), "register_backbone")
     _check_registered("head", head, HEAD_BUILDERS, catalog.heads(), "register_head")
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {output_stride!r}")
@@ -145,10 +156,16 @@ def build_model(
         raise ValueError(f"bn_momentum must lie in (0, 1] or be None, got {bn_momentum!r}")
     options = dict(head_options or {})
     _check_head_options(head, options)
+    head_class = HEAD_BUILDERS[head]
+    options = {**backbone_options(head_class, backbone), **options}
 
     features = build_backbone(backbone, output_stride=output_stride, pretrained=pretrained)
     info = features.feature_info
-    head_module = HEAD_BUILDERS[head](info["out"].channels, num_classes, **options)
+    if reads_stages(head_class):
+        stages = getattr(features, "stages", ("aux", "out"))
+        head_module = head_class([info[key].channels for key in stages], num_classes, **options)
+    else:
+        head_module = head_class(info["out"].channels, num_classes, **options)
     aux_head = FCNHead(info["aux"].channels, num_classes, channels=AUX_CHANNELS) if aux else None
     model = SegmentationModel(
         features,

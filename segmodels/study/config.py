@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from segmodels.models import catalog
 from segmodels.models.catalog import RUN_NAME_SHAPE
-from segmodels.study.matrix import expand_runs
+from segmodels.study.matrix import RunSpec, expand_runs
 from segmodels.study.schema import (
     MODULE_PATTERN,
     RUN_SECTIONS,
@@ -56,6 +57,7 @@ __all__ = [
     "from_dict",
     "import_plugins",
     "load_config",
+    "register_backbone_aliases",
     "set_dotted",
     "study_from_dict",
     "study_schema",
@@ -81,7 +83,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
 
 
 def import_plugins(data: dict[str, Any], *, where: str = "config") -> list[str]:
-    """Import the config's ``plugins`` (Python modules that register models or metrics); return their names.
+    """Import the config's ``plugins`` (Python modules that register models or metrics) and register its
+    ``backbones`` aliases (:func:`register_backbone_aliases`); return the plugins' names.
 
     Done before the rest of the config is read, so the names they register validate. A module that cannot be
     imported is a ConfigError naming it (its own import errors included)."""
@@ -104,7 +107,59 @@ def import_plugins(data: dict[str, Any], *, where: str = "config") -> list[str]:
             ) from exc
         except Exception as exc:  # the plugin's own error, reported with its module
             raise ConfigError(f"{where}: plugins: importing {module} failed: {type(exc).__name__}: {exc}") from exc
+    register_backbone_aliases(data, where=where)
     return plugins
+
+
+_ALIAS_KEYS = ("timm", "label", "short")
+
+
+def register_backbone_aliases(data: dict[str, Any], *, where: str = "config") -> list[str]:
+    """Put the config's ``backbones`` (``{alias: {timm: model, label: ..., short: ...}}``) in the model catalog as
+    backbones built through timm; return the aliases. Loading the same study again is a no-op; an alias that names
+    another backbone of the catalog is a ConfigError naming the file and the key. No torch, no timm: an unknown
+    timm model is reported when the model is built."""
+    aliases = data.get("backbones") or {}
+    if not isinstance(aliases, dict):
+        raise ConfigError(f"{where}: 'backbones' must be a mapping of names to {{timm: model}}, got {aliases!r}")
+    for name, spec in aliases.items():
+        key = f"backbones.{name}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("timm"), str) or not spec["timm"].strip():
+            raise ConfigError(f"{where}: '{key}' must be a mapping with the timm model's name, e.g. "
+                              f"{{timm: convnext_tiny}}, got {spec!r}")  # fmt: skip
+        unknown = sorted(set(spec) - set(_ALIAS_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key '{key}.{unknown[0]}'; allowed keys here: {', '.join(_ALIAS_KEYS)}")
+        for field_name in ("label", "short"):
+            if field_name in spec and not isinstance(spec[field_name], str):
+                raise ConfigError(f"{where}: '{key}.{field_name}' must be str, got {spec[field_name]!r}")
+        label, short = spec.get("label") or spec["timm"], spec.get("short") or str(name)
+        if name in catalog.backbones():
+            entry = catalog.backbone(name)
+            if (entry.timm, entry.label, entry.short) == (spec["timm"], label, short):
+                continue  # this study, loaded again
+            what = f"an alias of timm's {entry.timm}" if entry.timm else f"a backbone of the catalog ({entry.label})"
+            raise ConfigError(f"{where}: '{key}': '{name}' is already {what}; give the alias another name")
+        try:
+            catalog.add_backbone(str(name), label=label, short=short, timm=spec["timm"])
+        except ValueError as exc:
+            raise ConfigError(f"{where}: '{key}': {exc}") from exc
+    return list(aliases)
+
+
+def _check_output_strides(cfg: StudyConfig, runs: list[RunSpec], where: str) -> None:
+    """Every run's ``model.output_stride`` is one its backbone can be built at (MiT: 32 only); a timm alias is
+    checked when it is built (its strides are timm's to tell)."""
+    for spec in runs:
+        entry = catalog.backbone(spec.arch[0])
+        stride = spec.overrides.get("model.output_stride", cfg.model.output_stride)
+        if entry.timm is None and stride not in entry.output_strides:
+            allowed = " or ".join(map(str, entry.output_strides))
+            raise ConfigError(
+                f"{where}: run '{spec.name}': backbone {entry.label} can be built at output stride {allowed} only, "
+                f"got model.output_stride {stride}; set it for the run, e.g. "
+                f"- {spec.name}: {{model.output_stride: {entry.output_strides[-1]}}}"
+            )
 
 
 def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConfig:
@@ -113,7 +168,7 @@ def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConf
     import_plugins(data, where=where)
     cfg = from_dict(StudyConfig, data, where=where)
     validate_config(cfg, where)
-    expand_runs(cfg, where=where)
+    _check_output_strides(cfg, expand_runs(cfg, where=where), where)
     return cfg
 
 
@@ -136,6 +191,11 @@ def study_schema() -> dict[str, Any]:
         ]
     }
     schema["properties"]["models"]["minItems"] = 1
+    schema["properties"]["backbones"] |= {
+        "propertyNames": {"pattern": "^[a-z0-9]+$"},
+        "additionalProperties": {"type": "object", "required": ["timm"], "additionalProperties": False,
+                                 "properties": {key: {"type": "string"} for key in _ALIAS_KEYS}},
+    }  # fmt: skip
     schema["properties"]["axes"]["propertyNames"] = {"pattern": rf"^({'|'.join(RUN_SECTIONS)})\.[a-z_]+$"}
     schema["properties"]["axes"]["additionalProperties"]["minItems"] = 1
     return schema

@@ -122,8 +122,12 @@ class TrainConfig:
     # random rescale before the crop, [low, high]
     scale_range: list[float] = _limited(factory=lambda: [0.5, 2.0], minItems=2, maxItems=2, items=_POSITIVE)
     lr: float = _limited(0.01, **_POSITIVE)  # base learning rate; heads may use a multiple
-    momentum: float = _limited(0.9, minimum=0, exclusiveMaximum=1)
-    weight_decay: float = _limited(1e-4, **_AT_LEAST_0)  # not applied to norm weights and biases
+    # sgd: SGD with momentum (the CNN recipe); adamw: AdamW, betas (0.9, 0.999), the transformer recipe (SegFormer:
+    # lr 6e-5, weight_decay 0.01, head_lr_mult 10, warmup_iters 1500, warmup_ratio 1e-6)
+    optimizer: str = _limited("sgd", enum=["sgd", "adamw"])
+    momentum: float = _limited(0.9, minimum=0, exclusiveMaximum=1)  # SGD's
+    # not applied to norm weights, biases and position parameters (pos_block, pos_embed, cls_token)
+    weight_decay: float = _limited(1e-4, **_AT_LEAST_0)
     poly_power: float = _limited(0.9, **_AT_LEAST_0)
     warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
@@ -207,6 +211,9 @@ class StudyConfig:
     # Python modules imported before the rest is read, to register backbones, heads or metrics of your own
     # (segmodels.models.register_backbone/register_head, segmodels.metrics.register_metric); on PYTHONPATH
     plugins: list[str] = _limited(factory=list, items={"pattern": MODULE_PATTERN})
+    # Backbones that are timm models, by a name of lowercase letters and digits: {convnextt: {timm: convnext_tiny}}
+    # (optional label and short: what the report prints); registered before the models are read
+    backbones: dict[str, dict[str, str]] = field(default_factory=dict)
     # {backbone}-{head}[_tag...], or {name: {dotted.key: value}} with overrides of the run-level sections
     models: list[str | dict[str, dict[str, Any]]] = field(default_factory=lambda: ["resnet18-ppm"])
     axes: dict[str, list[Any]] = field(default_factory=dict)  # dotted key → values, crossed with every model entry

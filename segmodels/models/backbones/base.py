@@ -1,8 +1,18 @@
 """What every backbone shares: the feature contract, the stride → dilation rewrite and the registry.
 
-A backbone is a :class:`Backbone`: its ``forward`` returns ``{"out": ..., "aux": ...}`` and its ``feature_info``
-declares the channels and reduction (input size / feature size) of both maps; heads read their input channels
-from it (the idea of timm's ``feature_info``). "out" must have reduction ``output_stride``.
+A backbone is a :class:`Backbone`: its ``forward`` returns a dict of feature maps with at least "out" (the deepest
+map, the one a context head reads) and "aux" (the map the auxiliary head reads, the stage before the last), and its
+``feature_info`` declares the channels and reduction (input size / feature size) of every map it returns; heads
+read their input channels from it (the idea of timm's ``feature_info``). "out" must have reduction
+``output_stride``.
+
+The stage contract: ``stages`` names the maps of the feature pyramid, shallow to deep (:func:`stage_keys`:
+``("stage1", "stage2", "aux", "out")`` for four stages, so the last two stages are "aux" and "out" and a head of
+one map reads the same tensor either way); ``stage_channels`` and ``stage_strides`` are their widths and
+reductions. A multi-stage head (SegFormer's MLP decoder) reads every stage; the others read "out". A backbone
+that declares no stages has two, ("aux", "out"). The built-in backbones give four: the ends of the stride-4, 8,
+16 and 32 stages of the undilated network (after dilation the deeper ones keep stride 8 or 16). ``body`` may
+return a dict keyed like ``feature_info`` or a list of the stage maps in the order of ``stages``.
 
 ``register_backbone(name, spec_or_builder, *, label=None, short=None)`` puts a backbone in ``BACKBONE_SPECS`` and
 its names in :mod:`segmodels.models.catalog` (label and short name required for a name the catalog lacks; for a
@@ -10,8 +20,9 @@ catalogued one they may be left out, or must match). What it takes:
 
 * a :class:`BackboneSpec`: ``constructor(weights=None)`` makes the network (here torchvision's classification
   network), ``pretrained`` weights are loaded into it (``weights``: the ImageNet weights behind "imagenet", None
-  when there are none; a state-dict path is checked against the network's own keys), then ``wrap(network,
-  output_stride)`` cuts and dilates it into a :class:`Backbone`;
+  when there are none; a state-dict path is checked against the network's own keys; or ``loader``, a function of
+  its own for both), then ``wrap(network, output_stride)`` cuts and dilates it into a :class:`Backbone`;
+  ``output_strides`` lists the strides it can give (a transformer: 32 only);
 * or a plain builder, ``builder(output_stride) -> Backbone``, for a network without pretrained weights
   (``pretrained`` must then be None): e.g. ``lambda output_stride: Backbone(body, feature_info)`` where ``body``
   is any module returning ``{"out": ..., "aux": ...}``.
@@ -37,6 +48,7 @@ __all__ = [
     "dilate_stages",
     "last_channels",
     "register_backbone",
+    "stage_keys",
 ]
 
 OUTPUT_STRIDES = (8, 16, 32)
@@ -48,16 +60,45 @@ class FeatureInfo:
     reduction: int  # input size / feature size
 
 
-class Backbone(nn.Module):
-    """Feature extractor: ``forward(x)`` returns ``{"out": deepest map, "aux": the map the auxiliary head reads}``."""
+def stage_keys(count: int) -> tuple[str, ...]:
+    """The keys of ``count`` stages, shallow to deep: ``stage1`` ... and the last two "aux" and "out"."""
+    if count < 1:
+        raise ValueError(f"a backbone has at least one stage, got {count}")
+    if count == 1:
+        return ("out",)
+    return (*(f"stage{i}" for i in range(1, count - 1)), "aux", "out")
 
-    def __init__(self, body: nn.Module, feature_info: dict[str, FeatureInfo]) -> None:
+
+class Backbone(nn.Module):
+    """Feature extractor: ``forward(x)`` returns ``{"out": deepest map, "aux": the map the auxiliary head reads}``
+    and the other maps named in ``stages`` (see the module docstring)."""
+
+    def __init__(
+        self, body: nn.Module, feature_info: dict[str, FeatureInfo], *, stages: Sequence[str] = ("aux", "out")
+    ) -> None:
         super().__init__()
+        missing = [key for key in stages if key not in feature_info]
+        if missing or not stages:
+            raise ValueError(
+                f"stages {tuple(stages)} must be non-empty keys of feature_info ({', '.join(feature_info)})"
+            )
         self.body = body
         self.feature_info = feature_info
+        self.stages = tuple(stages)
+
+    @property
+    def stage_channels(self) -> tuple[int, ...]:
+        return tuple(self.feature_info[key].channels for key in self.stages)
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        return tuple(self.feature_info[key].reduction for key in self.stages)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(self.body(x))
+        maps = self.body(x)
+        if isinstance(maps, (list, tuple)):
+            return dict(zip(self.stages, maps, strict=True))
+        return dict(maps)
 
 
 @dataclass(frozen=True)
@@ -68,6 +109,9 @@ class BackboneSpec:
     wrap: Callable[[nn.Module, int], Backbone]  # (network, output stride) -> Backbone
     weights: WeightsEnum | None = None  # ImageNet weights behind pretrained="imagenet"; None: there are none
     dropped: tuple[str, ...] = ()  # state-dict key prefixes of the classification parts the backbone cuts off
+    # loader(network, name=..., pretrained=...): loads "imagenet" or a state-dict path itself (replaces ``weights``)
+    loader: Callable[..., None] | None = None
+    output_strides: tuple[int, ...] = OUTPUT_STRIDES  # the strides ``wrap`` can give
 
 
 # Plain dict registry (timm's idea, without string-typed configs): name -> spec or builder(output_stride).
@@ -87,7 +131,8 @@ def register_backbone(
     if not callable(spec_or_builder) and not isinstance(spec_or_builder, BackboneSpec):
         raise TypeError(f"backbone '{name}': expected a BackboneSpec or a builder(output_stride) -> Backbone, "
                         f"got {type(spec_or_builder).__name__}")  # fmt: skip
-    catalog.claim("backbone", name, label=label, short=short)
+    strides = spec_or_builder.output_strides if isinstance(spec_or_builder, BackboneSpec) else None
+    catalog.claim("backbone", name, label=label, short=short, output_strides=strides)
     BACKBONE_SPECS[name] = spec_or_builder
 
 

@@ -6,7 +6,9 @@ below 1/8 gets stride 1, and it and every later depthwise convolution get dilati
 next stride-2 block, with padding ``dilation * (k - 1) // 2`` for their k×k kernels.
 
 MobileNetV2: "out" is the 320-channel block 17 (the 1×1 conv to 1280 channels and the classifier are
-dropped, as in the study), "aux" the end of the 96-channel stage (block 13, stride 16 → 8).
+dropped, as in the study), "aux" the end of the 96-channel stage (block 13, stride 16 → 8). The four stages
+end at blocks 3 (24 channels, stride 4), 6 (32, stride 8), 13 and 17; MobileNetV3-Large's at blocks 3 (24),
+6 (40), 12 and 16.
 
 MobileNetV3-Large: what a correct stride-8 segmentation backbone needs, and what went wrong before.
 
@@ -63,32 +65,33 @@ from segmodels.models.backbones.base import (
     dilate_stages,
     last_channels,
     register_backbone,
+    stage_keys,
 )
 
 __all__ = ["wrap_mobilenet_v2", "wrap_mobilenet_v3_large"]
 
 
-def _wrap_features(features: nn.Sequential, output_stride: int, *, out_index: int, aux_index: int) -> Backbone:
+def _wrap_features(features: nn.Sequential, output_stride: int, *, stage_ends: tuple[int, ...]) -> Backbone:
+    """``stage_ends``: the block ending each stage of the undilated network (strides 4, 8, 16, 32), the last
+    being "out" and the one before "aux"."""
     # Slicing a Sequential keeps the original child names ("0" … "17"), so the body's state-dict keys
     # are torchvision's with the "features." prefix removed.
-    kept = features[: out_index + 1]
+    kept = features[: stage_ends[-1] + 1]
     strides = dilate_stages(list(kept), input_stride=1, output_stride=output_stride)
-    body = IntermediateLayerGetter(kept, return_layers={str(aux_index): "aux", str(out_index): "out"})
-    info = {
-        "out": FeatureInfo(last_channels(kept[out_index]), strides[out_index]),
-        "aux": FeatureInfo(last_channels(kept[aux_index]), strides[aux_index]),
-    }
-    return Backbone(body, info)
+    keys = stage_keys(len(stage_ends))
+    body = IntermediateLayerGetter(kept, return_layers={str(i): key for i, key in zip(stage_ends, keys, strict=True)})
+    info = {key: FeatureInfo(last_channels(kept[i]), strides[i]) for i, key in zip(stage_ends, keys, strict=True)}
+    return Backbone(body, info, stages=keys)
 
 
 def wrap_mobilenet_v2(model: nn.Module, output_stride: int) -> Backbone:
     # Block 17 is the last inverted residual (320 channels); block 18 (1×1 conv to 1280) is dropped.
-    return _wrap_features(model.features, output_stride, out_index=17, aux_index=13)
+    return _wrap_features(model.features, output_stride, stage_ends=(3, 6, 13, 17))
 
 
 def wrap_mobilenet_v3_large(model: nn.Module, output_stride: int) -> Backbone:
     # Block 16 is the 1×1 conv to 960 channels, kept (see the module docstring); block 12 ends the 112-channel stage.
-    return _wrap_features(model.features, output_stride, out_index=16, aux_index=12)
+    return _wrap_features(model.features, output_stride, stage_ends=(3, 6, 12, 16))
 
 
 register_backbone(

@@ -9,7 +9,7 @@ changed instead, the same way for both block types. (torchvision's ``replace_str
 differs only in that the first block of a dilated layer keeps the previous layer's dilation.)
 
 "out" is layer4 (512 or 2048 channels), "aux" is layer3 (256 or 1024), the stage PSPNet's auxiliary
-loss supervises.
+loss supervises; the four stages are layer1 to layer4 (strides 4, 8, 8, 8 at output stride 8).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from segmodels.models.backbones.base import (
     dilate_stages,
     last_channels,
     register_backbone,
+    stage_keys,
 )
 
 __all__ = ["wrap_resnet"]
@@ -35,13 +36,13 @@ _STEM_STRIDE = 4  # conv1 (stride 2) and the max-pool (stride 2) before layer1
 def wrap_resnet(model: nn.Module, output_stride: int) -> Backbone:
     stages = [model.layer1, model.layer2, model.layer3, model.layer4]
     strides = dilate_stages(stages, input_stride=_STEM_STRIDE, output_stride=output_stride)
+    keys = stage_keys(len(stages))
     # IntermediateLayerGetter keeps the children up to layer4 and so drops avgpool and fc.
-    body = IntermediateLayerGetter(model, return_layers={"layer3": "aux", "layer4": "out"})
+    body = IntermediateLayerGetter(model, return_layers={f"layer{i}": key for i, key in enumerate(keys, 1)})
     info = {
-        "out": FeatureInfo(last_channels(model.layer4), strides[3]),
-        "aux": FeatureInfo(last_channels(model.layer3), strides[2]),
+        key: FeatureInfo(last_channels(stage), stride) for key, stage, stride in zip(keys, stages, strides, strict=True)
     }
-    return Backbone(body, info)
+    return Backbone(body, info, stages=keys)
 
 
 _DROPPED = ("fc.",)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
-__all__ = ["PROBE_TIMEOUT_S", "imagenet_file", "load_pretrained", "read_state_dict"]
+__all__ = ["PROBE_TIMEOUT_S", "check_keys", "fetch_state_dict", "imagenet_file", "load_pretrained", "read_state_dict"]
 
 PROBE_TIMEOUT_S = 10.0  # seconds to wait for the weights server before calling the machine offline
 _WRAPPER_KEYS = ("state_dict", "model")  # checkpoint dicts that wrap the state dict under one of these
@@ -63,38 +63,51 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def _download_imagenet(weights: WeightsEnum, name: str) -> dict[str, torch.Tensor]:
-    file = imagenet_file(weights)
+def fetch_state_dict(url: str, file: Path, *, what: str, check_hash: bool = True) -> dict[str, torch.Tensor]:
+    """Download ``url`` into ``file`` (torch hub's way: a temporary file renamed when complete) and load it with
+    weights_only=True; the server is probed first with a bounded timeout, and an offline machine gets a
+    FileNotFoundError naming ``what``, the file and the folder to put it in."""
     advice = (
-        f"put {file.name} (from {weights.url}) into {file.parent}/ on this machine, "
+        f"put {file.name} (from {url}) into {file.parent}/ on this machine, "
         "or pass a local state dict path as pretrained"
     )
     try:
-        probe = urllib.request.Request(weights.url, method="HEAD")
+        probe = urllib.request.Request(url, method="HEAD")
         with urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S):
             pass
     except (urllib.error.URLError, OSError) as exc:
         raise FileNotFoundError(
-            f"ImageNet weights for {name} are not in the torch hub cache and cannot be downloaded "
-            f"({_first_line(exc)}): {advice}"
+            f"{what} are not in the torch hub cache and cannot be downloaded ({_first_line(exc)}): {advice}"
         ) from exc
     try:
-        # torch hub writes to a temporary file and renames it, and checks the hash in the file name.
+        # check_hash: the file name holds the first digits of its SHA-256 (torchvision's files do).
         return torch.hub.load_state_dict_from_url(
-            weights.url,
+            url,
             model_dir=str(file.parent),
+            file_name=file.name,
             map_location="cpu",
             progress=True,
-            check_hash=True,
+            check_hash=check_hash,
             weights_only=True,
         )
     except (urllib.error.URLError, OSError) as exc:
-        raise FileNotFoundError(
-            f"downloading ImageNet weights for {name} failed ({_first_line(exc)}): {advice}"
-        ) from exc
+        raise FileNotFoundError(f"downloading {what} failed ({_first_line(exc)}): {advice}") from exc
 
 
-def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], dropped: tuple[str, ...], source: str) -> None:
+def _download_imagenet(weights: WeightsEnum, name: str) -> dict[str, torch.Tensor]:
+    return fetch_state_dict(weights.url, imagenet_file(weights), what=f"ImageNet weights for {name}")
+
+
+def check_keys(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    dropped: tuple[str, ...],
+    source: str,
+    *,
+    layout: str = "torchvision's",
+) -> None:
+    """``state`` (less the ``dropped`` prefixes) has exactly ``model``'s keys and shapes, or a ValueError names
+    ``source`` and a few of the missing, unexpected or misshapen keys."""
     expected = model.state_dict()
     kept = {k for k in state if not k.startswith(dropped)}
     unexpected = sorted(kept - set(expected))
@@ -108,7 +121,7 @@ def _check_keys(model: nn.Module, state: Mapping[str, torch.Tensor], dropped: tu
             if keys
         ]
         raise ValueError(
-            f"{source}: keys do not match torchvision's {type(model).__name__} state-dict layout: {'; '.join(parts)}"
+            f"{source}: keys do not match {layout} {type(model).__name__} state-dict layout: {'; '.join(parts)}"
         )
     wrong = [k for k in sorted(kept) if state[k].shape != expected[k].shape]
     if wrong:
@@ -132,5 +145,5 @@ def load_pretrained(
         source = str(pretrained)
     if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
-    _check_keys(model, state, dropped, source)
+    check_keys(model, state, dropped, source)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(dropped)}, strict=False)
