@@ -18,6 +18,7 @@ from segmodels.cli import main
 from segmodels.cli.train import parse_overrides
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine.losses import cross_entropy, distillation_loss, segmentation_loss
+from segmodels.engine.run import with_data_classes
 from segmodels.engine.step import Stepper, build_optimizer, param_groups, poly_lr, speed_settings
 from segmodels.engine.train import run_params, train
 from segmodels.tracking import read_run_id
@@ -170,7 +171,8 @@ def test_small_model_overfits_and_the_run_is_tracked(tmp_path, packed_data, mlfl
     assert run.info.status == "FINISHED" and run.info.run_name == "mobilenetv2-fcn-seed0"
     assert client.get_experiment(run.info.experiment_id).name == "segbench-test"
     params = run.data.params
-    for key, value in run_params(cfg, "mobilenetv2-fcn", 0).items():
+    assert cfg.model.num_classes is None and params["model.num_classes"] == "19"  # the data's, as it trained
+    for key, value in run_params(with_data_classes(cfg, packed_data), "mobilenetv2-fcn", 0).items():
         assert params[key] == str(value), key
     assert params["model.backbone"] == "mobilenetv2" and params["model.head"] == "fcn"
     assert params["model.head_label"] == "FCN"
