@@ -3,7 +3,10 @@
 Pairs (each built with random weights; latency does not depend on them):
 
 * ``resnet50-aspp`` with DeepLabV3's head (rates 12, 24, 36 and image pooling, output stride 8) against
-  ``torchvision.models.segmentation.deeplabv3_resnet50``;
+  ``torchvision.models.segmentation.deeplabv3_resnet50``: the same layers, parameters and FLOPs, but not the same
+  function, since ours dilates every block of layer3/layer4 by 2/4 (PSPNet's and mmsegmentation's convention)
+  where torchvision leaves the first block of each at the previous rate (1, then 2), hence the printed
+  "max |diff|" with torchvision's weights;
 * ``mobilenetv3-aspp`` with the same head at output stride 16 against ``deeplabv3_mobilenet_v3_large``
   (torchvision dilates MobileNetV3 to stride 16 only).
 
