@@ -323,7 +323,9 @@ class ConfusionMatrix:
 
 def class_names_for(num_classes: int) -> list[str]:
     """``class{i}``: the names where no label set is known (a dataset's names are in its packed manifest)."""
-    return [f"class{i}" for i in range(num_classes)]
+    from segmodels.data.labelset import names_or_indices
+
+    return names_or_indices(None, num_classes)
 
 
 def compute_metrics(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:

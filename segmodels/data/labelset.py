@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["IGNORE_INDEX", "MANIFEST", "LabelSet", "cityscapes_label_set", "default_palette", "label_set_of", "names_or_indices",
-           "recorded_label_set"]
+           "checkpoint_label_set", "numbered_label_set", "recorded_label_set"]
 
 MANIFEST = "manifest.json"
 IGNORE_INDEX = 255  # the unscored value of every packed label array, whatever the raw data used
@@ -164,3 +164,17 @@ def cityscapes_label_set() -> LabelSet:
 def names_or_indices(names: Sequence[str] | None, n: int) -> list[str]:
     """``names`` when it has ``n`` entries, ``class{i}`` otherwise."""
     return list(names) if names is not None and len(names) == n else [f"class{i}" for i in range(n)]
+
+
+def numbered_label_set(n: int) -> LabelSet:
+    """``n`` classes named ``class{i}`` with the default colours: where nothing records a dataset's classes."""
+    return LabelSet("classes", tuple(names_or_indices(None, n)))
+
+
+def checkpoint_label_set(meta: dict[str, Any]) -> LabelSet | None:
+    """The label set a checkpoint records (``checkpoint.pt``'s ``label_set``: the packed data it was trained on),
+    or None where it records none or one of another size than its ``num_classes``."""
+    recorded = meta.get("label_set")
+    if isinstance(recorded, dict) and len(recorded.get("classes", ())) == int(meta["num_classes"]):
+        return LabelSet.from_manifest(recorded, "the checkpoint's label_set")
+    return None

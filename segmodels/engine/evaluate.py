@@ -326,20 +326,12 @@ class _Scored:
 
 
 def _label_set(split_dir: Path, meta: dict[str, Any]) -> LabelSet:
-    """The classes the split is scored on: its manifest's (whose count ``check_num_classes`` has compared with
-    the model's), else the checkpoint's, else numbered classes."""
-    from segmodels.data.labelset import LabelSet, recorded_label_set
+    """The classes the split is scored on: its manifest's (whose count ``with_data_classes`` and the checkpoint
+    check have matched with the model's), else the checkpoint's, else numbered classes."""
+    from segmodels.data.labelset import checkpoint_label_set, numbered_label_set, recorded_label_set
 
-    found = recorded_label_set(split_dir)
-    if found is not None:
-        if found.num_classes != int(meta["num_classes"]):
-            raise ValueError(f"the packed data in {split_dir} has {found.num_classes} classes but the checkpoint's "
-                             f"model predicts {meta['num_classes']}: evaluate it on the data it was trained for")
-        return found
-    recorded = meta.get("label_set")
-    if isinstance(recorded, dict) and len(recorded.get("classes", ())) == int(meta["num_classes"]):
-        return LabelSet.from_manifest(recorded, "the checkpoint's label_set")
-    return LabelSet("classes", tuple(f"class{i}" for i in range(int(meta["num_classes"]))))
+    return (recorded_label_set(split_dir) or checkpoint_label_set(meta)
+            or numbered_label_set(int(meta["num_classes"])))  # fmt: skip
 
 
 def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,

@@ -67,13 +67,10 @@ def _encode(array: np.ndarray) -> bytes:
 def _label_set(meta: dict[str, Any]) -> Any:
     """The classes the checkpoint was trained on (recorded with it), else Cityscapes' for a 19-class model (a
     checkpoint from before label sets were recorded), else numbered classes with the default colours."""
-    from segmodels.data.labelset import LabelSet, cityscapes_label_set
+    from segmodels.data.labelset import checkpoint_label_set, cityscapes_label_set, numbered_label_set
 
     n = int(meta["num_classes"])
-    recorded = meta.get("label_set")
-    if isinstance(recorded, dict) and len(recorded.get("classes", ())) == n:
-        return LabelSet.from_manifest(recorded, "the checkpoint's label_set")
-    return cityscapes_label_set() if n == 19 else LabelSet("classes", tuple(f"class{i}" for i in range(n)))
+    return checkpoint_label_set(meta) or (cityscapes_label_set() if n == 19 else numbered_label_set(n))
 
 
 def predict_images(

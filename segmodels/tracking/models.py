@@ -64,7 +64,7 @@ def log_trained_model(
     is the run's effective StudyConfig: its ``tracking`` section, and the config file logged beside the model; None
     reads the one the folder's checkpoint records (``log_trained_model(RUN_DIR)`` logs a run's model later, e.g.
     once ``segmodels mlflow-sync`` has created a run that trained offline).
-    ``class_names`` default to :func:`segmodels.metrics.class_names_for` of the model's classes. ``uri`` defaults
+    ``class_names`` default to those the folder's checkpoint records, else ``class{i}``. ``uri`` defaults
     to ``tracking_uri(cfg.tracking.uri)``. Returns ``{"run_id", "model_id", "model_uri", "registered_name",
     "version"}`` (the last two None unless ``tracking.register``). Nothing is logged (None) with
     ``tracking.log_model`` false, for a folder that names no run, or, with a warning, when the store fails.
@@ -139,14 +139,14 @@ def _class_names(num_classes: int, target: str | Path) -> list[str]:
     """The class names recorded in the run folder's checkpoint (the packed data's label set), else numbered."""
     import torch
 
+    from segmodels.data.labelset import checkpoint_label_set, names_or_indices
+
     checkpoint = RunFolder(Path(target)).checkpoint if Path(target).is_dir() else None
     if checkpoint is not None and checkpoint.is_file():
-        recorded = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("label_set")
-        if isinstance(recorded, dict) and len(recorded.get("classes", ())) == num_classes:
-            return [str(name) for name in recorded["classes"]]
-    from segmodels.metrics import class_names_for
-
-    return class_names_for(num_classes)
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        if meta.get("num_classes") == num_classes and (labels := checkpoint_label_set(meta)) is not None:
+            return list(labels.classes)
+    return names_or_indices(None, num_classes)
 
 
 def _digest(module: Any) -> str:
