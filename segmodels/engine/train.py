@@ -236,6 +236,8 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
             loader, val_split = _data(state, data_dir, seed, speed)
             if info.is_main:
                 _start_logging(run, state, data_dir)
+                precision = "fp32" if speed.amp_dtype is None else str(speed.amp_dtype).removeprefix("torch.")
+                run.log(tags={"train_precision": precision})  # amp on a CPU: bf16 only where it is native
             meter = run.meter(device, gpus=info.world_size if device.type == "cuda" else 0, save=info.is_main,
                               resume=state.start > 0)  # fmt: skip
             loop = _Loop(state, stepper, run.logger, meter)
