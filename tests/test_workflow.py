@@ -191,6 +191,9 @@ def test_conda_environment_installs_this_checkout(tmp_path):
 @pytest.mark.slow
 def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    # One model deployed on the CPU through ONNX Runtime INT8 (fp32 is always scored and timed beside it).
+    deployed = config["models"][0]
+    config["deploy"] = {"enabled": True, "models": [deployed], "paths": ["onnx-int8"], "calibration": 4}
     # The config's path has a space and shell syntax: every job must still get it as one word, run nothing else.
     folder = tmp_path / "my study;touch INJECTED;x"
     folder.mkdir()
@@ -210,6 +213,11 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
         assert (run / "mlflow_run_id").read_text().strip()
         assert (tmp_path / "logs" / "test" / model / "seed0" / "train.log").is_file()
     assert (tmp_path / "reports" / "report.pdf").stat().st_size > 0
+    row = summary.set_index("model").loc[deployed]
+    assert row["deploy_int8_ms"] > 0 and row["deploy_fp32_ms"] > 0 and row["deploy_int8_lo"] <= row["deploy_int8_hi"]
+    assert summary.set_index("model")["deploy_miou_fp32"].notna().sum() == 1  # the one deployed run
+    for path in ("fp32", "onnx-int8"):
+        assert (tmp_path / "results" / "test" / deployed / "seed0" / "deploy" / path / "metrics.json").is_file()
     figures = json.loads((tmp_path / "reports" / "figures" / "figures.json").read_text())
     assert figures
 

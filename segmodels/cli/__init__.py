@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as exc:
+        if "pip install" not in str(exc):  # not a missing optional package that says what to install: a bug
+            raise
+        print(f"segmodels {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:
         # Bad input: one clear line, no traceback. Bugs still raise.
         print(f"segmodels {args.command}: error: {exc}", file=sys.stderr)

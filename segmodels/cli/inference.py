@@ -1,4 +1,4 @@
-"""Subcommands after training: ``evaluate``, ``benchmark``, ``export`` and ``predict``.
+"""Subcommands after training: ``evaluate``, ``benchmark``, ``deploy``, ``export`` and ``predict``.
 
 argparse only at import time; torch and the engine load inside the handlers.
 """
@@ -246,10 +246,48 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_deploy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML); its 'deploy' section")
+    p.add_argument("--run", type=Path, required=True, help="run folder, results/{experiment}/{model}/seed{seed}")
+    p.add_argument("--paths", nargs="+", choices=("fp32", "bf16", "onnx", "onnx-int8"), metavar="PATH",
+                   help="paths to score: fp32 (PyTorch), bf16 (PyTorch under bf16 autocast; emulated, so slow, "
+                   "where the CPU lacks AVX512-BF16 and AMX), onnx (ONNX Runtime, fp32), onnx-int8 (quantized, "
+                   "calibrated on deploy.calibration training images) (default: fp32 and deploy.paths)")  # fmt: skip
+    p.add_argument("--data", type=Path, help="packed dataset folder holding train/ (INT8's calibration images) and "
+                   "val/ (default: data/packed/{data.dataset})")  # fmt: skip
+    p.add_argument("--no-scores", action="store_true", help="time only: skip the validation scores")
+    p.add_argument("--no-latency", action="store_true", help="score only: skip the timing")
+    p.add_argument("--repeats", type=int, help="timed passes per mode (default: benchmark.cpu_repeats)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to the run's MLflow run")
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from segmodels.engine.deploy import deploy_run
+    from segmodels.engine.run import resolve_run
+    from segmodels.study.config import load_config
+
+    if args.no_scores and args.no_latency:
+        raise ValueError("--no-scores and --no-latency together leave nothing to do")
+    if args.repeats is not None and args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    _, cfg, _ = resolve_run(load_config(args.config), args.run, where=str(args.config))
+    print(f"deploy {args.run}: files in {args.run / 'deploy'}")
+    out = deploy_run(cfg, args.run, paths=args.paths, data=args.data, scores=not args.no_scores,
+                     latency=not args.no_latency,
+                     log_mlflow=not args.no_mlflow, repeats=args.repeats)  # fmt: skip
+    if out["latency"]:
+        for name, mode in out["latency"]["modes"].items():
+            timed = f"{mode['median_ms']:.1f} ms" if mode.get("status") == "ok" else f"skipped: {mode.get('reason')}"
+            print(f"  {name:<24} {timed}")
+    return 0
+
+
 COMMANDS = {
     "evaluate": ("Score a trained model on the validation split (mIoU, mAcc, allAcc, samples)",
                  _add_evaluate, _run_evaluate),
     "benchmark": ("Time inference per precision mode (latency, FPS, memory, GFLOPs)", _add_benchmark, _run_benchmark),
+    "deploy": ("The run on the CPU, path by path: fp32, bf16, ONNX Runtime and INT8, each scored on the validation "
+               "split (RUN/deploy/PATH/) and timed (RUN/deploy/latency.json)", _add_deploy, _run_deploy),
     "export": ("Export a model to ONNX and check it against PyTorch", _add_export, _run_export),
     "predict": ("Segment your own images with a trained checkpoint", _add_predict, _run_predict),
 }  # fmt: skip

@@ -326,6 +326,7 @@ def benchmark_run(
     warmup: int | None = None,
     device: str | None = None,
     log_mlflow: bool = True,
+    log_prefix: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark a run folder's checkpoint (writes ``{run_dir}/latency.json``), or with ``model_name`` and no run
     folder a freshly built model with random weights (latency does not depend on them), written to ``out``.
@@ -334,6 +335,10 @@ def benchmark_run(
     or ``model_name``; :func:`segmodels.engine.run.open_run`) give the defaults, and latency.json's ``model`` is
     that run's name. Explicit ``repeats``/``warmup`` are used as given; the config's are capped by
     ``cpu_repeats``/``cpu_warmup`` on the CPU.
+
+    ``log_prefix`` (the deployment timings, :mod:`segmodels.engine.deploy`): the file times paths beside the
+    study's benchmark, so only the modes' latencies go to MLflow, as ``{log_prefix}latency_ms_{mode}``, and the
+    mIoU of the run is not paired with them.
     """
     from segmodels.devices import resolve_device
 
@@ -368,7 +373,7 @@ def benchmark_run(
             model, size=(size[0], size[1]), batch_size=bc.batch_size, modes=modes, warmup=warmup, repeats=repeats,
             device=dev, amp_dtype=bc.amp_dtype, onnx_opset=bc.onnx_opset,
         )  # fmt: skip
-        scored = run.folder.read_metrics() if run.folder is not None else None
+        scored = run.folder.read_metrics() if run.folder is not None and log_prefix is None else None
         if scored is not None and result["latency_ms"]:
             # mIoU/speed pairs numbers of one setup: the latency of the precision the mIoU was measured in.
             _set_primary(result, primary_mode(result, "amp" if scored.get("settings", {}).get("amp") else "fp32"))
@@ -379,8 +384,13 @@ def benchmark_run(
         result["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         runs.write_json(out_path, result)
         print(f"wrote {out_path}")
-        run.log(metrics=_logged_metrics(result), tags={"benchmark_device": result["device"]["name"]},
-                artifacts=[out_path])  # fmt: skip
+        if log_prefix is not None:
+            run.log(metrics={_metric_key(f"{log_prefix}latency_ms_{name}"): entry["median_ms"]
+                             for name, entry in result["modes"].items() if entry.get("status") == "ok"},
+                    tags={f"{log_prefix}device": result["device"]["name"]})  # fmt: skip
+        else:
+            run.log(metrics=_logged_metrics(result), tags={"benchmark_device": result["device"]["name"]},
+                    artifacts=[out_path])  # fmt: skip
     return result
 
 

@@ -166,12 +166,18 @@ def evaluate(
     progress: bool = True,
     backend: str = "torch",
     calibration: int | None = None,
+    amp: bool | None = None,
+    log_tag: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
     ``backend`` ``onnx`` / ``onnx-int8`` scores the exported (and, for INT8, quantized with ``calibration``
     training images) graph in ONNX Runtime on the CPU instead (:mod:`segmodels.engine.onnx_model`), into
     ``RUN/eval-{backend}/`` unless ``out`` says otherwise; its MLflow keys end in ``_{backend}``.
+
+    ``amp`` None: ``evaluate.amp`` where reduced precision is native (:func:`~segmodels.engine.inference.amp_available`);
+    True: autocast even where the CPU emulates bf16 (slower, the same numbers: what a deployment path's score
+    needs); False: fp32. ``log_tag`` replaces the MLflow keys' suffix (``miou_{log_tag}``).
 
     The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
@@ -191,6 +197,8 @@ def evaluate(
         ev = cfg.evaluate
         _check_settings(ev)
         check_backend(backend, scales=list(ev.scales), sliding=ev.sliding, calibration=calibration)
+        if amp and backend != "torch":
+            raise ValueError(f"backend {backend}: its precision is the graph's; autocast is PyTorch's")
         split_dir = resolve_split(cfg, data)
         cfg = with_data_classes(cfg, split_dir)
         split = PackedSplit(split_dir)
@@ -211,7 +219,8 @@ def evaluate(
             if backend != "torch":
                 model, exported = onnx_model(model, backend, size=split.size, folder=folder.path / "onnx",
                                              data_dir=split_dir.parent, calibration=calibration)  # fmt: skip
-            amp = ev.amp and backend == "torch" and amp_available(dev)  # bf16 on a CPU that has it
+            if amp is None:
+                amp = ev.amp and backend == "torch" and amp_available(dev)  # bf16 on a CPU that has it
             start = time.monotonic()
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
                 scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar,
@@ -278,7 +287,7 @@ def evaluate(
         runs.write_json(folder.metrics, metrics)
         # Artifacts land at the run's root by file name: only the run's own evaluation may take those names.
         canonical = folder.path.resolve() == Path(run_dir).resolve() and checkpoint is None
-        _log(run, metrics, packed_scores, [folder.metrics, folder.per_class] if canonical else [], backend)
+        _log(run, metrics, packed_scores, [folder.metrics, folder.per_class] if canonical else [], backend, log_tag)
     return metrics
 
 
@@ -297,7 +306,7 @@ def logged_scores(metrics: dict[str, Any], tag: str = "", packed: dict[str, Any]
 
 
 def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, artifacts: list[Path],
-         backend: str = "torch") -> None:  # fmt: skip
+         backend: str = "torch", log_tag: str | None = None) -> None:  # fmt: skip
     """The scores, the evaluation's cost and its protocol, to the run's MLflow run."""
     from segmodels.engine.cost import cost_metrics
 
@@ -306,6 +315,7 @@ def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, a
     tag = settings_tag(dataclasses.replace(run.cfg.evaluate, full_resolution=False))
     if backend != "torch":
         tag = "_".join(filter(None, [tag, backend.replace("-", "_")]))
+    tag = log_tag or tag
     cost_prefix = f"cost/eval_{tag}_" if tag else "cost/eval_"
     run.log(
         metrics=logged_scores(metrics, tag, packed) | cost_metrics(metrics["cost"], cost_prefix),

@@ -6,7 +6,8 @@ Typst (the PyPI ``typst`` package, its embedded fonts only, so the result needs 
 network) and replaces the PDF atomically. A model without results is listed as missing, and a finding
 whose inputs are missing says so, so a partial study still gives a report.
 
-The tables, with their intervals, verdicts and costs, are built in :mod:`segmodels.report.tables`.
+The tables, with their intervals, verdicts and costs, are built in :mod:`segmodels.report.tables`; the CPU
+deployment table in :mod:`segmodels.report.deployment`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from segmodels.models.catalog import display_name
 from segmodels.report import TEMPLATE
+from segmodels.report.deployment import deployment_table
 from segmodels.report.findings import findings
 from segmodels.report.published import published_table
 from segmodels.report.results import Study, load_study
@@ -144,6 +146,7 @@ def report_data(
         "findings": findings(study),
         "tables": result_tables(study),
         "uncertainty": uncertainty_section(study),
+        "deploy": deployment_table(study),  # null unless summary.csv has deployment columns (deploy.enabled)
         "earlier": earlier_table(study),
         "published": published_table(study),  # null unless runs are at mmsegmentation's protocol
         "figures": [

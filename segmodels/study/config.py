@@ -19,6 +19,7 @@ import yaml
 
 from segmodels.models import catalog
 from segmodels.models.catalog import RUN_NAME_SHAPE
+from segmodels.study.deploy import deployed_runs
 from segmodels.study.matrix import RunSpec, expand_runs
 from segmodels.study.schema import (
     MODULE_PATTERN,
@@ -26,6 +27,7 @@ from segmodels.study.schema import (
     BenchmarkConfig,
     ConfigError,
     DataConfig,
+    DeployConfig,
     EvaluateConfig,
     ModelConfig,
     StatsConfig,
@@ -45,6 +47,7 @@ __all__ = [
     "BenchmarkConfig",
     "ConfigError",
     "DataConfig",
+    "DeployConfig",
     "EvaluateConfig",
     "ModelConfig",
     "StatsConfig",
@@ -168,7 +171,9 @@ def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConf
     import_plugins(data, where=where)
     cfg = from_dict(StudyConfig, data, where=where)
     validate_config(cfg, where)
-    _check_output_strides(cfg, expand_runs(cfg, where=where), where)
+    specs = expand_runs(cfg, where=where)
+    _check_output_strides(cfg, specs, where)
+    deployed_runs(cfg, [spec.name for spec in specs], where=where)  # deploy.models names runs of the study
     return cfg
 
 

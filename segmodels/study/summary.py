@@ -14,6 +14,9 @@ image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``
 ``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
 ``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
 final weights were trained on, ``energy_wh`` GPU energy where NVML measured it, ``eval_hours``.
+
+With ``deploy.enabled`` the deployment columns of :mod:`segmodels.study.deploy` come last: per deployed run the
+CPU latency and mIoU of each path, and each path's paired difference from fp32 with its interval.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from segmodels.metrics import metric_keys
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig
+from segmodels.study.deploy import deploy_columns, deploy_row, deployed_runs, per_image_files
 from segmodels.study.matrix import expand_runs, run_names
 from segmodels.study.runs import read_json
 
@@ -47,11 +51,13 @@ _COST_KEYS = {
 }  # fmt: skip
 
 
-def summary_columns() -> list[str]:
-    """summary.csv's columns, in order, for the metrics registered now."""
+def summary_columns(deploy: bool = False) -> list[str]:
+    """summary.csv's columns, in order, for the metrics registered now; with ``deploy`` (the study's
+    ``deploy.enabled``) the deployment columns last (:func:`segmodels.study.deploy.deploy_columns`)."""
     keys = metric_keys()
     means = [f"{k}{end}" for k in keys for end in ("", "_std")]
-    return [*_FIRST, *means, *_MIDDLE, *(f"{k}_{end}" for k in keys for end in ("lo", "hi")), *_LAST]
+    columns = [*_FIRST, *means, *_MIDDLE, *(f"{k}_{end}" for k in keys for end in ("lo", "hi")), *_LAST]
+    return columns + (deploy_columns() if deploy else [])
 
 
 def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
@@ -114,8 +120,11 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
     boots, notes = bootstrap_study(cfg, Path(results))
     for note in notes:
         warnings.warn(f"summary: {note}", RuntimeWarning, stacklevel=2)
+    specs = expand_runs(cfg)
+    deployed = deployed_runs(cfg, [spec.name for spec in specs])
+    deploy_boots = _deploy_bootstrap(cfg, Path(results), deployed)
     rows = []
-    for spec in expand_runs(cfg):
+    for spec in specs:
         model = spec.name
         runs = [collect_run(run_dir(results, cfg, model, seed)) for seed in cfg.seeds]
         done = [r for r in runs if "miou" in r]
@@ -147,11 +156,21 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
             values = [r[col] for r in runs if col in r]
             row[col] = statistics.fmean(values) if values else None
         row["train_device"] = next((r["train_device"] for r in runs if "train_device" in r), None)
+        if model in deployed:
+            row |= deploy_row(cfg, Path(results), model, deploy_boots)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=summary_columns())
+    table = pd.DataFrame(rows).reindex(columns=summary_columns(deploy=cfg.deploy.enabled))
     if out is not None:
         write_text_atomic(out, table.to_csv(index=False, float_format="%.4f"))
     return table
+
+
+def _deploy_bootstrap(cfg: StudyConfig, results: Path, deployed: list[str]) -> dict[str, Any]:
+    """One paired bootstrap of every deployed run's scored paths (``{model}@{path}``), with ``cfg.stats``."""
+    from segmodels.study.stats import bootstrap_models, load_per_image
+
+    files = {key: paths for model in deployed for key, paths in per_image_files(cfg, results, model).items()}
+    return bootstrap_models({key: [load_per_image(p) for p in paths] for key, paths in files.items()}, cfg.stats)
 
 
 def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from segmodels.study.runs import (
     TRAIN_LOG,
 )
 from segmodels.report import TEMPLATE as REPORT_TEMPLATE
+from segmodels.study.deploy import LATENCY as DEPLOY_LATENCY, deploy_pattern, deployed_runs, scored_paths
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -90,3 +91,22 @@ ALL_CORES = workflow.global_resources["_cores"].value or 1
 def run_folder(wildcards, output):
     """A job's run folder: the folder of its first output."""
     return os.path.dirname(output[0])
+
+
+# The deploy section (workflow/rules/deploy.smk): the deployed runs and their CPU paths.
+DEPLOYED = deployed_runs(STUDY, MODELS, where=CONFIG_FILE)
+DEPLOY_PATHS = scored_paths(STUDY.deploy.paths)
+
+
+def all_deployed(name, path=None):
+    """That deployment file of every deployed run, seed and (for a path's file) scored path."""
+    if not DEPLOYED:
+        return []
+    return expand(deploy_pattern(name, "{path}" if path else None), exp=EXP, model=DEPLOYED, seed=SEEDS,
+                  path=DEPLOY_PATHS)
+
+
+def run_of_deploy_file(wildcards, output):
+    """The run folder of a job whose first output is RUN/deploy/[PATH/]FILE."""
+    folder = os.path.dirname(output[0])
+    return os.path.dirname(os.path.dirname(folder) if wildcards.get("path") else folder)

@@ -3,6 +3,8 @@ rule summarize:
         all_runs(METRICS),
         all_runs(LATENCY),
         all_runs(CONFUSION_PER_IMAGE),
+        all_deployed(CONFUSION_PER_IMAGE, path=True),
+        all_deployed(DEPLOY_LATENCY),
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Results"),
     log:
@@ -11,7 +13,7 @@ rule summarize:
         f"logs/{EXP}/summarize.bench.tsv"
     params:
         config=CONFIG_FILE,
-        spec=section("stats"),
+        spec=section("stats", "deploy"),
     resources:
         mem_mb=900,
     conda:
