@@ -48,9 +48,9 @@ import numpy as np
 
 from segmodels.metrics import metric_keys, metrics_of_matrices
 from segmodels.models.catalog import pair_of, reference_variant, variant_of, with_variant
-from segmodels.study.config import StatsConfig, StudyConfig
 from segmodels.study.matrix import run_names
 from segmodels.study.runs import RunFolder, run_dir
+from segmodels.study.schema import StatsConfig, StudyConfig
 
 if TYPE_CHECKING:
     import pandas as pd
