@@ -168,3 +168,16 @@ def test_missing_onnxruntime_is_named_before_any_path_is_scored(deployed, monkey
     err = capsys.readouterr().err
     assert "need onnxruntime" in err and "pip install" in err
     assert (run / "deploy" / "fp32" / "metrics.json").stat().st_mtime_ns == before  # fp32 was not scored again
+
+
+def test_the_shipped_configs_deploy_what_they_say():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    demo = load_config(root / "demo.yaml")
+    assert not demo.deploy.enabled  # `make run` stays within its time; one line turns it on
+    assert deploy.deployed_runs(load_config(root / "demo.yaml", {"deploy.enabled": True}), demo.models) == [
+        "resnet18-ppm", "mobilenetv2-ppm"]  # fmt: skip
+    for name in ("config.yaml", "deploy.yaml"):
+        cfg = load_config(root / name)
+        assert cfg.deploy.enabled and deploy.scored_paths(cfg.deploy.paths) == list(deploy.PATHS), name

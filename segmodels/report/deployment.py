@@ -81,8 +81,9 @@ def _note(study: Study, models: list[str]) -> str:
         mode = "; ".join(f"{display_name(m)}: {w}" for m, w in modes.items())
     else:
         mode = next(iter(modes.values()), "not recorded")
+    h, w = study.cfg.deploy.size or study.cfg.benchmark.size
     note = (
-        f"On {where}. Latency: median at batch 1 of each path's fastest mode, in ms (fp32's: {mode}); the row's "
+        f"On {where}. Latency: median at batch 1 and {h}×{w} of each path's fastest mode, in ms (fp32's: {mode}); the row's "
         "fastest in bold. Fastest: the fastest path and its speed-up against eager fp32 PyTorch (as trained, nothing folded). mIoU in % "
         "on the validation split. Δ: the path's mIoU minus fp32's in points, paired bootstrap over the images, with "
         f"its {_level(study)} interval."
