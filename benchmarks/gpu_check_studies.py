@@ -28,7 +28,7 @@ def ddp_study(config: Path, gpus: int) -> tuple[dict[str, Any], list[str]]:
         notes.append(f"global batch {per_gpu * gpus} ({per_gpu} per GPU) instead of the recipe's {recipe_batch}")
     data.update(experiment="gpu-check-ddp", models=[DDP_MODEL], axes={},
                 data={"dataset": "gpu-check", "source": "synthetic", "root": None, "size": list(SIZE)},
-                tracking={"experiment": "segbench-gpu-check"})  # fmt: skip
+                tracking={"experiment": "segbench-gpu-check"}, deploy={"enabled": False})  # fmt: skip
     data.setdefault("model", {})["pretrained"] = None
     train.update(iterations=DDP_ITERATIONS, batch_size=per_gpu * gpus, log_every=20, val_every=0,
                  ckpt_every=DDP_ITERATIONS, warmup_iters=min(train.get("warmup_iters", 0), DDP_ITERATIONS // 10))
