@@ -159,14 +159,14 @@ def test_head_options_table_is_the_heads_signatures() -> None:
     options with their defaults, and every default passes the option's config type."""
     import inspect
 
-    from segmodels.study.schema import _check
+    from segmodels.study.typed import check_value
 
     for head, cls in HEAD_BUILDERS.items():
         params = {n: p.default for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY}
         options = catalog.head(head).options
         assert {n: default for n, (_, default) in options.items()} == params, head
         for name, (tp, default) in options.items():
-            _check(list(default) if isinstance(default, tuple) else default, tp, name, "table")
+            check_value(list(default) if isinstance(default, tuple) else default, tp, name, "table")
 
 
 # The backbones with a dilated form (the CNNs); MiT's single stride is tested in test_segformer.py.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -78,8 +79,9 @@ def test_distillation_is_kl_on_softened_logits_times_t_squared():
     assert torch.allclose(distillation_loss(student, teacher, labels, temperature=t), expected, atol=1e-6)
 
 
-def test_gpu_speed_features_run_the_same_step_on_the_cpu():
+def test_gpu_speed_features_run_the_same_step_on_the_cpu(monkeypatch):
     """Autocast (bf16; fp16 with a gradient scaler), channels_last and the fused SGD, exercised on the CPU."""
+    from segmodels import devices
     from segmodels.models import build_model
     from segmodels.study.config import TrainConfig
 
@@ -87,8 +89,12 @@ def test_gpu_speed_features_run_the_same_step_on_the_cpu():
     gpu = speed_settings(t, torch.device("cuda"))  # what a GPU run would switch on (no GPU needed to ask)
     assert gpu.amp_dtype in (torch.bfloat16, torch.float16) and gpu.channels_last and gpu.fused_optimizer
     assert gpu.cudnn_benchmark and not gpu.sync_every_step
-    cpu = speed_settings(t, torch.device("cpu"))
-    assert cpu.amp_dtype is None and not cpu.channels_last and not cpu.fused_optimizer
+    for native in (True, False):  # train.amp on a CPU: bf16 autocast only where bf16 is native
+        monkeypatch.setattr(devices, "cpu_bf16_support", lambda cpuinfo=None, native=native: (native, "the test's"))
+        cpu = speed_settings(t, torch.device("cpu"))
+        assert cpu.amp_dtype == (torch.bfloat16 if native else None), native
+        assert not cpu.channels_last and not cpu.fused_optimizer
+        assert speed_settings(dataclasses.replace(t, amp=False), torch.device("cpu")).amp_dtype is None
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 5, (2, 32, 32))
     for dtype in (torch.bfloat16, torch.float16):
