@@ -21,7 +21,7 @@ rule deploy_score:
         run=run_of_deploy_file,
         spec=run_section("data", "evaluate", "deploy"),
     resources:
-        mem_mb=2000,
+        mem_mb=1900,
     conda:
         ENV
     shell:
@@ -45,7 +45,7 @@ rule deploy_latency:
         spec=run_section("benchmark", "deploy"),
     threads: ALL_CORES
     resources:
-        mem_mb=2000,
+        mem_mb=2100,
     conda:
         ENV
     shell:
