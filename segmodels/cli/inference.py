@@ -249,7 +249,9 @@ def _run_predict(args: argparse.Namespace) -> int:
 def _add_deploy(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="study config (YAML); its 'deploy' section")
     p.add_argument("--run", type=Path, required=True, help="run folder, results/{experiment}/{model}/seed{seed}")
-    p.add_argument("--paths", nargs="+", choices=("fp32", "bf16", "onnx", "onnx-int8"), metavar="PATH",
+    from segmodels.study.deploy import PATHS
+
+    p.add_argument("--paths", nargs="+", choices=PATHS, metavar="PATH",
                    help="paths to score: fp32 (PyTorch), bf16 (PyTorch under bf16 autocast; emulated, so slow, "
                    "where the CPU lacks AVX512-BF16 and AMX), onnx (ONNX Runtime, fp32), onnx-int8 (quantized, "
                    "calibrated on deploy.calibration training images) (default: fp32 and deploy.paths)")  # fmt: skip

@@ -29,25 +29,28 @@ from pathlib import Path
 from typing import Any
 
 from segmodels.study import runs
-from segmodels.study.schema import ConfigError, StudyConfig
+from segmodels.study.schema import DEPLOY_PATHS, ConfigError, StudyConfig
 
 __all__ = [
     "DEPLOY",
     "KEYS",
+    "LATENCY",
     "PATHS",
     "TIMED_MODES",
     "deploy_columns",
     "deploy_folder",
     "deploy_pattern",
-    "deployed_runs",
     "deploy_row",
+    "deployed_runs",
+    "latency_cells",
     "path_modes",
+    "per_image_files",
     "scored_paths",
 ]
 
 DEPLOY = "deploy"  # the run folder's sub-folder of the deployment files
 LATENCY = runs.LATENCY  # RUN/deploy/latency.json
-PATHS = ("fp32", "bf16", "onnx", "onnx-int8")  # in the order of the table
+PATHS = DEPLOY_PATHS  # in the order of the table
 KEYS = {"fp32": "fp32", "bf16": "bf16", "onnx": "onnx", "onnx-int8": "int8"}  # path → its summary columns' key
 # The benchmark modes timed for each path; a path's latency is its fastest mode's. "fp32" (plain eager PyTorch)
 # is also the baseline of the speed-up.

@@ -27,6 +27,7 @@ from segmodels.study.typed import (
 from segmodels.study.typed import limited as _limited
 
 __all__ = [
+    "DEPLOY_PATHS",
     "RUN_SECTIONS",
     "BenchmarkConfig",
     "ConfigError",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 RUN_SECTIONS = ("model", "train", "evaluate", "benchmark")  # what a model entry or an axis of the matrix may set
+DEPLOY_PATHS = ("fp32", "bf16", "onnx", "onnx-int8")  # a run's ways onto a CPU (segmodels.study.deploy)
 
 
 # A name that becomes a folder, a Snakemake wildcard and an MLflow name: no path separator, no shell syntax,
@@ -209,8 +211,7 @@ class DeployConfig:
     # Each deployed run on the CPU (`segmodels deploy`, segmodels.study.deploy): the mIoU of fp32 PyTorch and of
     # each path below on the validation split, with paired intervals of the differences, and the latency of each
     enabled: bool = False
-    paths: list[str] = _limited(factory=lambda: ["bf16", "onnx", "onnx-int8"],
-                                items={"enum": ["fp32", "bf16", "onnx", "onnx-int8"]})  # fmt: skip
+    paths: list[str] = _limited(factory=lambda: ["bf16", "onnx", "onnx-int8"], items={"enum": list(DEPLOY_PATHS)})
     calibration: int = _limited(100, **_AT_LEAST_1)  # packed training images INT8 is calibrated on (at most the split)
     size: list[int] | None = _limited(None, **_SIZE)  # timed [height, width]; null: benchmark.size
     models: list[str] = field(default_factory=list)  # the runs deployed, by run name; empty: every run
