@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from segmodels.engine.cost import cpu_name
+from segmodels.devices import cpu_name
 from segmodels.metrics import metrics_of_matrices
 from segmodels.report.design import fixed_pairs
 from segmodels.study.config import StatsConfig

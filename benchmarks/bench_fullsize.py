@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) < 1:
             p.error(f"--{key} must be at least 1, got {getattr(args, key)}")
 
-    from segmodels.engine.cost import cpu_name
+    from segmodels.devices import cpu_name
 
     args.out.mkdir(parents=True, exist_ok=True)
     synth = _segmodels("synth", "--zip", "--out", str(args.raw), "--train", str(args.train), "--val", str(args.val),

@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import sys
 import threading
 import time
@@ -42,7 +41,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COST_FORMAT", "CostMeter", "cost_metrics", "cpu_name", "integrate_power", "read_cost"]
+from segmodels.devices import cpu_name
+
+__all__ = ["COST_FORMAT", "CostMeter", "cost_metrics", "integrate_power", "read_cost"]
 
 COST_FORMAT = 1
 _HOUR = 3600.0
@@ -61,15 +62,6 @@ def _parse_device(device: Any) -> tuple[str, int]:
         return kind, int(getattr(device, "index", None) or 0)
     kind, _, index = str(device).partition(":")
     return kind, int(index) if index.isdigit() else 0
-
-
-def cpu_name() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _gpu_name(index: int) -> str:

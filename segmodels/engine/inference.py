@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmodels.engine.cost import cpu_name
+from segmodels.devices import cpu_name
 
 __all__ = [
     "amp_dtype",
