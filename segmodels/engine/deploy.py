@@ -42,15 +42,14 @@ def score_path(cfg: StudyConfig, run_dir: str | Path, path: str, *, data: str | 
     """Score one path of the run on the validation split into ``RUN/deploy/{path}/``; metrics.json's dict."""
     from segmodels.engine.evaluate import evaluate, resolve_split
 
-    if path not in PATHS:
-        raise ValueError(f"deployment path must be one of {', '.join(PATHS)}, got {path!r}")
+    out = deploy_folder(run_dir, path)  # also refuses a path that is not one of PATHS
     cfg = _whole_images(cfg)
     torch_path = path in ("fp32", "bf16")
     calibration = None
     if path == "onnx-int8":
         calibration = calibration_count(cfg, resolve_split(cfg, data).parent)
     return evaluate(
-        cfg, run_dir, data=data, out=deploy_folder(run_dir, path), device="cpu", log_mlflow=log_mlflow,
+        cfg, run_dir, data=data, out=out, device="cpu", log_mlflow=log_mlflow,
         progress=progress, backend="torch" if torch_path else path, calibration=calibration,
         amp=path == "bf16" if torch_path else None, log_tag="deploy_" + path.replace("-", "_"),
     )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 from segmodels.models.catalog import display_name
 from segmodels.report.results import Study
-from segmodels.report.tables import _column, _fmt, _level, _table, _text
+from segmodels.report.tables import _column, _distinct, _fmt, _level, _table, _text
 from segmodels.study.deploy import KEYS, PATHS, deploy_columns
 
 __all__ = ["DEPLOY_TITLE", "deployment_table"]
@@ -66,12 +66,8 @@ def _difference(study: Study, model: str, key: str) -> str:
     return f"{diff:+.2f}" + (f" ({lo:+.2f}\u00a0to\u00a0{hi:+.2f})" if lo is not None and hi is not None else "")
 
 
-def _distinct(study: Study, models: list[str], column: str) -> list[str]:
-    return list(dict.fromkeys(w for m in models if (w := _word(study, m, column)) is not None))
-
-
 def _note(study: Study, models: list[str]) -> str:
-    cpus = _distinct(study, models, "deploy_cpu")
+    cpus = _distinct(study, "deploy_cpu")  # only deployed models have one
     threads = sorted({int(t) for m in models if (t := study.value(m, "deploy_threads")) is not None})
     where = " and ".join(cpus) or "a CPU not recorded"
     if threads:

@@ -148,12 +148,16 @@ def latency_cells(latency: dict[str, Any] | None, paths: Sequence[str]) -> dict[
     return row
 
 
+def _seed_folders(cfg: StudyConfig, results: Path, model: str) -> list[Path]:
+    return [runs.run_dir(results, cfg.experiment, model, seed) for seed in cfg.seeds]
+
+
 def deploy_row(cfg: StudyConfig, results: Path, model: str, boots: dict[str, Any] | None) -> dict[str, Any]:
     """The deployment columns of ``model``: latencies (median over seeds), mIoU per path (mean over seeds) and, from
     ``boots`` (:func:`segmodels.study.stats.bootstrap_models` of ``{model}@{path}``), the paired differences."""
     from segmodels.study.stats import compare
 
-    folders = [runs.run_dir(results, cfg.experiment, model, seed) for seed in cfg.seeds]
+    folders = _seed_folders(cfg, results, model)
     paths = scored_paths(cfg.deploy.paths)
     cells = [latency_cells(runs.read_json(deploy_folder(f) / LATENCY), paths) for f in folders]
     row: dict[str, Any] = {}
@@ -181,7 +185,7 @@ def per_image_files(cfg: StudyConfig, results: Path, model: str) -> dict[str, li
     """``{model}@{path}`` → the seeds' ``confusion_per_image.npy`` of that path, for paths scored on every
     evaluated seed (so each estimate is the seed mean the summary shows)."""
     out = {}
-    folders = [runs.run_dir(results, cfg.experiment, model, seed) for seed in cfg.seeds]
+    folders = _seed_folders(cfg, results, model)
     for path in scored_paths(cfg.deploy.paths):
         files = [deploy_folder(f, path) / runs.CONFUSION_PER_IMAGE for f in folders]
         done = [deploy_folder(f, path) / runs.METRICS for f in folders]
