@@ -11,10 +11,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["DiskFullError", "fsync_dir", "write_atomic", "write_bytes_atomic", "write_text_atomic"]
+__all__ = [
+    "FILE_MODE",
+    "DiskFullError",
+    "disk_full_error",
+    "fsync_dir",
+    "write_atomic",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() gives a new file; mkstemp's 0600 is changed to it
 _FULL = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -35,20 +44,31 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     try:
         _write(path, write)
     except Exception as exc:
-        full = _disk_full_cause(exc)
+        full = disk_full_error(exc, path)
         if full is None:
             raise
-        msg = f"{os.strerror(full.errno)} writing {path} ({_free_space(path.parent)} on its filesystem)"
-        raise DiskFullError(full.errno, msg, str(path)) from exc
+        raise full from exc
     fsync_dir(path.parent)
     return path
+
+
+def disk_full_error(exc: BaseException, path: str | Path) -> DiskFullError | None:
+    """A :class:`DiskFullError` naming ``path`` and its filesystem's free space when ``exc`` (or its cause) is a
+    full disk or quota, else None: for writers that cannot go through :func:`write_atomic`."""
+    full = _disk_full_cause(exc)
+    if full is None:
+        return None
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    msg = f"{os.strerror(full.errno)} writing {path} ({_free_space(folder)} on its filesystem)"
+    return DiskFullError(full.errno, msg, str(path))
 
 
 def _write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

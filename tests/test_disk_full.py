@@ -128,3 +128,86 @@ def test_real_full_filesystem_under_torch_save(tiny_fs):
         save_atomic({"iteration": 2, "weights": torch.zeros(100_000)}, target)
     assert raised.value.errno == errno.ENOSPC
     assert torch.load(target, weights_only=True) == {"iteration": 1} and not _temp_files(tiny_fs)
+
+
+@pytest.fixture(scope="module")
+def small_raw(tmp_path_factory):
+    """A generated dataset of 3 images, written before any test makes the disk full."""
+    from segmodels.data.synthetic import SynthParams, generate
+
+    root = tmp_path_factory.mktemp("raw")
+    generate(root, SynthParams(train=2, val=1, size=(32, 64), seed=2, color=False), workers=1, progress=False)
+    return root
+
+
+def test_prepare_on_a_full_disk_names_the_output_and_the_free_space(small_raw, tmp_path, fsync_fails, capsys):
+    from segmodels.data.pack import prepare
+
+    out = tmp_path / "packed"
+    with pytest.raises(DiskFullError) as raised:
+        prepare(root=small_raw, out=out, size=(16, 32), source="synthetic", workers=1, progress=False)
+    assert str(raised.value) == f"No space left on device writing {out} (12.0 MiB free on its filesystem)"
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(out)
+    assert list(tmp_path.iterdir()) == []  # no half-packed folder left beside it
+    args = ["prepare", "--source", "synthetic", "--root", str(small_raw), "--out", str(out), "--size", "16", "32",
+            "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    assert capsys.readouterr().err == f"segmodels prepare: error: {raised.value}\n"
+
+
+def test_prepare_on_a_real_full_filesystem(small_raw, tiny_fs, capsys):
+    out = tiny_fs / "packed"
+    _fill(tiny_fs)
+    args = ["prepare", "--source", "synthetic", "--root", str(small_raw), "--out", str(out), "--size", "16", "32",
+            "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"segmodels prepare: error: No space left on device writing {out} (")
+    assert err.count("\n") == 1 and "free on its filesystem)" in err
+    assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]
+
+
+def _previous_export(out):
+    """Stand-ins for an earlier export's three files; returns their contents."""
+    from segmodels.engine.export import record_path
+    from segmodels.engine.quantize import int8_path
+
+    files = {out: b"earlier fp32 graph", int8_path(out): b"earlier int8 graph", record_path(out): b'{"earlier": 1}\n'}
+    for path, data in files.items():
+        path.write_bytes(data)
+    return files
+
+
+def _export_args(out, packed_data):
+    return ["export", "--model", "mobilenetv2-fcn", "--size", "32", "32", "--out", str(out), "--int8",
+            "--calibration", "1", "--data", str(packed_data), "--no-verify"]  # fmt: skip
+
+
+def test_export_on_a_full_disk_keeps_the_previous_export(tmp_path, packed_data, fsync_fails, capsys):
+    out = tmp_path / "model.onnx"
+    before = _previous_export(out)
+    assert main(_export_args(out, packed_data)) == 1
+    err = capsys.readouterr().err
+    assert err == f"segmodels export: error: No space left on device writing {out} (12.0 MiB free on its filesystem)\n"
+    assert {path: path.read_bytes() for path in before} == before and sorted(tmp_path.iterdir()) == sorted(before)
+
+
+def test_int8_write_on_a_full_disk_keeps_the_previous_export(tmp_path, packed_data, monkeypatch, capsys):
+    from onnxruntime import quantization
+
+    from segmodels.engine.quantize import int8_path
+
+    def disk_fills_up(model_input, model_output, *args, **kwargs):
+        with open(model_output, "wb") as fh:
+            fh.write(b"half a model")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(quantization, "quantize_static", disk_fills_up)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: _Usage(2**30, 2**30 - 2**20, 2**20))
+    out = tmp_path / "model.onnx"
+    before = _previous_export(out)
+    assert main(_export_args(out, packed_data)) == 1
+    err = capsys.readouterr().err
+    assert err == (f"segmodels export: error: No space left on device writing {int8_path(out)} "
+                   "(1.0 MiB free on its filesystem)\n")  # fmt: skip
+    assert {path: path.read_bytes() for path in before} == before and sorted(tmp_path.iterdir()) == sorted(before)

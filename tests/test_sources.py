@@ -104,7 +104,7 @@ def test_a_registered_source_packs_like_the_built_in_ones(tmp_path, monkeypatch)
     monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))
     register_source("squares", _Squares)
     assert "squares" in source_names() and isinstance(open_source("squares", tmp_path), Source)
-    result = _pack(tmp_path, "squares", tmp_path)
+    result = _pack(tmp_path / "raw", "squares", tmp_path)  # the output lies outside the raw root
     assert result.manifest["classes"] == ["off", "on"] and result.manifest["label_set"] == "squares"
     assert result.manifest["splits"]["train"]["class_pixels"] == [2 * (24 * 32 - 12 * 16), 2 * 12 * 16]
     with pytest.raises(ValueError, match="already registered"):

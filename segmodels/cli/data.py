@@ -110,7 +110,9 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
         "(default: data.root, else $CITYSCAPES_DATASET for cityscapes, else data/raw/{dataset})",
     )
     p.add_argument("--dataset", metavar="NAME", help="dataset name for the default folders (default: data.dataset)")
-    p.add_argument("--out", metavar="DIR", help="packed output folder (default: data/packed/{dataset})")
+    p.add_argument("--out", metavar="DIR", help="packed output folder (default: data/packed/{dataset}); replaced only "
+                   "when it is empty or holds an earlier pack and nothing else, and never the --root folder or one "
+                   "around or inside it")  # fmt: skip
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="packed height and width (default 512 1024)")
     _add_workers(p)
     p.add_argument("--force", action="store_true", help="pack again even if the output is up to date")
@@ -140,6 +142,8 @@ def _prepare_run(args: argparse.Namespace) -> int:
     result = prepare(
         root=root, out=out, size=size, source=source, workers=args.workers, force=args.force, progress=not args.quiet
     )
+    for note in result.notes:  # inputs the source left out on purpose, e.g. archive members outside its layout
+        print(f"prepare: warning: {note}", file=sys.stderr)
     counts = ", ".join(f"{s} {info['count']}" for s, info in result.manifest["splits"].items())
     if result.skipped:
         print(f"prepare: {out} is up to date ({counts} at {size[0]}×{size[1]} from {root})")

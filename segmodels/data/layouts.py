@@ -184,11 +184,14 @@ def _extras(root: Path, layout: str, names: dict[str, list[str]]) -> None:
 
 
 def _check_foreign(root: Path, record: dict | None, layout: str) -> None:
-    """Refuse to write into a folder that holds anything but this generator's output of the same layout."""
+    """Refuse to write into a folder that holds anything but this generator's output of the same layout (a lone
+    ``synth.json`` of another run aside): a dataset of the same layout that a person put there is not ours."""
+    from segmodels.folders import check_replaceable
+
     ours = isinstance(record, dict) and record.get("generator") == GENERATOR and record.get("layout") == layout
-    if not ours and root.is_dir() and any(p.name != PARAMS_FILE for p in root.iterdir()):
-        raise ValueError(f"{root} holds other data (not generated in the {layout} layout); "
-                         f"refusing to write generated images there; choose another --out")  # fmt: skip
+    lone_record = root.is_dir() and [p.name for p in root.iterdir()] == [PARAMS_FILE]
+    check_replaceable(root, None, ours=ours or lone_record, what=f"images generated in the {layout} layout",
+                      verb="write generated images into")  # fmt: skip
 
 
 def generate_layout(out: str | Path, layout: str, params: SynthParams | None = None, *, masks: str = "index",

@@ -11,6 +11,11 @@ Everything is written into a temporary folder beside ``out`` and renamed into pl
 leaves either the previous complete dataset or nothing. The manifest records a fingerprint of the inputs (size
 and mtime of files, or the archive's own CRCs) and the packing parameters; a second run on unchanged inputs
 does nothing.
+
+Only a folder that a pack made is ever replaced: ``out`` must be absent, empty, or hold nothing but a pack's files
+(a pack's ``manifest.json``, ``{split}/images.npy``, ``{split}/labels.npy``), and lie apart from ``root``
+(:mod:`segmodels.folders`); anything else is refused before any work, with what is in the way named. A full disk
+raises :class:`~segmodels.atomic.DiskFullError` naming ``out`` and the space left.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ import json
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from segmodels.atomic import fsync_dir
+from segmodels.atomic import disk_full_error, fsync_dir
 from segmodels.data._io import Progress, atomic_write_json, default_workers, parallel_map
 from segmodels.data.sources import Sample, Source, open_source, source_names
+from segmodels.folders import Layout, check_apart, check_replaceable
 
 __all__ = [
     "FORMAT",
     "MANIFEST",
+    "SPLIT_FILES",
     "SPLITS",
     "PrepareResult",
     "check_num_classes",
@@ -45,6 +52,7 @@ __all__ = [
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
+SPLIT_FILES = ("images.npy", "labels.npy")  # what a split folder of a pack holds
 
 
 @dataclass
@@ -52,6 +60,7 @@ class PrepareResult:
     path: Path  # the packed dataset folder
     manifest: dict
     skipped: bool  # True when the existing output was already up to date
+    notes: list[str] = field(default_factory=list)  # what the source left out, e.g. archive members it skipped
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -179,8 +188,42 @@ def _remove_stale_temps(out: Path) -> None:
             continue
 
 
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old ``out`` is moved aside first and removed after."""
+def _pack_manifest(out: Path) -> dict | None:
+    """``out/manifest.json`` when it is a packed dataset's (format, source, size and splits), else None."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("format"), int):
+        return None
+    splits = manifest.get("splits")
+    if not isinstance(manifest.get("source"), str) or not isinstance(manifest.get("size"), list):
+        return None
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) and "count" in v for v in splits.values()):
+        return None
+    return manifest
+
+
+def _check_out(out: Path, *, root: Path | None = None, splits: tuple[str, ...] = SPLITS) -> None:
+    """ValueError, before any work, unless ``out`` may be replaced by a pack: absent, empty, or holding only a
+    pack's files (a ``manifest.json`` of a pack, or none: Snakemake removes it before a job runs again), and
+    neither ``root`` nor inside or around it."""
+    if root is not None:
+        check_apart(out, {"raw dataset (--root)": root})
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; give the folder it points to, {out.resolve()}")
+    manifest = _pack_manifest(out)
+    absent = not (out / MANIFEST).exists()
+    known = {*SPLITS, *splits, *(manifest or {}).get("splits", {})}
+    layout: Layout = {MANIFEST: None, **{split: SPLIT_FILES for split in known}}
+    why = "" if manifest is not None or absent else f"its {MANIFEST} is not a packed dataset's"
+    check_replaceable(out, layout, ours=manifest is not None or absent, what="a packed dataset", why=why)
+
+
+def _install(tmp: Path, out: Path, splits: tuple[str, ...]) -> None:
+    """Move the finished folder into place; an old ``out`` (checked again: files may have appeared while packing)
+    is moved aside first and removed after."""
+    _check_out(out, splits=splits)
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
@@ -217,8 +260,8 @@ def prepare(
     size = tuple(int(v) for v in size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"size must be [height, width] of positive integers, got {list(size)}")
+    _check_out(out, root=root, splits=tuple(splits))
     src = open_source(source, root)
-    num_classes = src.label_set.num_classes
     samples = {split: src.samples(split) for split in splits}
     want = {
         "format": FORMAT,
@@ -228,8 +271,9 @@ def prepare(
             s: {"count": len(items), "inputs_digest": _digest(items, src.stamps(items))} for s, items in samples.items()
         },
     }
+    notes = list(getattr(src, "skipped", lambda: [])())  # optional: what the source left out, and why
     if not force and (manifest := _up_to_date(out, want)) is not None:
-        return PrepareResult(out, manifest, skipped=True)
+        return PrepareResult(out, manifest, skipped=True, notes=notes)
     source_sizes: dict[str, dict[str, int]] = {}
     for split, items in samples.items():  # cheap checks of every file before any decoding
         sizes = source_sizes.setdefault(split, {})
@@ -237,6 +281,20 @@ def prepare(
             hw = "×".join(map(str, src.check_headers(sample)))
             sizes[hw] = sizes.get(hw, 0) + 1
 
+    try:
+        manifest = _pack(src, source, out, size, samples=samples, want=want, workers=workers, progress=progress,
+                         source_sizes=source_sizes)  # fmt: skip
+    except Exception as exc:  # a full disk: name the output and the space left, not a temporary file
+        if (full := disk_full_error(exc, out)) is None:
+            raise
+        raise full from exc
+    return PrepareResult(out, manifest, skipped=False, notes=notes)
+
+
+def _pack(src: Source, source: str, out: Path, size: tuple[int, int], *, samples: dict[str, list[Sample]],
+          want: dict, workers: int | None, progress: bool, source_sizes: dict) -> dict:  # fmt: skip
+    """Decode every pair into a temporary folder beside ``out`` and install it as ``out``; the manifest."""
+    num_classes = src.label_set.num_classes
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -262,11 +320,11 @@ def prepare(
                              source_sizes=source_sizes)  # fmt: skip
         atomic_write_json(tmp / MANIFEST, manifest)
         _fsync_tree(tmp)
-        _install(tmp, out)
+        _install(tmp, out, tuple(samples))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PrepareResult(out, manifest, skipped=False)
+    return manifest
 
 
 def _manifest(src, source, dataset, size, *, samples, want, crcs, counts, source_sizes) -> dict:

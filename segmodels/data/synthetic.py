@@ -137,6 +137,7 @@ def generate_zips(
     record = {**params.record(), "layout": "zip"}
     if _read_record(root) == {**record, "complete": True} and all(p.is_file() for p in finals.values()):
         return 0
+    _check_foreign(root)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(root / PARAMS_FILE, {**record, "complete": False})
     todo = [(params, split, i, city, name) for split in ("train", "val")
@@ -173,7 +174,8 @@ def _read_record(root: Path) -> dict | None:
 
 
 def _check_foreign(root: Path) -> None:
-    """Refuse to mix generated images into a folder that holds other Cityscapes data."""
+    """Refuse to mix generated images into a folder that holds other Cityscapes data, or to replace archives
+    that hold anything but generated scenes (the official ones hold real cities and a README)."""
     ours = {c for cities in CITIES.values() for c in cities}
     for top in (IMAGE_DIR, LABEL_DIR):
         for city_dir in sorted((root / top).glob("*/*")):
@@ -182,6 +184,18 @@ def _check_foreign(root: Path) -> None:
                     f"{city_dir}: {root} holds other Cityscapes data (city '{city_dir.name}'); "
                     f"refusing to write generated images there; choose another --out"
                 )
+    for archive in (root / IMAGE_ZIP, root / LABEL_ZIP):
+        names = []
+        if archive.is_file():
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    names = zf.namelist()
+            except (OSError, zipfile.BadZipFile):
+                names = [archive.name]  # not an archive this generator wrote
+        other = [n for n in names if n.count("/") != 3 or n.split("/")[2] not in ours]
+        if other:
+            raise ValueError(f"{archive}: {root} holds other Cityscapes data ({other[0]}); refusing to replace it "
+                             "with generated images; choose another --out")  # fmt: skip
 
 
 def _remove_stale(root: Path, keep: set[Path]) -> None:

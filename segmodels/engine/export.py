@@ -24,6 +24,8 @@ whose class it keeps on validation images, and a record of all of it in ``{stem}
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -111,15 +113,17 @@ def verify_onnx(
     batch_size: int = 1,
     seed: int = 0,
     atol: float = ONNX_ATOL,
+    name: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the ONNX file in onnxruntime (CPU) and ``model`` in PyTorch on one random input.
 
     Returns {"max_abs_diff", "mean_abs_diff", "argmax_agreement", "atol"}; raises OnnxMismatchError (with that
     report as ``.report``) when the outputs' shapes differ or the largest absolute difference is above ``atol``
-    or not finite.
+    or not finite. The messages name ``name`` (default: ``path``), the file's final path while it is staged.
     """
     import onnxruntime as ort
 
+    shown = path if name is None else name
     if not atol >= 0:
         raise ValueError(f"the tolerance must be >= 0, got {atol}")
     x = torch.randn(batch_size, 3, *size, generator=torch.Generator().manual_seed(seed))
@@ -130,7 +134,7 @@ def verify_onnx(
     if got.shape != expected.shape:
         report = {"max_abs_diff": math.inf, "mean_abs_diff": math.inf, "argmax_agreement": 0.0, "atol": atol}
         raise OnnxMismatchError(
-            f"{path}: onnxruntime gives logits of shape {list(got.shape)}, PyTorch {list(expected.shape)}", report
+            f"{shown}: onnxruntime gives logits of shape {list(got.shape)}, PyTorch {list(expected.shape)}", report
         )
     diff = abs(got.astype("float64") - expected.astype("float64"))
     agree = float((got.argmax(1) == expected.argmax(1)).mean())
@@ -138,7 +142,7 @@ def verify_onnx(
               "atol": atol}  # fmt: skip
     if not report["max_abs_diff"] <= atol:  # NaN fails too
         raise OnnxMismatchError(
-            f"{path}: onnxruntime and PyTorch differ: max |diff| {report['max_abs_diff']:.3e} > tolerance "
+            f"{shown}: onnxruntime and PyTorch differ: max |diff| {report['max_abs_diff']:.3e} > tolerance "
             f"{atol:g} (argmax agreement {agree * 100:.3f}%)",
             report,
         )
@@ -149,6 +153,36 @@ def record_path(path: str | Path) -> Path:
     """The export record beside an ONNX file: ``model.onnx`` → ``model.export.json``."""
     path = Path(path)
     return path.with_name(path.name.removesuffix(".onnx") + ".export.json")
+
+
+class _Staged:
+    """The files of one export under temporary names beside their final ones, renamed into place together by
+    :meth:`commit` once all are complete: a failure (a full disk, a failed quantization) leaves the previous
+    export's fp32 model, INT8 model and record as they were."""
+
+    def __init__(self, path: Path) -> None:
+        from segmodels.engine.quantize import int8_path
+
+        token = secrets.token_hex(4)
+        self.final = {"fp32": path, "int8": int8_path(path), "record": record_path(path)}
+        self.temp = {key: p.with_name(f".{p.name}.{token}.tmp") for key, p in self.final.items()}
+
+    def discard(self) -> None:
+        for temp in self.temp.values():
+            temp.unlink(missing_ok=True)
+
+    def commit(self, *keys: str) -> None:
+        """Rename the staged ``keys`` into place, the record last, and remove the earlier files not replaced (an
+        earlier record first: it must never describe files that are not there). Renames need no space."""
+        from segmodels.atomic import fsync_dir
+
+        self.final["record"].unlink(missing_ok=True)
+        for key in ("fp32", "int8", "record"):
+            if key in keys:
+                os.replace(self.temp[key], self.final[key])
+            else:
+                self.final[key].unlink(missing_ok=True)
+        fsync_dir(self.final["fp32"].parent)
 
 
 def export_model(
@@ -165,21 +199,30 @@ def export_model(
     calibration: int | None = None,
     seed: int = 0,
     log: Any = print,
+    inputs: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Export the inference-ready ``model`` to ``path`` (fp32 ONNX), verify it against PyTorch (``verify``), and
     with ``int8`` quantize it to :func:`segmodels.engine.quantize.int8_path` beside it, calibrated on
     ``calibration`` images (default :data:`~segmodels.engine.quantize.CALIBRATION_IMAGES`) of
     ``data_dir/train`` and compared on up to :data:`AGREEMENT_IMAGES` of ``data_dir/val``.
 
-    Writes and returns the record (:func:`record_path`). The INT8 settings are checked before any work; then the
-    record and INT8 model of an earlier export to ``path`` are removed. A failed verification raises
-    :class:`OnnxMismatchError` with the fp32 file kept for inspection and nothing else written.
+    Writes and returns the record (:func:`record_path`). The output paths and the INT8 settings are checked before
+    any work (no output may be a folder or one of ``inputs``, e.g. ``{"checkpoint": ckpt}``). Every file is written
+    under a temporary name and all are renamed into place at the end, so a failure leaves an earlier export at
+    ``path`` whole; an earlier INT8 model is removed when this export has none. A failed verification raises
+    :class:`OnnxMismatchError` with the fp32 file installed for inspection, and no record or INT8 model.
     """
+    from segmodels.atomic import disk_full_error
     from segmodels.data.loader import MEAN, STD
+    from segmodels.folders import check_apart, check_file_output
     from segmodels.models.fold import fold_report, inference_model
     from segmodels.study.runs import write_json
 
     path = Path(path)
+    stage = _Staged(path)
+    for key, out in stage.final.items():
+        check_file_output(out, option="--out" if key == "fp32" else f"--out's {key} file")
+        check_apart(out, inputs or {})
     count = n_val = None
     if int8:
         from segmodels.engine.quantize import calibration_count, packed_images
@@ -191,18 +234,9 @@ def export_model(
     elif calibration is not None:
         raise ValueError("a calibration count is for INT8 export only")
     log = log or (lambda _: None)
-    from segmodels.engine.quantize import int8_path
-
-    # Files made from an earlier model at this path would describe a file that is about to be replaced.
-    for stale in (record_path(path), int8_path(path)):
-        stale.unlink(missing_ok=True)
     model = model.eval().cpu()
     ready = inference_model(model)
     folded = fold_report(ready)
-    export_onnx(ready, path, size=size, batch_size=batch_size, opset=opset, fold=False)
-    aux = "auxiliary head dropped" if fold_report(model)["training_aux_head"] else "no training-only auxiliary head"
-    log(f"wrote {path} (input images {batch_size}x3x{size[0]}x{size[1]}, output logits; folded model: "
-        f"{folded['folded']} BatchNorms folded, {folded['batchnorm_left']} left, {aux})")  # fmt: skip
     record: dict[str, Any] = {
         "model": getattr(model, "name", None),
         "path": str(path),
@@ -215,25 +249,50 @@ def export_model(
         "verify": None,
         "int8": None,
     }
+    writing = stage.final["fp32"]
+    try:
+        export_onnx(ready, stage.temp["fp32"], size=size, batch_size=batch_size, opset=opset, fold=False)
+        if verify:
+            try:
+                record["verify"] = verify_onnx(model, stage.temp["fp32"], size=size, batch_size=batch_size,
+                                               atol=atol, name=path)  # fmt: skip
+            except OnnxMismatchError:
+                stage.commit("fp32")  # kept for inspection; an earlier record or INT8 model would not describe it
+                raise
+        if int8:
+            from segmodels.engine.quantize import agreement, quantize_onnx
+
+            writing = stage.final["int8"]
+            quantized = quantize_onnx(stage.temp["fp32"], stage.temp["int8"], calibration_dir=data_dir, count=count,
+                                      seed=seed)  # fmt: skip
+            val = Path(data_dir) / "val"
+            quantized["agreement"] = agreement(stage.temp["fp32"], stage.temp["int8"], val, limit=n_val)
+            quantized["agreement_images"] = {"split": str(val), "count": n_val}
+            quantized.update(path=str(stage.final["int8"]), fp32_path=str(path))
+            record["int8"] = quantized
+        writing = stage.final["record"]
+        write_json(stage.temp["record"], record)
+        stage.commit("fp32", "record", *(("int8",) if int8 else ()))
+    except Exception as exc:
+        if (full := disk_full_error(exc, writing)) is not None:
+            raise full from exc
+        raise
+    finally:
+        stage.discard()
+    aux = "auxiliary head dropped" if fold_report(model)["training_aux_head"] else "no training-only auxiliary head"
+    log(f"wrote {path} (input images {batch_size}x3x{size[0]}x{size[1]}, output logits; folded model: "
+        f"{folded['folded']} BatchNorms folded, {folded['batchnorm_left']} left, {aux})")  # fmt: skip
     if verify:
-        record["verify"] = check = verify_onnx(model, path, size=size, batch_size=batch_size, atol=atol)
+        check = record["verify"]
         log(f"onnxruntime vs PyTorch: max |diff| {check['max_abs_diff']:.2e} <= tolerance {atol:g}, "
             f"argmax agreement {check['argmax_agreement'] * 100:.3f}%")  # fmt: skip
     if int8:
-        from segmodels.engine.quantize import agreement, quantize_onnx
-
-        quantized = quantize_onnx(path, int8_path(path), calibration_dir=data_dir, count=count, seed=seed)
-        val = Path(data_dir) / "val"
-        quantized["agreement"] = agreement(path, quantized["path"], val, limit=n_val)
-        quantized["agreement_images"] = {"split": str(val), "count": n_val}
-        record["int8"] = quantized
         log(
             f"wrote {quantized['path']} (INT8, calibrated on {count} images of {quantized['calibration']['split']}; "
             f"{quantized['int8_bytes'] / 2**20:.1f} MiB against {quantized['fp32_bytes'] / 2**20:.1f} MiB)"
         )
         log(f"INT8 vs fp32 argmax agreement: {quantized['agreement'] * 100:.2f}% of the pixels of {n_val} "
-            f"image(s) of {val}")  # fmt: skip
-    write_json(record_path(path), record)
+            f"image(s) of {quantized['agreement_images']['split']}")  # fmt: skip
     return record
 
 

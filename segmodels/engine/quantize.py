@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from segmodels.atomic import FILE_MODE, disk_full_error, fsync_dir
+
 __all__ = [
     "CALIBRATION_IMAGES",
     "INT8_SUFFIX",
@@ -147,7 +149,8 @@ def _check_paths(fp32_path: Path, out_path: Path) -> None:
 def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iterable[np.ndarray]) -> dict[str, Any]:
     """Quantize ``fp32_path`` to INT8 (QDQ) at ``out_path``, calibrated on ``inputs``: float32 batches exactly as the
     graph reads them. :func:`quantize_onnx` feeds it packed images; the benchmark its timed input (a latency does
-    not depend on the calibrated ranges). Written to a temporary name beside ``out_path`` and renamed."""
+    not depend on the calibrated ranges). Written to a temporary name beside ``out_path`` and renamed, with the
+    mode of every other output; a full disk raises :class:`~segmodels.atomic.DiskFullError` naming ``out_path``."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     _check_paths(fp32_path, out_path)
     quantization = _quantization()
@@ -183,15 +186,16 @@ def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iter
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax,
             )
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would outlive the rename: the mode of every other output
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out_path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, Exception) and (full := disk_full_error(exc, out_path)) is not None:
+            raise full from exc
         raise
-    from segmodels.atomic import fsync_dir
-
     fsync_dir(out_path.parent)
     return {
         "path": str(out_path),

@@ -73,8 +73,10 @@ def make_figures(cfg: StudyConfig, results: str | Path, out: str | Path, *, log:
     """Draw every figure whose inputs exist into ``out`` (PNG + PDF) and write ``out/figures.json``; return it."""
     from segmodels.atomic import write_text_atomic
 
-    study = load_study(cfg, results)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give the folder for the figures")
+    study = load_study(cfg, results)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"experiment": cfg.experiment, "figures": [], "skipped": [], "notes": study.notes}
     for name, draw in FIGURES.items():

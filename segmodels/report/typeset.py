@@ -174,10 +174,12 @@ def write_report(
     import typst
 
     from segmodels.atomic import write_bytes_atomic
+    from segmodels.folders import check_file_output
 
     template = Path(template)
     if not template.is_file():
         raise FileNotFoundError(f"report template not found: {template}")
+    check_file_output(out)  # before the typesetting, not at the rename after it
     data = report_data(cfg, results, figures, data_root=data_root, config_path=config_path)
     with tempfile.TemporaryDirectory(prefix="segbench-report-") as tmp:
         build = Path(tmp)

@@ -13,7 +13,9 @@ folder     ``images/``, ``masks/`` and ``classes.yaml`` of one's own
 ========== ======================================================================================
 
 A dataset of another layout joins with one line: ``register_source("name", opener)``, where
-``opener(root, **options)`` returns an object with the attributes and methods of :class:`Source`.
+``opener(root, **options)`` returns an object with the attributes and methods of :class:`Source`. A source may
+also have ``skipped() -> list[str]``: one line per kind of input it left out on purpose (archive members outside
+the official layout), which ``prepare`` returns and prints.
 
 This module imports neither torch nor the readers themselves: the config schema and ``segmodels --help`` import
 it, and each built-in reader is imported when it is opened.

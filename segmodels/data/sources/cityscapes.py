@@ -6,6 +6,8 @@ and ``gtFine_trainvaltest.zip``, read in place member by member. Each half is fo
 extracted image tree next to the label zip works too. The generated dataset (``segmodels synth``) is written in
 the same layout and goes through the same code.
 
+Archive members whose path is absolute or steps through ``..`` or ``.`` lie outside the official layout: they are
+never read, and :meth:`CityscapesSource.skipped` says how many there were and which (``prepare`` prints it).
 Every problem with the input is reported with the file at fault, and the cheap checks (pairing, PNG headers,
 sizes) run over the whole split before any decoding starts. Masks are mapped from the 34 label ids to the 19
 train ids of :func:`~segmodels.data.labelset.cityscapes_label_set` (others → 255).
@@ -25,6 +27,7 @@ import numpy as np
 from segmodels.data.labels import MAX_LABEL_ID
 from segmodels.data.labelset import LabelSet, cityscapes_label_set
 from segmodels.data.sources import Sample
+from segmodels.folders import listed
 
 __all__ = [
     "IMAGE_SUFFIX",
@@ -38,6 +41,7 @@ __all__ = [
     "find_root",
     "missing_dataset_message",
     "open_cityscapes",
+    "outside_layout",
 ]
 
 IMAGE_ZIP = "leftImg8bit_trainvaltest.zip"
@@ -94,15 +98,25 @@ class DirStore:
         return str(self.root / name)
 
 
+def outside_layout(name: str) -> bool:
+    """Whether an archive member's path leaves the archive's tree or hides where it goes: absolute (``/x``,
+    ``C:x``), or holding a ``..``, ``.`` or empty part (a folder member's trailing ``/`` aside)."""
+    parts = name.replace("\\", "/").removesuffix("/").split("/")
+    drive = len(parts[0]) >= 2 and parts[0][1] == ":"
+    return drive or any(part in ("", ".", "..") for part in parts)
+
+
 class ZipStore:
-    """Members of a zip archive; the handle is opened lazily, once per process (it cannot be pickled)."""
+    """Members of a zip archive; the handle is opened lazily, once per process (it cannot be pickled). Members
+    outside the official layout (:func:`outside_layout`) are never listed, so never read."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._zip: zipfile.ZipFile | None = None
+        self._names: list[str] | None = None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_zip": None}
+        return {"path": self.path, "_zip": None, "_names": None}
 
     @property
     def zip(self) -> zipfile.ZipFile:
@@ -113,13 +127,23 @@ class ZipStore:
                 raise ValueError(f"{self.path}: not a readable zip archive ({exc})") from None
         return self._zip
 
+    def names(self) -> list[str]:
+        """The members inside the archive's own tree."""
+        if self._names is None:
+            self._names = [n for n in self.zip.namelist() if not outside_layout(n)]
+        return self._names
+
+    def outside(self) -> list[str]:
+        """The members left out: absolute paths, or paths through ``..``, ``.`` or an empty part."""
+        return [n for n in self.zip.namelist() if outside_layout(n)]
+
     def list(self, top: str, split: str, suffix: str) -> list[str]:
         prefix = f"{top}/{split}/"
-        return sorted(
-            n for n in self.zip.namelist() if n.startswith(prefix) and n.endswith(suffix) and n.count("/") == 3
-        )
+        return sorted(n for n in self.names() if n.startswith(prefix) and n.endswith(suffix) and n.count("/") == 3)
 
     def read(self, name: str, size: int = -1) -> bytes:
+        if outside_layout(name):
+            raise ValueError(f"{self.describe(name)}: outside the archive's layout ('..', '.' or an absolute path)")
         with self.zip.open(name) as fh:
             return fh.read(size)
 
@@ -184,6 +208,16 @@ class CityscapesSource:
     def layout(self) -> str:
         kinds = {type(self.images).__name__, type(self.labels).__name__}
         return "tree" if kinds == {"DirStore"} else "zip" if kinds == {"ZipStore"} else "mixed"
+
+    def skipped(self) -> list[str]:
+        """One line per archive that holds members outside the official layout: how many, and the first names."""
+        lines = []
+        for store in (self.images, self.labels):
+            outside = store.outside() if isinstance(store, ZipStore) else []
+            if outside:
+                lines.append(f"skipped {len(outside)} member(s) of {store.path} outside the official layout "
+                             f"(absolute, or through '..' or '.'): {listed(outside)}")  # fmt: skip
+        return lines
 
     def samples(self, split: str) -> list[Sample]:
         """The split's pairs sorted by image id; an unpaired file or an empty split raises ValueError."""
