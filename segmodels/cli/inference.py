@@ -188,6 +188,7 @@ def _run_export(args: argparse.Namespace) -> int:
             head_options=cfg.model.head_options,
         )
         out = args.out or Path(f"{args.model}.onnx")
+        inputs = {}
     else:
         import torch
 
@@ -203,10 +204,14 @@ def _run_export(args: argparse.Namespace) -> int:
             dataset = (trained.get("data") or {}).get("dataset") or dataset
         data = _int8_data(args, dataset)
         out = args.out or (args.run / "model.onnx" if args.run else ckpt.with_suffix(".onnx"))
+        inputs = {"checkpoint": ckpt}
+    if data is not None:
+        inputs["packed dataset (--data)"] = data
     try:
         record = export_model(
             model, out, size=size, batch_size=args.batch_size, opset=args.opset or cfg.benchmark.onnx_opset,
             verify=not args.no_verify, atol=atol, int8=args.int8, data_dir=data, calibration=args.calibration,
+            inputs=inputs,
         )  # fmt: skip
     except OnnxMismatchError as exc:  # the graph is kept for inspection; the exit status says it is wrong
         print(f"segmodels export: verification failed: {exc}", file=sys.stderr)
@@ -221,6 +226,9 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAX_PIXELS = 89_478_485  # segmodels.data.images.MAX_PIXELS, written out to keep numpy and Pillow out of --help
+
+
 def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (any format Pillow reads; "
                    "16-bit and float [0, 1] images are scaled to 8 bits) or folders, each standing for the "
@@ -233,15 +241,25 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-amp", action="store_true", help="full precision (fp32) on the GPU, and on a CPU "
                    "with bf16 (AVX512-BF16, AMX), where amp means bf16 autocast")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--max-pixels", type=int, default=_MAX_PIXELS, metavar="N", help="refuse, before any work, "
+                   f"images with more pixels than N, read from their headers (default: {_MAX_PIXELS}, Pillow's "
+                   "decompression-bomb limit); the masks are written at the input's size, which takes about 9 bytes a pixel "
+                   "besides the forward pass")  # fmt: skip
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    import sys
+
     from segmodels.engine.predict import predict_images
 
-    written = predict_images(
-        args.checkpoint, args.images, args.out, device=args.device, size=args.size, flip=args.flip,
-        amp=not args.no_amp,
-    )  # fmt: skip
+    try:
+        written = predict_images(
+            args.checkpoint, args.images, args.out, device=args.device, size=args.size, flip=args.flip,
+            amp=not args.no_amp, max_pixels=args.max_pixels,
+        )  # fmt: skip
+    except MemoryError as exc:  # names the image and the options that help; a traceback would hide that
+        print(f"segmodels predict: error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote masks of {len(written)} image(s) to {args.out}")
     return 0
 
