@@ -15,8 +15,8 @@ failed job never leaves a GPU claimed.
 The lock folder is the user's own (``/tmp/segmodels-gpu-locks-{uid}``, created 0700, refused when
 it is a symlink or belongs to someone else). Users who share GPUs on one host may point
 ``SEGMODELS_GPU_LOCK_DIR`` at one common folder (mode 1777, like /tmp). Lock files are opened with
-``O_NOFOLLOW`` and never truncated, and the holder's pid is written only into a file the user owns,
-so nobody can make a job overwrite another user's file through a planted link.
+``O_NOFOLLOW`` (:func:`segmodels.locks.try_lock`) and never truncated, and the holder's pid is written only into
+a file the user owns, so nobody can make a job overwrite another user's file through a planted link.
 
 On the CPU, :func:`cpu_bf16_support` tells whether bfloat16 runs natively (AMX, AVX512-BF16, Arm BF16) or would
 be emulated, and :func:`cpu_flags` lists the instruction sets that decide inference speed; both read
@@ -25,8 +25,6 @@ be emulated, and :func:`cpu_flags` lists the instruction sets that decide infere
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import platform
 import re
@@ -37,12 +35,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from segmodels.locks import owned, try_lock
+
 __all__ = [
     "CPU_FLAGS",
     "claim_devices",
     "claim_slot",
     "cpu_bf16_support",
     "cpu_flags",
+    "cpu_int8_vnni",
     "cpu_name",
     "default_lock_dir",
     "release_devices",
@@ -83,26 +84,8 @@ def _lock_name(device: str) -> str:
 
 def _try_lock(path: Path) -> int | None:
     """An fd holding the exclusive lock on ``path``, or None when someone else holds it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise PermissionError(f"GPU lock file {path} is a symlink; refusing to follow it") from None
-        if exc.errno != errno.EACCES:
-            raise
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # another user's file: lock, never write
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PermissionError(f"GPU lock file {path} is not a regular file")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    if st.st_uid == os.geteuid() and st.st_nlink == 1:
+    fd = try_lock(path, label="GPU lock file")
+    if fd is not None and owned(fd):
         os.pwrite(fd, f"{os.getpid():>{_PID_WIDTH}}\n".encode(), 0)
     return fd
 
@@ -161,12 +144,15 @@ def visible_devices() -> list[str]:
 
 def run_on_gpus(
     n: int, command: Sequence[str], *, devices: Sequence[str] | None = None, lock_dir: Path | None = None,
-    wait_s: float = 3600.0, poll_s: float = 1.0,
+    wait_s: float = 3600.0, poll_s: float = 1.0, pass_fds: Sequence[int] = (), env: dict[str, str] | None = None,
 ) -> int:
     """Claim ``n`` GPUs, run ``command`` on them (CUDA_VISIBLE_DEVICES set, the locks inherited), release
-    them, and return its exit status. Without any GPU the command runs as it is (gloo on the CPU)."""
+    them, and return its exit status. Without any GPU the command runs as it is (gloo on the CPU).
+
+    ``pass_fds``: more descriptors the command inherits (locks the caller holds for it); ``env``: its environment
+    (default: this process's)."""
     devices = visible_devices() if devices is None else list(devices)
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     held: list[int] = []
     if devices:
         positions = claim_devices(n, devices, lock_dir, wait_s=wait_s, poll_s=poll_s)
@@ -174,7 +160,7 @@ def run_on_gpus(
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[p] for p in positions)
         print(f"claimed GPU(s) {env['CUDA_VISIBLE_DEVICES']}", file=sys.stderr, flush=True)
     try:
-        return subprocess.run(list(command), env=env, pass_fds=held, check=False).returncode
+        return subprocess.run(list(command), env=env, pass_fds=[*held, *pass_fds], check=False).returncode
     finally:
         release_devices()
 
@@ -264,3 +250,23 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[bool, str]:
     if "bf16" in flags:
         return True, f"{name} has the Arm BF16 extension (bf16): native bf16 dot products"
     return False, f"this CPU ({name}) has no AVX512-BF16 or AMX: bf16 on the CPU would be emulated and slower"
+
+
+def cpu_int8_vnni(cpuinfo: str | None = None) -> tuple[bool, str]:
+    """Whether this CPU has VNNI (``avx512_vnni`` or ``avx_vnni``), and why (a non-empty reason either way).
+
+    With VNNI, x86 multiplies uint8 by int8 and sums into 32 bits in one instruction (vpdpbusd). Without it,
+    onnxruntime's u8×s8 kernels use vpmaddubsw, which adds pairs of products into 16 bits and can saturate; its
+    documentation's remedy is 7-bit weights (``reduce_range``) or u8×u8. ``cpuinfo``: the text of /proc/cpuinfo to
+    judge (default: this machine's); unreadable, VNNI is not assumed.
+    """
+    text = _cpuinfo(cpuinfo)
+    name = cpu_name(cpuinfo)
+    if text is None:
+        return False, f"cannot tell whether this CPU ({name}) has VNNI: /proc/cpuinfo is not readable here"
+    flags = cpu_flags(text)
+    for flag in ("avx512_vnni", "avx_vnni"):
+        if flag in flags:
+            return True, f"{name} has {flag}: u8×s8 dot products summed in 32 bits"
+    return False, (f"this CPU ({name}) has no AVX512-VNNI or AVX-VNNI: pairs of u8×s8 products are summed in 16 bits, "
+                   "which can saturate")  # fmt: skip

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,11 +115,24 @@ def test_a_timm_alias_in_a_study_validates_and_plans(tmp_path: Path) -> None:
                                              r"catalog \(ResNet18\)"),
         ({"cnx": {"model": "convnext_tiny"}}, r"'backbones.cnx' must be a mapping with the timm model's name"),
         ({"cnx": {"timm": "convnext_tiny", "size": "t"}}, r"unknown key 'backbones.cnx.size'"),
+        ({"foo": {"timm": "not_a_model"}}, r"^study.yaml: 'backbones.foo.timm': unknown timm model 'not_a_model'"),
+        ({"cnx": {"timm": "convnext_tiyn"}}, r"'backbones.cnx.timm': unknown timm model 'convnext_tiyn'; close names: "
+                                             r"convnext_tiny"),
     ],
 )
 def test_bad_aliases_name_the_key(backbones: dict, message: str) -> None:
     with catalog.registered(), pytest.raises(ConfigError, match=message):
         study_from_dict({"experiment": "x", "backbones": backbones, "models": ["resnet18-ppm"]}, where="study.yaml")
+
+
+def test_an_unknown_timm_model_is_refused_when_the_study_is_loaded(tmp_path: Path) -> None:
+    """Before any job runs (the Snakefile loads the study the same way), naming the file and the key."""
+    path = tmp_path / "study.yaml"
+    path.write_text("experiment: x\nbackbones: {foo: {timm: not_a_model}}\nmodels: [foo-ppm]\n")
+    with catalog.registered(), pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: 'backbones.foo.timm': "
+                                                              r"unknown timm model 'not_a_model'"):  # fmt: skip
+        load_config(path)
+    assert "foo" not in catalog.backbones()
 
 
 def test_pretrained_from_a_local_file(tmp_path: Path) -> None:
@@ -141,6 +155,60 @@ def test_imagenet_offline_names_the_model_and_the_way_out(tmp_path: Path) -> Non
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("FileNotFoundError: ImageNet weights of timm model 'resnet18' could not be loaded"), last
     assert "timm/resnet18.a1_in1k" in last and "set model.pretrained to its path" in last
+
+
+# Builds a timm backbone with ImageNet weights and prints the seconds it took, then what came of it.
+_IMAGENET = """
+import sys, time
+import torch
+from segmodels.models.backbones import build_backbone
+start = time.monotonic()
+try:
+    body = build_backbone("timm:mobilenetv3_small_050", pretrained="imagenet").body
+except FileNotFoundError as exc:
+    print(f"{time.monotonic() - start:.1f}", exc, sep="\\n")
+else:
+    from safetensors.torch import load_file
+    saved = load_file(sys.argv[1])
+    print(f"{time.monotonic() - start:.1f}", torch.equal(body.conv_stem.weight, saved["conv_stem.weight"]), sep="\\n")
+"""
+
+
+def _without_network(tmp_path: Path, weights: Path | None = None) -> tuple[float, str]:
+    """Run :data:`_IMAGENET` against a Hub that refuses connections (a closed local port: nothing is downloaded
+    whatever this machine's network), with empty caches; its seconds and its last line."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path), "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "TORCH_HOME": str(tmp_path / "torch")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _IMAGENET, str(weights)], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seconds, last = done.stdout.strip().splitlines()[-2:]
+    return float(seconds), last
+
+
+def test_imagenet_without_network_is_refused_at_once_with_the_way_out(tmp_path: Path) -> None:
+    """One short probe of the Hub, not its client's minute of retries, before the message."""
+    seconds, message = _without_network(tmp_path)
+    assert message.startswith("ImageNet weights of timm model 'mobilenetv3_small_050' could not be loaded"), message
+    assert "timm/mobilenetv3_small_050.lamb_in1k" in message and "set model.pretrained to its path" in message
+    assert seconds < 10, seconds
+
+
+def test_imagenet_without_network_comes_from_the_hub_cache(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    repo = timm.models.get_pretrained_cfg("mobilenetv3_small_050").hf_hub_id
+    commit = "0" * 40
+    folder = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    weights = folder / "snapshots" / commit / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_file(timm.create_model("mobilenetv3_small_050", pretrained=False).state_dict(), str(weights))
+    seconds, same = _without_network(tmp_path, weights)
+    assert same == "True" and seconds < 10, (seconds, same)
 
 
 def test_an_alias_run_trains_and_its_checkpoint_loads_in_a_fresh_process(tmp_path, packed_data, mlflow_uri) -> None:

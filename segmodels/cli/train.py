@@ -91,8 +91,15 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--gpus must be at least 1, got {args.gpus}")
     if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
         from segmodels.devices import run_on_gpus
+        from segmodels.locks import HELD_ENV, held_env
+        from segmodels.study.runs import job_locks
 
-        return run_on_gpus(args.gpus, _torchrun_command(args), devices=[] if cfg.train.device == "cpu" else None)
+        # The run folder is held here, before waiting for GPUs, and stays held while torchrun (given the lock's
+        # descriptor) lives; its processes are told so and do not take it again.
+        with job_locks("train", trains=args.out) as locks:
+            env = {**os.environ, HELD_ENV: held_env(*(lock.path for lock in locks))}
+            return run_on_gpus(args.gpus, _torchrun_command(args), devices=[] if cfg.train.device == "cpu" else None,
+                               pass_fds=[lock.fd for lock in locks if lock.fd is not None], env=env)  # fmt: skip
     if cfg.train.deterministic:
         # Before torch starts its thread pools: a pool that shrinks under load changes summation order.
         for var in ("OMP_DYNAMIC", "MKL_DYNAMIC"):

@@ -11,10 +11,11 @@ the CPU), each optionally with ``+channels_last``, ``+compile`` (torch.compile),
 graph replayed; with ``+compile`` the ``reduce-overhead`` mode instead) and ``+fold`` (the inference-ready model,
 :func:`segmodels.models.fold.inference_model`: BatchNorm folded into the convolutions); ``onnx`` times the
 exported (folded) model in onnxruntime, ``onnx-int8`` its INT8 quantization (:mod:`segmodels.engine.quantize`,
-calibrated on the timed input: the ranges change no operator, so not the time). On the CPU, ``amp`` is timed only
+calibrated on the timed input: the ranges change no operator, so not the time; 7-bit weights on a CPU without
+VNNI, as the deployment's INT8 graph). On the CPU, ``amp`` is timed only
 where bf16 runs natively (:func:`segmodels.devices.cpu_bf16_support`); else it, like ``cudagraphs`` there, is
-reported as skipped with the reason. latency.json says per mode whether the folded model was timed, and records
-the CPU's name and instruction sets.
+reported as skipped with the reason. latency.json says per mode whether the folded model was timed (and for INT8
+how it was quantized), and records the CPU's name, instruction sets, native bf16 and VNNI.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segmodels.devices import cpu_bf16_support, cpu_flags, cpu_name
+from segmodels.devices import cpu_bf16_support, cpu_flags, cpu_int8_vnni, cpu_name
 from segmodels.engine.run import open_run
 from segmodels.models.fold import fold_report, inference_model
 from segmodels.study import runs
@@ -189,8 +190,12 @@ def _time_mode(model, x, mode, *, device, dtype, onnx_opset, warmup, repeats, en
                                        int8=mode.int8)  # fmt: skip
             entry["provider"] = provider
             entry["folded"] = True  # export_onnx exports the inference-ready model
-            if mode.int8:
-                entry["quantization"] = "QDQ: int8 per-channel weights, uint8 activations, calibrated on the input"
+            if mode.int8:  # what quantize_on_inputs chose on this CPU (7-bit weights without VNNI)
+                from segmodels.engine.quantize import int8_settings
+
+                int8 = int8_settings()
+                entry["quantization"] = f"QDQ: {int8['weights']} weights, {int8['activations']} activations, calibrated on the input"
+                entry["reduce_range"] = int8["reduce_range"]
             if device.type == "cuda":
                 entry["note"] = "input and output in host memory: the copies to and from the GPU are timed too"
         else:
@@ -253,8 +258,10 @@ def benchmark_model(
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
     result["device"] = environment(device)
     bf16, why = cpu_bf16_support()
+    vnni, vnni_why = cpu_int8_vnni()
     # The host CPU: it runs every CPU mode and feeds the GPU; its instruction sets decide the CPU times.
-    result["cpu"] = {"name": cpu_name(), "flags": cpu_flags(), "bf16_native": bf16, "bf16_reason": why}
+    result["cpu"] = {"name": cpu_name(), "flags": cpu_flags(), "bf16_native": bf16, "bf16_reason": why,
+                     "int8_vnni": vnni, "int8_vnni_reason": vnni_why}  # fmt: skip
     result["fold"] = fold_report(inference_model(model))  # the model +fold and the onnx modes time
     x = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
     for mode in parsed:
@@ -342,7 +349,8 @@ def benchmark_run(
     """
     from segmodels.devices import resolve_device
 
-    with open_run(cfg, run_dir, job="benchmark", model_name=model_name, log_mlflow=log_mlflow) as run:
+    written = None if out is None else Path(out).parent if Path(out).suffix == ".json" else Path(out)
+    with open_run(cfg, run_dir, job="benchmark", model_name=model_name, log_mlflow=log_mlflow, out=written) as run:
         bc = run.cfg.benchmark
         size = list(size or bc.size)
         if len(size) != 2 or min(size) <= 0:

@@ -191,8 +191,10 @@ def evaluate(
     from segmodels.engine.inference import amp_available, amp_dtype, environment
     from segmodels.metrics import compute_metrics, metric_keys
 
-    with open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint,
-                       log_mlflow=log_mlflow) as run:  # fmt: skip
+    if out is None and backend != "torch":
+        out = Path(run_dir) / f"eval-{backend}"
+    with open_run(cfg, run_dir, job="evaluate", model_name=model_name, checkpoint=checkpoint, log_mlflow=log_mlflow,
+                  out=out) as run:  # fmt: skip
         cfg = run.cfg
         ev = cfg.evaluate
         _check_settings(ev)
@@ -207,8 +209,6 @@ def evaluate(
         if bad:
             raise ValueError(f"evaluate.samples: index {bad[0]} is out of range for the {n} images of {split_dir}")
         raw_labels = RawLabels(split_dir, list(split.names)) if ev.full_resolution else None
-        if out is None and backend != "torch":
-            out = Path(run_dir) / f"eval-{backend}"
         folder = runs.RunFolder(out if out is not None else run_dir)
 
         dev = resolve_device("cpu" if backend != "torch" else device or ev.device)  # ONNX Runtime's CPU provider

@@ -1,14 +1,15 @@
 """Opening a run: what a ``train``, ``evaluate`` or ``benchmark`` job does before its own work.
 
-:func:`open_run` resolves the run's effective config once, knows its folder (:class:`segmodels.study.runs.RunFolder`),
-loads or builds its model, and wraps the job's cost metering and MLflow logging; the folder's files themselves are
-named, read and written by :mod:`segmodels.study.runs`.
+:func:`open_run` takes the job's locks on its folders, resolves the run's effective config once, knows its folder
+(:class:`segmodels.study.runs.RunFolder`), loads or builds its model, and wraps the job's cost metering and MLflow
+logging; the folder's files themselves are named, read and written by :mod:`segmodels.study.runs`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,13 @@ from segmodels.engine.cost import CostMeter
 from segmodels.engine.inference import load_model, model_name_from_path, recorded_run
 from segmodels.models import build_model
 from segmodels.models.catalog import arch_of, variant_of
+from segmodels.study import runs
 from segmodels.study.matrix import run_config
 from segmodels.study.runs import RunFolder
-from segmodels.tracking import RunLogger, log_to_run, tracking_uri
+from segmodels.tracking import RunLogger, check_store, log_to_run, tracking_uri
 
-__all__ = ["DEFAULT_NUM_CLASSES", "PLAIN_VARIANT", "OpenRun", "num_classes_of", "open_run", "resolve_run", "run_tags",
-           "with_data_classes"]
+__all__ = ["DEFAULT_NUM_CLASSES", "PLAIN_VARIANT", "OpenRun", "job_locks", "num_classes_of", "open_run", "resolve_run",
+           "run_tags", "with_data_classes"]
 
 # The ``variant`` tag of a run without variant tags. MLflow's runs table puts runs whose grouping tag is missing or
 # empty into a collapsed "Additional runs" group left out of the charts; a name holds them in a group of their own,
@@ -163,23 +165,41 @@ class OpenRun:
             logger.end(status)
 
 
+def job_locks(job: str, folder: str | Path | None, out: str | Path | None = None) -> AbstractContextManager:
+    """The locks of a job on run ``folder`` (:func:`segmodels.study.runs.job_locks`): a training holds its folder;
+    evaluation and the benchmark share the run folder's training lock (no training meanwhile) and hold the folder
+    they write, ``out`` (default: the run folder). Under ``torchrun`` rank 0 holds them for every rank (and when
+    a launcher holds them for all its processes, none takes them again: :data:`segmodels.locks.HELD_ENV`)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    if job == "train":
+        return runs.job_locks(job, trains=folder)
+    return runs.job_locks(job, reads=folder, writes=out if out is not None else folder)
+
+
 @contextmanager
 def open_run(cfg: Any, folder: str | Path | None = None, *, job: str, model_name: str | None = None,
-             checkpoint: str | Path | None = None, seed: int = 0,
-             log_mlflow: bool = True) -> Iterator[OpenRun]:  # fmt: skip
+             checkpoint: str | Path | None = None, seed: int = 0, log_mlflow: bool = True,
+             out: str | Path | None = None) -> Iterator[OpenRun]:  # fmt: skip
     """Open the run of a ``train``, ``evaluate`` or ``benchmark`` job (see :func:`resolve_run` for which run).
 
-    A training builds its model fresh (:meth:`OpenRun.build_model`) into ``folder``; evaluation and the benchmark
-    load the checkpoint (:meth:`OpenRun.load_model`, checked against ``model_name``, by default the folder's
-    name). An MLflow run started with :meth:`OpenRun.start_logger` ends when the block does: FINISHED, or
-    FAILED (KILLED on an interrupt) when it raises.
+    First, before any work: the job's locks (:func:`job_locks`; ``out``, the folder an evaluation or benchmark
+    writes, default ``folder``), refused at once with :class:`segmodels.study.runs.FolderBusyError` naming the
+    process that holds them, and with ``log_mlflow`` a check that a local tracking database is one
+    (:func:`segmodels.tracking.check_store`). A training builds its model fresh (:meth:`OpenRun.build_model`) into
+    ``folder``; evaluation and the benchmark load the checkpoint (:meth:`OpenRun.load_model`, checked against
+    ``model_name``, by default the folder's name). An MLflow run started with :meth:`OpenRun.start_logger` ends
+    when the block does: FINISHED, or FAILED (KILLED on an interrupt) when it raises.
     """
-    name, cfg, path = resolve_run(cfg, folder, checkpoint=checkpoint, model_name=model_name, fresh=job == "train")
-    run = OpenRun(job, name, cfg, RunFolder(folder) if folder is not None else None, path,
-                  expected=model_name if path is not None else None, seed=seed, log_mlflow=log_mlflow)  # fmt: skip
-    try:
-        yield run
-    except BaseException as exc:
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    run.end("FINISHED")
+    with job_locks(job, folder, out):
+        name, cfg, path = resolve_run(cfg, folder, checkpoint=checkpoint, model_name=model_name, fresh=job == "train")
+        if log_mlflow:
+            check_store(tracking_uri(cfg.tracking.uri))
+        run = OpenRun(job, name, cfg, RunFolder(folder) if folder is not None else None, path,
+                      expected=model_name if path is not None else None, seed=seed, log_mlflow=log_mlflow)  # fmt: skip
+        try:
+            yield run
+        except BaseException as exc:
+            run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        run.end("FINISHED")

@@ -120,8 +120,8 @@ _ALIAS_KEYS = ("timm", "label", "short")
 def register_backbone_aliases(data: dict[str, Any], *, where: str = "config") -> list[str]:
     """Put the config's ``backbones`` (``{alias: {timm: model, label: ..., short: ...}}``) in the model catalog as
     backbones built through timm; return the aliases. Loading the same study again is a no-op; an alias that names
-    another backbone of the catalog is a ConfigError naming the file and the key. No torch, no timm: an unknown
-    timm model is reported when the model is built."""
+    another backbone of the catalog, or a model timm does not have, is a ConfigError naming the file and the key
+    (timm's registry is local: asking it needs no network, but imports timm, so only a study with aliases does)."""
     aliases = data.get("backbones") or {}
     if not isinstance(aliases, dict):
         raise ConfigError(f"{where}: 'backbones' must be a mapping of names to {{timm: model}}, got {aliases!r}")
@@ -143,11 +143,21 @@ def register_backbone_aliases(data: dict[str, Any], *, where: str = "config") ->
                 continue  # this study, loaded again
             what = f"an alias of timm's {entry.timm}" if entry.timm else f"a backbone of the catalog ({entry.label})"
             raise ConfigError(f"{where}: '{key}': '{name}' is already {what}; give the alias another name")
+        _check_timm_name(spec["timm"], key=f"{key}.timm", where=where)
         try:
             catalog.add_backbone(str(name), label=label, short=short, timm=spec["timm"])
         except ValueError as exc:
             raise ConfigError(f"{where}: '{key}': {exc}") from exc
     return list(aliases)
+
+
+def _check_timm_name(model: str, *, key: str, where: str) -> None:
+    from segmodels.models.backbones.timm_encoders import check_timm_name
+
+    try:
+        check_timm_name(model)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"{where}: '{key}': {exc}") from None
 
 
 def _check_output_strides(cfg: StudyConfig, runs: list[RunSpec], where: str) -> None:

@@ -14,6 +14,14 @@ Who writes what:
 - evaluation: ``per_class.csv``, ``confusion.npy``, ``confusion_per_image.npy``, ``samples/`` and, last,
   ``metrics.json``;
 - benchmark: ``latency.json``.
+
+Two lock files (:mod:`segmodels.locks`; :func:`job_locks`) keep jobs that would corrupt each other apart, and a
+refused job says which process holds the folder (:class:`FolderBusyError`) before it does any work:
+``.train.lock``, held exclusively by the training and shared by every job that reads the folder's checkpoint
+(one training at a time, and never while its checkpoint is read), and ``.write.lock``, held by the job writing a
+folder's evaluation or timing files (one writer per folder). Jobs writing different folders of one run (evaluate
+into the run folder, deploy into ``deploy/{path}/``) run side by side, as the workflow schedules them. A lock
+dies with its process, so a job killed with SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
@@ -22,15 +30,17 @@ import json
 import math
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "CONFUSION", "CONFUSION_PER_IMAGE", "COST", "FILES", "LAST", "LATENCY", "LAYOUT",
-    "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "TRAIN_LOG", "TRAIN_LOG_PARTIAL",
-    "RunFolder", "json_safe", "pattern", "primary_mode", "read_json", "read_npy", "run_dir", "write_json",
-    "write_npy",
+    "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "TRAIN_LOCK", "TRAIN_LOG", "TRAIN_LOG_PARTIAL",
+    "WRITE_LOCK", "FolderBusyError", "RunFolder", "job_locks", "json_safe", "pattern", "primary_mode", "read_json",
+    "read_npy", "run_dir", "write_json", "write_npy",
 ]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"  # the trained model (best/final weights), what evaluate and benchmark load
@@ -47,8 +57,10 @@ CONFUSION_PER_IMAGE = "confusion_per_image.npy"
 SAMPLES = "samples"  # a folder: {index:04d}_{image_id}[_input|_gt].png
 LATENCY = "latency.json"
 COST = "cost.json"
+TRAIN_LOCK = ".train.lock"  # the training's (exclusive), shared by the jobs reading the checkpoint
+WRITE_LOCK = ".write.lock"  # the job writing the folder's evaluation or timing files (exclusive)
 FILES = (CHECKPOINT, LAST, TRAIN_LOG, TRAIN_LOG_PARTIAL, CONFIG, RUN_ID_FILE, OFFLINE_FILE, METRICS, PER_CLASS,
-         CONFUSION, CONFUSION_PER_IMAGE, SAMPLES, LATENCY, COST)  # fmt: skip
+         CONFUSION, CONFUSION_PER_IMAGE, SAMPLES, LATENCY, COST, TRAIN_LOCK, WRITE_LOCK)  # fmt: skip
 
 LAYOUT = "{exp}/{model}/seed{seed}"  # a run folder under the results folder; the fields are Snakemake's wildcards
 _SAMPLE_KINDS = {"pred": "", "input": "_input", "gt": "_gt"}
@@ -126,6 +138,51 @@ def primary_mode(latency: dict[str, Any], prefer: str = "fp32") -> str | None:
     return next((name for name in (prefer, "fp32") if name in timed), timed[0] if timed else None)
 
 
+class FolderBusyError(OSError):
+    """Another job holds a folder; the message names the folder and, where its lock file says, the process."""
+
+
+def _busy_message(path: Path, holder: Any, job: str) -> str:
+    folder = path.parent
+    if path.name == WRITE_LOCK:
+        by = f"segmodels {holder.job}" if holder is not None and holder.job else "another job"
+        return f"folder {folder} is being written by {by} ({holder or 'another process'}); run this {job} when it has ended"
+    if holder is None:  # shared: jobs reading the checkpoint
+        return (f"run folder {folder} is in use by jobs reading its checkpoint (segmodels evaluate, benchmark or "
+                "deploy); train it when they have ended")  # fmt: skip
+    then = "wait for that training to end (or stop it)" if job == "train" else f"{job} it when that training has ended"
+    return f"run folder {folder} is being trained by {holder}; {then}"
+
+
+@contextmanager
+def job_locks(job: str, *, trains: str | Path | None = None, reads: str | Path | None = None,
+              writes: str | Path | None = None) -> Iterator[list[Any]]:  # fmt: skip
+    """Hold a job's locks (the :class:`segmodels.locks.Lock` list) while the block runs; taken at once or refused
+    with :class:`FolderBusyError` (never waited for, so no two jobs wait on each other).
+
+    ``trains``: the run folder a training writes (its ``.train.lock``, exclusive; the folder is made, and removed
+    again when the job leaves it empty). ``reads``: the run folder whose checkpoint the job reads (its
+    ``.train.lock``, shared; nothing when the folder does not exist). ``writes``: the folder the job writes its files
+    into (its ``.write.lock``, exclusive). ``job`` (train, evaluate, benchmark) is written into an exclusive lock
+    file, with the pid and host, for the message of a refused job.
+    """
+    from segmodels.locks import LockBusyError, holding
+
+    taken = [(Path(trains) / TRAIN_LOCK, False)] if trains is not None else []
+    if reads is not None and Path(reads).is_dir():
+        taken.append((Path(reads) / TRAIN_LOCK, True))
+    if writes is not None:
+        taken.append((Path(writes) / WRITE_LOCK, False))
+    with ExitStack() as stack:
+        held = []
+        for path, shared in taken:
+            try:
+                held.append(stack.enter_context(holding(path, shared=shared, job=job, label="run folder lock file")))
+            except LockBusyError as exc:
+                raise FolderBusyError(_busy_message(path, exc.holder, job)) from None
+        yield held
+
+
 class _File:
     """A :class:`RunFolder` attribute: the path of one of its files."""
 
@@ -156,6 +213,8 @@ class RunFolder:
     samples = _File(SAMPLES)
     latency = _File(LATENCY)
     cost = _File(COST)
+    train_lock = _File(TRAIN_LOCK)
+    write_lock = _File(WRITE_LOCK)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))

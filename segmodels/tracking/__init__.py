@@ -1,6 +1,7 @@
 """MLflow tracking: one run per (experiment, model, seed), resumed, never duplicated; offline when unreachable.
 
-- :mod:`~segmodels.tracking.store`: the tracking URI, the SQLite store and experiments created once under a lock.
+- :mod:`~segmodels.tracking.store`: the tracking URI, the SQLite store and experiments created once under a lock,
+  ``check_store`` (a local database file that is not one is named before a job's work).
 - :mod:`~segmodels.tracking.logger`: ``RunLogger`` (the run of a training), ``log_to_run`` (later jobs add to it),
   ``sync_offline`` (push what was kept while the store was unreachable).
 - :mod:`~segmodels.tracking.models`: ``log_trained_model`` (the run's MLflow model, registered on request),
@@ -20,7 +21,9 @@ from segmodels.tracking.models import CHAMPION, MODEL_NAME, log_trained_model, r
 from segmodels.tracking.store import (
     DEFAULT_URI,
     HTTP_DEFAULTS,
+    StoreError,
     artifact_root,
+    check_store,
     ensure_experiment,
     git_commit,
     tracking_uri,
@@ -34,7 +37,9 @@ __all__ = [
     "OFFLINE_FILE",
     "RUN_ID_FILE",
     "RunLogger",
+    "StoreError",
     "artifact_root",
+    "check_store",
     "ensure_experiment",
     "git_commit",
     "log_to_run",

@@ -9,7 +9,9 @@ often the run resumes) and MLflow's own system metrics (:meth:`RunLogger.monitor
 
 The run id lives in ``RUN_DIR/mlflow_run_id``; later jobs log into the same run through :func:`log_to_run`.
 When the tracking server cannot be reached, nothing here raises: a warning is given once and records go to
-``RUN_DIR/mlflow_offline.jsonl``, which :func:`sync_offline` (``segmodels mlflow-sync``) pushes later.
+``RUN_DIR/mlflow_offline.jsonl``, which :func:`sync_offline` (``segmodels mlflow-sync``) pushes later. A local
+SQLite file that is not a database or cannot be opened is no passing state: ``start()`` raises
+:class:`~segmodels.tracking.store.StoreError` naming it.
 MLflow is imported inside the methods.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 
 from segmodels.study.runs import OFFLINE_FILE, RUN_ID_FILE
 from segmodels.tracking.offline import append_record, read_records
-from segmodels.tracking.store import client, ensure_experiment, tracking_uri
+from segmodels.tracking.store import StoreError, client, ensure_experiment, store_fault, tracking_uri
 
 __all__ = ["RunLogger", "log_to_run", "read_run_id", "sync_offline"]
 
@@ -92,6 +94,8 @@ class RunLogger:
         if not self._replay and (self.run_dir / OFFLINE_FILE).is_file():
             try:  # a previous attempt of this job ran offline: its records go first
                 sync_offline(self.run_dir, self.uri)
+            except StoreError:
+                raise
             except Exception as exc:
                 self._go_offline(exc)
                 return self
@@ -274,10 +278,12 @@ class RunLogger:
         if self.offline:
             return
         self.offline = True
+        # a local database that breaks while the job runs is named as such; one broken at the start raised in start()
+        reason = f"{type(exc).__name__}: {str(exc)[:300]}"
+        what = store_fault(self.uri, exc) or f"MLflow at {self.uri} is not reachable ({reason})"
         warnings.warn(
-            f"MLflow at {self.uri} is not reachable ({type(exc).__name__}: {str(exc)[:300]}); the job goes on and "
-            f"tracking records go to {self.run_dir / OFFLINE_FILE} (push them later: segmodels mlflow-sync "
-            f"{self.run_dir})",
+            f"{what}; the job goes on and tracking records go to {self.run_dir / OFFLINE_FILE} (push them later: "
+            f"segmodels mlflow-sync {self.run_dir})",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from segmodels.locks import locked
 from segmodels.study.runs import OFFLINE_FILE
-from segmodels.tracking.store import locked
 
 __all__ = ["append_record", "read_records"]
 

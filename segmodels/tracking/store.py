@@ -3,28 +3,34 @@
 A fresh SQLite file opened by several jobs at once breaks in the schema migrations, and a job that loses the
 experiment-creation race can land its run in "Default". So the database and the experiment are created once,
 under an ``fcntl.flock`` on a file beside the database, and runs are created with an explicit ``experiment_id``.
+
+A server that is down is a passing state (jobs go offline and push their records later); a local SQLite file
+that is not a database, or cannot be opened, is not: :func:`check_store` and :func:`client` raise
+:class:`StoreError`, naming the file and where to move it, before a job starts its work.
 MLflow is imported inside the functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from segmodels.locks import locked
 
 __all__ = [
     "DEFAULT_URI",
     "HTTP_DEFAULTS",
+    "StoreError",
     "artifact_root",
+    "check_store",
     "client",
     "ensure_experiment",
     "git_commit",
-    "locked",
+    "store_fault",
     "tracking_uri",
 ]
 
@@ -57,16 +63,45 @@ def artifact_root(uri: str) -> str | None:
     return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive ``fcntl.flock`` on ``path`` (created with its folder if missing) while the block runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file (an empty file is new)
+# SQLite's words for a database file it cannot use; "database is locked" is not one: that passes.
+_UNUSABLE = ("file is not a database", "database disk image is malformed", "unable to open database file")
+
+
+class StoreError(ValueError):
+    """A local tracking database that cannot be used; the message names the file and what to do."""
+
+
+def _move_aside(db: Path, what: str) -> str:
+    return (f"MLflow database {db} {what}: move it aside (mv {db} {db}.bad) and run again, which starts a new, empty "
+            f"database there (the runs it held are not in it), or point MLFLOW_TRACKING_URI at another store")
+
+
+def check_store(uri: str) -> None:
+    """StoreError when ``uri`` is a local SQLite database whose file is there but is not an SQLite database, or
+    cannot be read; nothing for a server, or for a file yet to be made (the first job makes it)."""
+    db = _sqlite_path(uri)
+    if db is None or not os.path.lexists(db):
+        return
+    try:
+        with db.open("rb") as fh:
+            head = fh.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(_move_aside(db, f"cannot be opened ({exc.strerror or exc})")) from exc
+    if head and head != _SQLITE_HEADER:
+        raise StoreError(_move_aside(db, "is corrupt (not an SQLite database)"))
+
+
+def store_fault(uri: str, exc: BaseException) -> str | None:
+    """The message for ``exc`` when it says that ``uri``'s local SQLite file is unusable (not a database, damaged,
+    not openable); None for anything else (a server's trouble, a busy database)."""
+    db = _sqlite_path(uri)
+    text = f"{exc} {exc.__cause__ or ''}"
+    if db is None or not any(words in text for words in _UNUSABLE):
+        return None
+    cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps sqlite3's own error
+    first = next((line for line in str(cause).splitlines() if line.strip()), type(exc).__name__)
+    return _move_aside(db, f"is corrupt or cannot be opened ({first.strip()[:200]})")
 
 
 def _store_lock(uri: str) -> contextlib.AbstractContextManager:
@@ -97,13 +132,21 @@ def client(uri: str) -> Any:
         for key, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(key, value)
     db = _sqlite_path(uri)
-    if db is None or _schema_ready(db):
+    if db is None:
         return MlflowClient(tracking_uri=uri)
-    with _store_lock(uri):
-        opened = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates the schema
-        opened.search_experiments(max_results=1)
-        db.with_name(db.name + ".lock").write_text(_ready_mark(db) + "\n")
-    return opened
+    check_store(uri)
+    try:
+        if _schema_ready(db):
+            return MlflowClient(tracking_uri=uri)
+        with _store_lock(uri):
+            opened = MlflowClient(tracking_uri=uri)  # opens the store: creates or migrates the schema
+            opened.search_experiments(max_results=1)
+            db.with_name(db.name + ".lock").write_text(_ready_mark(db) + "\n")
+        return opened
+    except Exception as exc:
+        if (message := store_fault(uri, exc)) is not None:
+            raise StoreError(message) from exc
+        raise
 
 
 def ensure_experiment(name: str, uri: str | None = None) -> str:

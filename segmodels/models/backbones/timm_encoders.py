@@ -8,7 +8,9 @@ which dilates the networks that support it (ResNets, EfficientNets, MobileNets, 
 that cannot (ViT, Swin, ...) is refused with a ValueError naming it. Weights: ``pretrained="imagenet"`` is timm's
 default pretrained tag (from the Hugging Face Hub, or its cache); a path is a state dict in timm's layout for the
 classification model, read here with ``weights_only=True`` and loaded through timm (its key filters apply).
-An offline machine gets a message naming the model and how to give the file instead.
+The weights' server is probed once with a short timeout before timm asks it (the Hub's client retries for about a
+minute): without an answer, a file in the Hugging Face cache is loaded from there, and an offline machine without
+one gets at once a message naming the model and how to give the file instead.
 
 Note: timm models are normalised by their own mean and std (``model.pretrained_cfg``); the study feeds every
 backbone ImageNet's, which is what most timm ImageNet weights use.
@@ -19,15 +21,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import urllib.error
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from segmodels.models.backbones.base import OUTPUT_STRIDES, Backbone, FeatureInfo, stage_keys
-from segmodels.models.backbones.weights import read_state_dict
+from segmodels.models.backbones.weights import hub_cache_file, probe, read_state_dict
 
-__all__ = ["TIMM_PREFIX", "build_timm_backbone", "timm_name_of"]
+__all__ = ["TIMM_PREFIX", "build_timm_backbone", "check_timm_name", "timm_name_of"]
 
 TIMM_PREFIX = "timm:"
 _FIRST_STRIDE = 4  # the shallowest level kept (SegFormer's and most decoders' first stage)
@@ -50,6 +53,11 @@ def timm_name_of(backbone: str) -> str | None:
     return catalog.backbone(backbone).timm if backbone in catalog.backbones() else None
 
 
+def check_timm_name(model: str) -> None:
+    """ValueError, with close names and how to list them, when timm has no model ``model`` (its registry is local)."""
+    _check_name(_timm(), model)
+
+
 def _check_name(timm: Any, model: str) -> None:
     if timm.is_model(model):
         return
@@ -61,15 +69,65 @@ def _check_name(timm: Any, model: str) -> None:
     )
 
 
+def _from_file(timm: Any, path: Path) -> dict[str, Any]:
+    """timm's arguments that load the weights of a local file (a state dict, or a safetensors file)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = read_state_dict(path)  # weights_only=True
+    fields = {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)}
+    overlay = {"state_dict": state} if "state_dict" in fields else {"file": str(path)}
+    return {"pretrained": True, "pretrained_cfg_overlay": overlay}
+
+
+def _hub_cached(hub: Any, repo: str, filename: str | None) -> Path | None:
+    """The Hugging Face cache's file of the weights of ``repo`` (``id[@revision]``), or None."""
+    repo_id, _, revision = repo.partition("@")
+    for name in [filename] if filename else ["model.safetensors", "pytorch_model.bin"]:  # timm's names, safe first
+        found = hub.try_to_load_from_cache(repo_id, name, revision=revision or None)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _imagenet_kwargs(timm: Any, model: str) -> dict[str, Any]:
+    """timm's own loading of its default weights when their server answers one bounded probe
+    (:data:`~segmodels.models.backbones.weights.PROBE_TIMEOUT_S`), the cached file when it does not, else at once a
+    FileNotFoundError saying how to give the weights (timm's Hub client would retry for about a minute first)."""
+    cfg = timm.models.get_pretrained_cfg(model)
+    try:
+        import huggingface_hub as hub
+    except ImportError:
+        hub = None
+    if cfg is not None and cfg.hf_hub_id and hub is not None:
+        if hub.constants.HF_HUB_OFFLINE:  # the Hub's client reads its cache only, without waiting
+            return {"pretrained": True}
+        url, cached = hub.constants.ENDPOINT, _hub_cached(hub, cfg.hf_hub_id, cfg.hf_hub_filename)
+    elif cfg is not None and cfg.url:
+        if hub_cache_file(cfg.url).is_file():  # timm reads torch hub's cache without the network
+            return {"pretrained": True}
+        url, cached = cfg.url, None
+    else:  # no known weights: timm says so
+        return {"pretrained": True}
+    try:
+        probe(url)
+    except urllib.error.HTTPError:  # the server answered
+        return {"pretrained": True}
+    except (urllib.error.URLError, OSError) as exc:
+        if cached is None:
+            raise FileNotFoundError(_offline_message(timm, model, exc)) from exc
+        return _from_file(timm, cached)
+    return {"pretrained": True}
+
+
 def _pretrained_kwargs(timm: Any, model: str, pretrained: str | os.PathLike[str] | None) -> dict[str, Any]:
     if pretrained is None:
         return {"pretrained": False}
     if pretrained == "imagenet":
-        return {"pretrained": True}
-    state = read_state_dict(pretrained)  # weights_only=True
-    fields = {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)}
-    overlay = {"state_dict": state} if "state_dict" in fields else {"file": str(Path(pretrained))}
-    return {"pretrained": True, "pretrained_cfg_overlay": overlay}
+        return _imagenet_kwargs(timm, model)
+    return _from_file(timm, Path(pretrained))
 
 
 def _offline_message(timm: Any, model: str, exc: BaseException) -> str:

@@ -23,16 +23,22 @@ import torch
 from torch import nn
 from torchvision.models._api import WeightsEnum
 
-__all__ = ["PROBE_TIMEOUT_S", "check_keys", "fetch_state_dict", "imagenet_file", "load_pretrained", "read_state_dict"]
+__all__ = ["PROBE_TIMEOUT_S", "check_keys", "fetch_state_dict", "hub_cache_file", "imagenet_file", "load_pretrained",
+           "probe", "read_state_dict"]
 
 PROBE_TIMEOUT_S = 10.0  # seconds to wait for the weights server before calling the machine offline
 _WRAPPER_KEYS = ("state_dict", "model")  # checkpoint dicts that wrap the state dict under one of these
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)  # absent from older torchvision checkpoints
 
 
+def hub_cache_file(url: str) -> Path:
+    """Where torch hub caches (and looks for) the file downloaded from ``url``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+
+
 def imagenet_file(weights: WeightsEnum) -> Path:
     """Where torch hub caches (and looks for) the file of ``weights``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(weights.url).path).name
+    return hub_cache_file(weights.url)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -63,6 +69,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def probe(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """A HEAD request to ``url``, answered within ``timeout`` seconds, or the ``URLError``/``OSError`` saying why not
+    (an ``HTTPError`` when the server answered with an error status)."""
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+        pass
+
+
 def fetch_state_dict(url: str, file: Path, *, what: str, check_hash: bool = True) -> dict[str, torch.Tensor]:
     """Download ``url`` into ``file`` (torch hub's way: a temporary file renamed when complete) and load it with
     weights_only=True; the server is probed first with a bounded timeout, and an offline machine gets a
@@ -72,9 +85,7 @@ def fetch_state_dict(url: str, file: Path, *, what: str, check_hash: bool = True
         "or pass a local state dict path as pretrained"
     )
     try:
-        probe = urllib.request.Request(url, method="HEAD")
-        with urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S):
-            pass
+        probe(url)
     except (urllib.error.URLError, OSError) as exc:
         raise FileNotFoundError(
             f"{what} are not in the torch hub cache and cannot be downloaded ({_first_line(exc)}): {advice}"
