@@ -30,8 +30,12 @@ run: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --cores $(CORES) --resources gpu=$(GPUS) \
 		--configfile $(CONFIG) --rerun-incomplete --show-failed-logs
 
+# The tests run in TEST_WORKERS processes (one per core, at most 4), each test file whole in one of them; the tests
+# marked serial (the SLURM cluster, which keeps its own time budget) run first, alone.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m serial
+	$(BIN)/python -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check segmodels tests

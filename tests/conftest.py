@@ -30,6 +30,28 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"free disk under {tempfile.gettempdir()}: {free_gb:.1f} GB (the slow study tests need about 1 GB at a time)"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In one of several test processes (``pytest -n N``), torch and the processes the tests start use this
+    process's share of the cores: N processes each spinning OpenMP threads on every core run slower than one."""
+    import os
+
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files holding slow tests first, each file whole and in its order: with several test processes (``make
+    test``), the minutes-long studies start at once and the many short tests fill the other processes around them,
+    instead of one study starting last while the other processes idle."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 def make_packed_dataset(
     root: str | Path, *, n_train: int = 4, n_val: int = 2, size: tuple[int, int] = (64, 64), seed: int = 0
 ) -> Path:

@@ -55,6 +55,7 @@ TOL = 1e-6
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,  # its budget assumes the machine to itself
     pytest.mark.skipif(
         not hasattr(os, "geteuid") or os.geteuid() != 0,
         reason="a SLURM test cluster needs root (slurmd starts jobs as their user)",
