@@ -30,6 +30,7 @@ from segmodels.atomic import fsync_dir, write_atomic
 from segmodels.engine.distributed import DistInfo, barrier
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig, config_to_dict
+from segmodels.study.typed import flatten
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -187,8 +188,12 @@ def _resume_relevant(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Training-relevant keys whose values differ, as ``key: saved -> current`` lines (flat dicts in)."""
+    """Training-relevant keys whose values differ, as ``key: saved -> current`` lines (flat dicts in). A key that
+    ``saved`` lacks (a setting added since it was written) differs only when ``current`` sets it off its default:
+    the default of a new setting keeps the behaviour the state was trained with."""
     old, new = _resume_relevant(saved), _resume_relevant(current)
+    defaults = flatten(config_to_dict(StudyConfig()))
+    old |= {key: defaults[key] for key in new.keys() - old.keys() if key in defaults}
     out = []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
