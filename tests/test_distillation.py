@@ -113,6 +113,41 @@ def test_a_teacher_named_by_run_is_its_checkpoint_of_the_same_seed(tmp_path, pac
     assert all(math.isfinite(float(r["loss_distill"])) and float(r["loss_distill"]) > 0 for r in rows)
 
 
+def test_the_teacher_stays_in_eval_mode_and_unchanged_while_the_student_trains(tmp_path, packed_data, mlflow_uri,
+                                                                             monkeypatch, one_thread):
+    """Each forward of the teacher runs in eval mode (BatchNorm on its running statistics, no dropout), and after
+    the student's training its weights and BatchNorm buffers are still its checkpoint's."""
+    import torch
+
+    from segmodels.engine import checkpoint
+
+    results = tmp_path / "results"
+    cfg = small_config(models=[TEACHER, DISTILLED], train={"iterations": 3, "log_every": 1, "ckpt_every": 3})
+    train(cfg, TEACHER, seed=0, out=results / "test" / TEACHER / "seed0", data_dir=packed_data)
+    teacher_checkpoint = results / "test" / TEACHER / "seed0" / "checkpoint.pt"
+    saved = checkpoint.load_checkpoint(teacher_checkpoint)["model"]
+
+    loaded, training = [], []  # the models loaded from the teacher's checkpoint; per forward, its modules in training
+    load = checkpoint.load_model_from_checkpoint
+
+    def load_and_watch(path, **kwargs):
+        model = load(path, **kwargs)
+        if Path(path) == teacher_checkpoint:
+            loaded.append(model)
+            model.register_forward_pre_hook(
+                lambda module, args: training.append([n for n, m in module.named_modules() if m.training]))
+        return model
+
+    monkeypatch.setattr(checkpoint, "load_model_from_checkpoint", load_and_watch)
+    train(cfg, STUDENT, seed=0, out=results / "test" / STUDENT / "seed0", data_dir=packed_data, results=results)
+    (teacher,) = loaded
+    assert training == [[]] * 3  # one forward per step, not one module in training mode
+    state = teacher.state_dict()
+    assert state.keys() == saved.keys() and any(k.endswith("running_mean") for k in state)
+    changed = [k for k in saved if not torch.equal(state[k].cpu(), saved[k])]
+    assert not changed, changed[:5]
+
+
 def _train_jobs(log: str) -> dict[str, tuple[int, int | None]]:
     """Run → (line where its train job starts, line where it finished, None in a dry run) of a Snakemake log."""
     lines = [line.strip() for line in log.splitlines()]

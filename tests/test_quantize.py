@@ -13,6 +13,7 @@ import torch
 from onnx import numpy_helper
 
 from segmodels.cli import main
+from segmodels.data.loader import normalize
 from segmodels.engine.export import export_onnx, record_path
 from segmodels.engine.quantize import agreement, calibration_count, int8_path, quantize_onnx
 from segmodels.models import build_model
@@ -75,6 +76,15 @@ def test_the_quantized_graph_holds_int8_weights_and_qdq_pairs(tmp_path, fp32, pa
     conv_weights = [w for w in weights if w.ndim == 4]
     assert conv_weights and all(w.dtype == np.int8 for w in conv_weights)  # per-channel int8 convolution weights
     assert not any(w.dtype == np.float32 and w.ndim == 4 for w in weights)
+    # Calibration sets each activation's range; the input's is the calibration images' as the graph reads them
+    # (normalised): ONNX Runtime's MinMax, uint8 with a zero point over [min(x, 0), max(x, 0)].
+    graph = onnx.load(str(out)).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    (first,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images"]
+    x = normalize(torch.from_numpy(np.load(packed_data / "train" / "images.npy")[info["calibration"]["indices"]]))
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    assert float(initializers[first.input[1]]) == pytest.approx((high - low) / 255, rel=1e-6)
+    assert int(initializers[first.input[2]]) == round(-low / ((high - low) / 255))
     # The same seed draws the same calibration images; another seed may not.
     again = quantize_onnx(fp32, tmp_path / "q2.onnx", calibration_dir=packed_data, count=2, seed=1)
     assert again["calibration"]["indices"] == info["calibration"]["indices"]
