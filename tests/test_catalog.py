@@ -32,11 +32,11 @@ def toy():
 
 
 def test_the_built_in_names_labels_and_short_names():
-    assert catalog.backbones() == ("resnet18", "resnet50", "resnet101", "mobilenetv2", "mobilenetv3", "mitb0",
-                                   "mitb1", "mitb2")  # fmt: skip
+    assert catalog.backbones() == ("resnet18", "resnet50", "resnet101", "resnet18c", "resnet50c", "resnet101c",
+                                   "mobilenetv2", "mobilenetv3", "mitb0", "mitb1", "mitb2")  # fmt: skip
     assert catalog.heads() == ("ppm", "aspp", "ocr", "fcn", "segformer") and catalog.cascade_heads() == ("ocr",)
-    assert [catalog.backbone(b).short for b in catalog.backbones()] == ["R18", "R50", "R101", "MNv2", "MNv3", "MiT0",
-                                                                        "MiT1", "MiT2"]  # fmt: skip
+    assert [catalog.backbone(b).short for b in catalog.backbones()] == ["R18", "R50", "R101", "R18c", "R50c", "R101c",
+                                                                        "MNv2", "MNv3", "MiT0", "MiT1", "MiT2"]  # fmt: skip
     assert [catalog.head(h).short for h in catalog.heads()] == ["PPM", "ASPP (1,2,3,6)", "OCR", "FCN", "MLP"]
     assert catalog.display_name("mitb0-segformer") == "MiT-B0-SegFormer (MLP)"
     assert catalog.backbone("mitb2").output_strides == (32,) and catalog.backbone("resnet18").output_strides == (8, 16, 32)
@@ -113,7 +113,7 @@ def test_a_catalog_entry_and_a_builder_must_come_together_at_build_time():
 @pytest.mark.usefixtures("toy")
 def test_a_registered_toy_is_listed_parsed_and_named():
     names = list_models()
-    assert len(names) == 9 * 6 and names[-6:] == ["toy-ppm", "toy-aspp", "toy-ocr", "toy-fcn", "toy-segformer",
+    assert len(names) == 12 * 6 and names[-6:] == ["toy-ppm", "toy-aspp", "toy-ocr", "toy-fcn", "toy-segformer",
                                                    "toy-toyhead"]  # fmt: skip
     assert "resnet18-toyhead" in names and names.index("resnet18-toyhead") == 5
     assert parse_model_name("toy-toyhead") == ("toy", "toyhead") and catalog.arch_of("toy-ppm_os16") == ("toy", "ppm")

@@ -33,8 +33,8 @@ def _randomise_batchnorms(model: nn.Module, seed: int = 1) -> None:
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) - 0.5)
         for m in model.modules():
-            if isinstance(m, (BasicBlock, Bottleneck)):
-                (m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight.mul_(0.2)
+            if isinstance(m, (BasicBlock, Bottleneck)) or type(m).__module__ == "timm.models.resnet":  # V1c's blocks
+                (m.bn3 if hasattr(m, "bn3") else m.bn2).weight.mul_(0.2)
 
 
 @pytest.mark.parametrize("name", catalog.list_models())

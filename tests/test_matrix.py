@@ -372,7 +372,7 @@ def test_ocr_needs_aux_and_head_options_are_checked_per_head(tmp_path):
     assert run_names(cfg) == ["resnet18-aspp", "resnet18-aspp_deeplabv3"]
     assert run_config(cfg, "resnet18-aspp").model.head_options == {}
     options = run_config(cfg, "resnet18-aspp_deeplabv3").model.head_options
-    assert options == {"rates": [1, 12, 24, 36], "image_pool": True, "dropout": 0.0}
+    assert options == {"rates": [1, 12, 24, 36], "image_pool": True, "channels": 512}
     assert head_label("aspp", options) == "ASPP (1,12,24,36)+pool" and head_label("aspp") == head("aspp").label
     assert head("aspp").label == "ASPP (1,2,3,6)" and display_name("resnet18-aspp") == "ResNet18-ASPP (1,2,3,6)"
     assert head_label("ppm", {"bins": [1, 2, 4], "channels": 256}) == "PPM (1,2,4) channels=256"

@@ -287,14 +287,14 @@ def test_bn_momentum_reaches_every_batchnorm() -> None:
 def test_registry() -> None:
     assert set(BACKBONE_SPECS) == set(catalog.backbones()) and set(HEAD_BUILDERS) == set(catalog.heads())
     names = list_models()
-    assert len(names) == len(set(names)) == 8 * 5  # 5 CNN and 3 MiT backbones × ppm, aspp, ocr, fcn, segformer
+    assert len(names) == len(set(names)) == 11 * 5  # 8 CNN and 3 MiT backbones × ppm, aspp, ocr, fcn, segformer
     assert all(f"{parse_model_name(n)[0]}-{parse_model_name(n)[1]}" == n for n in names)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"backbone": "resnet34"}, "unknown backbone 'resnet34'; valid: resnet18, resnet50, resnet101, mobilenetv2"),
+        ({"backbone": "resnet34"}, "unknown backbone 'resnet34'; valid: resnet18, resnet50, resnet101, resnet18c"),
         ({"head": "unet"}, "unknown head 'unet'; valid: ppm, aspp, ocr, fcn"),
         ({"output_stride": 4}, "output_stride must be one of 8, 16, 32, got 4"),
         ({"num_classes": 0}, "num_classes must be a positive integer, got 0"),

@@ -37,7 +37,7 @@ def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple
     torch.manual_seed(0)  # both variants start from the same weights
     model = build_model(backbone, head, num_classes=num_classes_of(cfg), output_stride=cfg.model.output_stride,
                         aux=cfg.model.aux, pretrained=None, bn_momentum=cfg.model.bn_momentum,
-                        head_options=cfg.model.head_options).to(device).train()
+                        head_options=cfg.model.head_options, head_dropout=cfg.model.head_dropout).to(device).train()
     images, labels = batch
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)

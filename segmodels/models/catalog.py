@@ -344,6 +344,10 @@ for _name, _label, _short in (
     ("resnet18", "ResNet18", "R18"),
     ("resnet50", "ResNet50", "R50"),
     ("resnet101", "ResNet101", "R101"),
+    # ResNet-V1c (deep stem), mmsegmentation's ResNets: its published PSPNet, DeepLabV3 and FCN results use them.
+    ("resnet18c", "ResNet18-V1c", "R18c"),
+    ("resnet50c", "ResNet50-V1c", "R50c"),
+    ("resnet101c", "ResNet101-V1c", "R101c"),
     ("mobilenetv2", "MobileNetV2", "MNv2"),
     ("mobilenetv3", "MobileNetV3", "MNv3"),
 ):
@@ -355,10 +359,11 @@ for _size in ("0", "1", "2"):
 add_head("ppm", label="PPM", structure=_ppm_structure, options={
     "bins": (list[int], (1, 2, 3, 6)), "bin_channels": (int | None, None), "channels": (int, 512),
     "dropout": (float, 0.1)})  # fmt: skip
-# The study's ASPP is the earlier study's variant (rates 1, 2, 3, 6, no image pooling), not DeepLabV3's.
+# The study's ASPP is the earlier study's variant (rates 1, 2, 3, 6, no image pooling), not DeepLabV3's, at the
+# width of the other heads (512, as PPM's, OCR's and FCN's last conv).
 add_head("aspp", label="ASPP (1,2,3,6)", structure=_aspp_structure, options={
-    "rates": (list[int], (1, 2, 3, 6)), "image_pool": (bool, False), "channels": (int, 256),
-    "project_dropout": (float, 0.5), "dropout": (float, 0.1)})  # fmt: skip
+    "rates": (list[int], (1, 2, 3, 6)), "image_pool": (bool, False), "channels": (int, 512),
+    "project_dropout": (float, 0.0), "dropout": (float, 0.1)})  # fmt: skip
 add_head("ocr", label="OCR", cascade=True, options={
     "mid_channels": (int, 512), "key_channels": (int, 256), "dropout": (float, 0.1)})  # fmt: skip
 add_head("fcn", label="FCN", options={"channels": (int, 512), "dropout": (float, 0.1)})

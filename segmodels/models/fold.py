@@ -13,8 +13,11 @@ else does:
   residuals of MobileNetV2/V3, ResNet's ``downsample``) — a subclass only when it keeps Sequential's forward;
 * consecutive children of torchvision's ``IntermediateLayerGetter`` (ResNet's stem ``conv1``/``bn1``), unless the
   convolution's own output is one of the returned feature maps;
+* in both, a plain ``nn.Sequential`` ending in a convolution counts as that convolution (the deep stem of the
+  ResNet-V1c backbones: ``conv1`` = conv-BN-ReLU-conv-BN-ReLU-conv, then ``bn1``);
 * the named pairs of block classes listed in :data:`FOLDABLE_BLOCKS` (torchvision's ``BasicBlock`` and
-  ``Bottleneck``, whose forward applies ``bnK(convK(x))``). A backbone of one's own adds its block there.
+  ``Bottleneck``, whose forward applies ``bnK(convK(x))``), and of timm's ResNet blocks, named in
+  :data:`FOLDABLE_BLOCK_NAMES` so that folding needs no timm import. A backbone of one's own adds its block there.
 
 Any other BatchNorm stays (:func:`fold_report` counts it). Dropout becomes ``nn.Identity`` (it is one already in
 eval mode, but an exporter then need not reason about it). The auxiliary head is dropped unless the head is a
@@ -34,12 +37,17 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["FOLDABLE_BLOCKS", "fold_report", "inference_model"]
+__all__ = ["FOLDABLE_BLOCKS", "FOLDABLE_BLOCK_NAMES", "fold_report", "inference_model"]
 
 # Block class → (convolution, BatchNorm) attribute pairs its forward applies as ``bn(conv(x))`` and nowhere else.
 FOLDABLE_BLOCKS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
     Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+# The same for classes named "module.qualname" (exact classes): timm's ResNet blocks apply bnK(convK(x)) too.
+FOLDABLE_BLOCK_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "timm.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
+    "timm.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
 }
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 _FOLDED = "_folded_batchnorms"  # attribute of a model made by inference_model: how many BatchNorms it folded
@@ -56,29 +64,52 @@ def _can_fold(conv: nn.Module | None, bn: nn.Module | None) -> bool:
     )
 
 
-def _ordered_pairs(parent: nn.Module, skip: set[str]) -> Iterator[tuple[str, str]]:
+def _plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _output_conv(parent: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """Where the module whose output child ``name`` of ``parent`` gives is: the child itself, or, for a plain
+    Sequential, its last child (recursively)."""
+    child = parent._modules[name]
+    while _plain_sequential(child) and len(child):
+        parent, name = child, list(child._modules)[-1]
+        child = parent._modules[name]
+    return parent, name
+
+
+# A foldable pair: (the convolution's parent, its name, the BatchNorm's parent, its name).
+_Pair = tuple[nn.Module, str, nn.Module, str]
+
+
+def _ordered_pairs(parent: nn.Module, skip: set[str]) -> Iterator[_Pair]:
     names = list(parent._modules)
     for first, second in zip(names, names[1:], strict=False):
-        if first not in skip and _can_fold(parent._modules[first], parent._modules[second]):
-            yield first, second
+        holder, conv = _output_conv(parent, first)
+        if first not in skip and _can_fold(holder._modules[conv], parent._modules[second]):
+            yield holder, conv, parent, second
 
 
-def _pairs_of(parent: nn.Module) -> list[tuple[str, str]]:
-    """The (convolution, BatchNorm) child names of ``parent`` that can be folded."""
-    if isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward:
+def _block_pairs(parent: nn.Module) -> tuple[tuple[str, str], ...]:
+    for block, pairs in FOLDABLE_BLOCKS.items():
+        if isinstance(parent, block):
+            return pairs
+    return FOLDABLE_BLOCK_NAMES.get(f"{type(parent).__module__}.{type(parent).__qualname__}", ())
+
+
+def _pairs_of(parent: nn.Module) -> list[_Pair]:
+    """The (convolution, BatchNorm) pairs read by ``parent``'s forward that can be folded."""
+    if _plain_sequential(parent):
         return list(_ordered_pairs(parent, set()))
     if isinstance(parent, IntermediateLayerGetter):
         return list(_ordered_pairs(parent, set(parent.return_layers)))
-    for block, pairs in FOLDABLE_BLOCKS.items():
-        if isinstance(parent, block):
-            return [(c, b) for c, b in pairs if _can_fold(getattr(parent, c, None), getattr(parent, b, None))]
-    return []
+    return [(parent, c, parent, b) for c, b in _block_pairs(parent)
+            if _can_fold(getattr(parent, c, None), getattr(parent, b, None))]  # fmt: skip
 
 
-def _foldable(model: nn.Module) -> Iterator[tuple[nn.Module, str, str]]:
+def _foldable(model: nn.Module) -> Iterator[_Pair]:
     for parent in model.modules():
-        for conv, bn in _pairs_of(parent):
-            yield parent, conv, bn
+        yield from _pairs_of(parent)
 
 
 def _fused(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -108,8 +139,8 @@ def inference_model(model: nn.Module) -> nn.Module:
         folded.aux_head = None
     with torch.no_grad():
         pairs = list(_foldable(folded))
-        for parent, conv, bn in pairs:
-            parent._modules[conv] = _fused(parent._modules[conv], parent._modules[bn])
+        for holder, conv, parent, bn in pairs:
+            holder._modules[conv] = _fused(holder._modules[conv], parent._modules[bn])
             parent._modules[bn] = nn.Identity()
     for parent in list(folded.modules()):
         for name, child in parent._modules.items():

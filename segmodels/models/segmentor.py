@@ -25,9 +25,13 @@ from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone,
 from segmodels.models.catalog import list_models, parse_model_name
 from segmodels.models.heads import HEAD_BUILDERS, FCNHead, backbone_options, keyword_options, reads_stages
 
-__all__ = ["AUX_CHANNELS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
+__all__ = ["AUX_CHANNELS", "HEAD_DROPOUTS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
 
 AUX_CHANNELS = 256  # width of the auxiliary FCN head (PSPNet's; torchvision's FCNHead on 1024 channels)
+# What the heads' dropout drops: single activations (nn.Dropout: torchvision's segmentation heads, the earlier
+# study's) or whole feature maps (nn.Dropout2d: every decode head of mmsegmentation, its dropout_ratio). The rates
+# are the heads' own options; neither kind has weights, so a checkpoint loads under either.
+HEAD_DROPOUTS = ("element", "channel")
 
 
 class SegmentationModel(nn.Module):
@@ -102,6 +106,15 @@ def _check_registered(kind: str, name: str, registry: Mapping[str, Any], names: 
                            f"segmodels.models.{how}")  # fmt: skip
 
 
+def _channel_dropout(module: nn.Module) -> None:
+    """Every ``nn.Dropout`` in ``module`` becomes an ``nn.Dropout2d`` of the same rate: whole channels dropped."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, nn.Dropout2d(child.p, inplace=child.inplace))
+        else:
+            _channel_dropout(child)
+
+
 def _check_head_options(head: str, options: Mapping[str, Any]) -> None:
     allowed = list(keyword_options(HEAD_BUILDERS[head]))
     unknown = sorted(set(options) - set(allowed))
@@ -119,6 +132,7 @@ def build_model(
     pretrained: str | os.PathLike[str] | None = None,
     head_options: Mapping[str, Any] | None = None,
     bn_momentum: float | None = None,
+    head_dropout: str = "element",
 ) -> SegmentationModel:
     """Build ``{backbone}-{head}``.
 
@@ -132,6 +146,8 @@ def build_model(
     the head's own defaults for the backbone (SegFormer's decoder: 768 channels on MiT-B2, else 256).
     bn_momentum: running-statistics momentum of every BatchNorm (None keeps each constructor's own: 0.1, but
     0.01 in torchvision's MobileNetV3).
+    head_dropout: "element" (``nn.Dropout``) or "channel" (``nn.Dropout2d``, mmsegmentation's): what every dropout
+    of the head and the auxiliary head drops (:data:`HEAD_DROPOUTS`).
     All arguments are checked before anything is built.
     """
     if timm_name_of(backbone) is None:  # a timm model needs no builder of its own
@@ -154,6 +170,8 @@ def build_model(
     if bn_momentum is not None and (isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float))
                                     or not 0 < bn_momentum <= 1):
         raise ValueError(f"bn_momentum must lie in (0, 1] or be None, got {bn_momentum!r}")
+    if head_dropout not in HEAD_DROPOUTS:
+        raise ValueError(f"head_dropout must be one of {', '.join(HEAD_DROPOUTS)}, got {head_dropout!r}")
     options = dict(head_options or {})
     _check_head_options(head, options)
     head_class = HEAD_BUILDERS[head]
@@ -177,6 +195,10 @@ def build_model(
         output_stride=output_stride,
         cascade=cascade,
     )
+    if head_dropout == "channel":
+        for module in (head_module, aux_head):
+            if module is not None:
+                _channel_dropout(module)
     if bn_momentum is not None:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

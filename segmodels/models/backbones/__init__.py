@@ -1,4 +1,5 @@
 """Backbones: torchvision classification networks, dilated to output stride 8 (or 16, 32), cut before the classifier;
+the ResNet-V1c family of mmsegmentation's results (``resnet_v1c``: timm's deep-stem ResNets, dilated its way);
 SegFormer's Mix Transformer encoders (``mit``, output stride 32); and any timm model with ``features_only``.
 
 ``build_backbone(name, output_stride=8, pretrained=None)`` returns a :class:`Backbone` whose forward
@@ -15,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from segmodels.models import catalog
-from segmodels.models.backbones import mit, mobilenet, resnet  # noqa: F401  (fill the registry)
+from segmodels.models.backbones import mit, mobilenet, resnet, resnet_v1c  # noqa: F401  (fill the registry)
 from segmodels.models.backbones.base import (
     BACKBONE_SPECS,
     OUTPUT_STRIDES,

@@ -6,7 +6,8 @@ dilation 2 / padding 2 / stride 1 and every one of layer4 dilation 4 / padding 4
 BasicBlock (resnet18) both 3×3 convolutions are dilated; in a Bottleneck (resnet50/101) the 3×3 is
 conv2. torchvision's BasicBlock refuses ``dilation > 1`` at construction, so the built modules are
 changed instead, the same way for both block types. (torchvision's ``replace_stride_with_dilation``
-differs only in that the first block of a dilated layer keeps the previous layer's dilation.)
+differs only in that the first block of a dilated layer keeps the previous layer's dilation; mmsegmentation's
+``contract_dilation`` does the same, and the ResNet-V1c backbones of :mod:`resnet_v1c` follow it.)
 
 "out" is layer4 (512 or 2048 channels), "aux" is layer3 (256 or 1024), the stage PSPNet's auxiliary
 loss supervises; the four stages are layer1 to layer4 (strides 4, 8, 8, 8 at output stride 8).

@@ -25,12 +25,13 @@ import urllib.error
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from segmodels.models.backbones.base import OUTPUT_STRIDES, Backbone, FeatureInfo, stage_keys
 from segmodels.models.backbones.weights import hub_cache_file, probe, read_state_dict
 
-__all__ = ["TIMM_PREFIX", "build_timm_backbone", "check_timm_name", "timm_name_of"]
+__all__ = ["TIMM_PREFIX", "build_timm_backbone", "check_timm_name", "timm_classifier_state", "timm_name_of"]
 
 TIMM_PREFIX = "timm:"
 _FIRST_STRIDE = 4  # the shallowest level kept (SegFormer's and most decoders' first stage)
@@ -141,6 +142,18 @@ def _offline_message(timm: Any, model: str, exc: BaseException) -> str:
         f"or save the classification model's state dict (timm.create_model('{model}', pretrained=True).state_dict()) "
         "to a file and set model.pretrained to its path"
     )
+
+
+def timm_classifier_state(model: str) -> dict[str, torch.Tensor]:
+    """The state dict of timm's classification model ``model`` with its default ImageNet weights, loaded by timm
+    as :func:`build_timm_backbone` loads them (the cache when the server does not answer; else the message above)."""
+    timm = _timm()
+    _check_name(timm, model)
+    kwargs = _imagenet_kwargs(timm, model)
+    try:
+        return timm.create_model(model, **kwargs).state_dict()
+    except Exception as exc:  # the Hub's and urllib's errors: offline, a proxy, a missing cache
+        raise FileNotFoundError(_offline_message(timm, model, exc)) from exc
 
 
 def _create(timm: Any, model: str, output_stride: int | None, kwargs: dict[str, Any]) -> nn.Module:

@@ -16,7 +16,7 @@ __all__ = ["FCNHead"]
 
 class FCNHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, *, channels: int = 512, dropout: float = 0.1) -> None:
-        # channels=512: the width of PPM's and OCR's last 3×3 conv, so only the context module differs.
+        # channels=512: the width of PPM's, ASPP's and OCR's last 3×3 conv, so only the context module differs.
         super().__init__()
         self.conv = Conv2dNormActivation(in_channels, channels, kernel_size=3)
         self.dropout = nn.Dropout(dropout)
