@@ -119,3 +119,29 @@ def test_an_adamw_step_updates_backbone_and_head():
     for key in ("backbone.body.block1.0.attn.q.weight", "head.linear_c.3.proj.weight", "head.classifier.bias"):
         assert not torch.equal(before[key], after[key]), key
     assert sorted({round(g["lr"] / tcfg.lr) for g in optimizer.param_groups}) == [1, 10]
+
+
+def test_no_decay_none_decays_every_parameter():
+    """mmsegmentation's CNN configs have no paramwise_cfg: weight decay on norm weights and biases too."""
+    model = build_model("resnet18", "ppm", num_classes=19)
+    groups = _group_of(build_optimizer(model, TrainConfig(weight_decay=5e-4, no_decay="none")), model)
+    assert {g["weight_decay"] for g in groups.values()} == {5e-4}
+    assert groups["backbone.body.bn1.weight"]["weight_decay"] == groups["head.classifier.bias"]["weight_decay"] == 5e-4
+
+
+def test_no_decay_segformer_follows_its_paramwise_cfg():
+    """NVlabs' SegFormer configs: decay_mult 0 for names holding 'norm' or 'pos_block', decay everywhere else
+    (biases, and the decoder's BatchNorm, which mmsegmentation names linear_fuse.bn)."""
+    model = build_model("mitb0", "segformer", num_classes=19, output_stride=32, aux=False)
+    groups = _group_of(build_optimizer(model, TrainConfig(**SEGFORMER, no_decay="segformer")), model)
+    undecayed = {name for name, group in groups.items() if group["weight_decay"] == 0.0}
+    assert undecayed == {name for name in groups if "norm" in name}
+    # MiT-B0's LayerNorms, weight and bias: norm1 and norm2 of its 8 blocks, attn.norm of the 6 blocks with a
+    # spatial reduction (stages 1-3), the 4 patch embeddings' and the 4 stages' norms
+    assert len(undecayed) == 2 * (8 + 8 + 6 + 4 + 4)
+    assert groups["backbone.body.block1.0.attn.q.bias"]["weight_decay"] == 0.01
+    assert groups["head.linear_fuse.1.weight"]["weight_decay"] == 0.01
+    positions = _WithPositions()
+    kept = _group_of(build_optimizer(positions, TrainConfig(**SEGFORMER, no_decay="segformer")), positions)
+    assert sorted(n for n, g in kept.items() if g["weight_decay"] == 0.0) == ["backbone.pos_block.0.bias",
+                                                                             "backbone.pos_block.0.weight"]  # fmt: skip

@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 from test_figures import fabricate_results
 from test_report import _text
 from test_workflow import ROOT, snakemake
@@ -32,9 +33,26 @@ def test_mmseg_config_loads_with_the_protocol_values():
     assert run_names(cfg) == list(PUBLISHED)  # every model has its published numbers, nothing else is trained
     for name in run_names(cfg):
         assert mmseg_differences(run_config(cfg, name)) == [], name
-    deeplab = run_config(cfg, "resnet50-aspp_deeplabv3").model.head_options
+    deeplab = run_config(cfg, "resnet50c-aspp_deeplabv3").model.head_options
     assert deeplab["rates"] == [1, 12, 24, 36] and deeplab["image_pool"] and deeplab["channels"] == 512
-    assert run_config(cfg, "resnet18-ppm").model.head_options == {"channels": 128}  # mmsegmentation's R-18 width
+    assert run_config(cfg, "resnet18c-ppm").model.head_options == {"channels": 128}  # mmsegmentation's R-18 width
+
+
+def test_mmseg_config_builds_mmsegs_decode_heads():
+    """Its heads drop whole channels (BaseDecodeHead: nn.Dropout2d), the seed's protocol single activations, and
+    a run's model is built so: the config's value reaches the model through the run."""
+    from torch import nn
+
+    from segmodels.engine.run import OpenRun
+
+    cfg = load_config(MMSEG)
+    assert cfg.model.head_dropout == "channel" and load_config(REAL_CONFIGS[0]).model.head_dropout == "element"
+    name = "resnet18c-aspp_deeplabv3"
+    with torch.device("meta"):
+        model = OpenRun("train", name, run_config(cfg, name), None, None).build_model(pretrained=False)
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    assert {type(m) for m in dropouts} == {nn.Dropout2d} and [m.p for m in dropouts] == [0.1, 0.1]  # head, aux
+    assert model.head.classifier.in_channels == 128 and len(model.head.branches) == 5  # R-18 width; 4 rates + pool
 
 
 def test_mmseg_config_comments_every_setting_with_what_it_matches():
@@ -70,12 +88,12 @@ def _study(cfg, rows: dict[str, float], tmp_path) -> Study:
 
 def test_published_column_for_a_study_at_the_protocol(tmp_path):
     cfg = load_config(MMSEG)
-    table = published_table(_study(cfg, {"resnet50-ppm": 77.9, "mobilenetv2-fcn": 60.0}, tmp_path))
+    table = published_table(_study(cfg, {"resnet50c-ppm": 77.9, "mobilenetv2-fcn": 60.0}, tmp_path))
     assert table["title"] == PUBLISHED_TITLE and "published" in table["title"]
     assert table["groups"][1] == ["mmsegmentation (published)", 2]
     assert "quoted as published" in table["note"] and "pspnet_r50-d8_512x1024_80k_cityscapes" in table["note"]
     rows = {r[0]["t"]: [c["t"] for c in r[1:]] for r in table["rows"]}
-    assert rows == {"ResNet50-PPM": ["78.55", "78.22", "77.90", "-0.32"], "MobileNetV2-FCN": ["61.54", "–", "60.00",
+    assert rows == {"ResNet50-V1c-PPM": ["78.55", "78.22", "77.90", "-0.65"], "MobileNetV2-FCN": ["61.54", "–", "60.00",
                                                                                                    "-1.54"]}  # fmt: skip
 
 
@@ -85,15 +103,15 @@ def test_no_published_column_off_the_protocol(tmp_path):
     real = load_config(ROOT / "config" / "config.yaml")
     assert published_table(_study(real, {"resnet50-ppm": 70.0}, tmp_path)) is None
     assert "data.size=[512, 1024]" in mmseg_differences(real) and len(MMSEG_PROTOCOL) > 8
-    cfg = load_config(MMSEG, overrides={"models": ["resnet50-ppm", {"resnet101-ppm": {"train.iterations": 40000}}]})
-    table = published_table(_study(cfg, {"resnet50-ppm": 78.0, "resnet101-ppm": 78.0}, tmp_path))
-    assert [r[0]["t"] for r in table["rows"]] == ["ResNet50-PPM"]
-    assert "ResNet101-PPM (train.iterations=40000)" in table["note"]
+    cfg = load_config(MMSEG, overrides={"models": ["resnet50c-ppm", {"resnet101c-ppm": {"train.iterations": 40000}}]})
+    table = published_table(_study(cfg, {"resnet50c-ppm": 78.0, "resnet101c-ppm": 78.0}, tmp_path))
+    assert [r[0]["t"] for r in table["rows"]] == ["ResNet50-V1c-PPM"]
+    assert "ResNet101-V1c-PPM (train.iterations=40000)" in table["note"]
 
 
 def test_report_prints_the_published_table_labelled_as_published(tmp_path, monkeypatch):
     cfg, results = fabricate_results(tmp_path)
-    mmseg = published_table(_study(load_config(MMSEG), {"resnet50-ppm": 77.9}, tmp_path))
+    mmseg = published_table(_study(load_config(MMSEG), {"resnet50c-ppm": 77.9}, tmp_path))
     monkeypatch.setattr(typeset, "published_table", lambda study: mmseg)
     out = tmp_path / "report.pdf"
     typeset.write_report(cfg, results, tmp_path / "figures", out, data_root=tmp_path / "data" / "packed",

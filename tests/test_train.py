@@ -352,3 +352,34 @@ def test_the_time_a_step_waits_for_its_batch_is_measured():
     assert 0.1 <= clock.take() < 0.5
     assert [next(clock), next(clock)] == [2, 3]
     assert clock.take() < 0.01  # the wait since the last take only
+
+
+def test_the_loader_gets_the_crop_and_contrast_options(packed_data, tmp_path):
+    """train.cat_max_ratio and train.contrast_center reach the training batches."""
+    from segmodels.data.loader import PackedSplit, TrainLoader
+    from segmodels.engine.distributed import DistInfo
+    from segmodels.engine.step import SpeedSettings
+    from segmodels.engine.train import _data
+    from segmodels.study.runs import RunFolder
+
+    cfg = small_config(train={"cat_max_ratio": 0.5, "contrast_center": "zero", "crop_size": [32, 32]})
+    model = torch.nn.Conv2d(3, 2, 1)
+    state = ckpt.TrainState(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1), torch.amp.GradScaler("cpu"),
+                            {}, DistInfo(), torch.device("cpu"), RunFolder(tmp_path))  # fmt: skip
+    loader, _ = _data(state, packed_data, 3, SpeedSettings())
+    split = PackedSplit(packed_data / "train")
+    kw = {"batch_size": 2, "crop_size": (32, 32), "scale_range": (1.0, 1.0), "seed": 3}
+    want = TrainLoader(split, cat_max_ratio=0.5, contrast_center="zero", **kw).batch(1)
+    plain = TrainLoader(split, **kw).batch(1)
+    got = loader.batch(1)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not torch.equal(got[0], plain[0])
+
+
+def test_the_training_loop_follows_the_schedule_down_to_min_lr(tmp_path, packed_data, mlflow_uri):
+    """The logged lr of each step: poly power 1 from 0.01 to train.min_lr 0.004 over 4 iterations."""
+    cfg = small_config(train={"iterations": 4, "log_every": 1, "lr": 0.01, "poly_power": 1.0, "min_lr": 0.004})
+    train(cfg, "mobilenetv2-fcn", out=tmp_path / "run", data_dir=packed_data)
+    with (tmp_path / "run" / "train_log.csv").open() as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    assert lrs == pytest.approx([0.01, 0.0085, 0.007, 0.0055])

@@ -1,9 +1,10 @@
 """Training augmentation on whole batches, on the training device, each sample with its own parameters.
 
 The recipe is the usual Cityscapes one (PSPNet, Zhao et al. 2017; mmsegmentation's configs): random rescale by
-0.5-2.0, random crop (padding with ignore where the rescaled image is smaller than the crop), horizontal flip,
-photometric distortion (brightness, contrast, saturation, hue; each with probability 1/2, as mmsegmentation's
-PhotoMetricDistortion), ImageNet normalisation.
+0.5-2.0, random crop (padding with ignore where the rescaled image is smaller than the crop; optionally redrawn
+while one class dominates it, :func:`redraw_crops`), horizontal flip, photometric distortion (brightness,
+contrast, saturation, hue; each with probability 1/2, as mmsegmentation's PhotoMetricDistortion), ImageNet
+normalisation.
 
 Rescale, crop and flip form one axis-aligned affine map per sample. Images are resampled through it with
 ``grid_sample`` (bilinear); labels are gathered at the nearest source pixel of the same map, so the two stay
@@ -16,18 +17,23 @@ in two small arrays, so a batch does not depend on the device it is made on and 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentParams", "augment_batch", "sample_params", "source_windows"]
+__all__ = ["CONTRAST_CENTERS", "CROP_TRIES", "AugmentParams", "augment_batch", "crop_is_varied", "redraw_crops",
+           "sample_params", "source_windows"]  # fmt: skip
 
 BRIGHTNESS = 32.0  # ± on the 0-255 scale
 CONTRAST = (0.5, 1.5)
 SATURATION = (0.5, 1.5)
 HUE_DEG = 36.0  # mmsegmentation's hue_delta of 18 is on OpenCV's 0-180 hue scale
+# Contrast c around the image's mean grey, or around black (x·c, mmsegmentation's PhotoMetricDistortion)
+CONTRAST_CENTERS = ("mean", "zero")
+CROP_TRIES = 10  # mmsegmentation's RandomCrop with cat_max_ratio: 10 crops checked, then one more kept unchecked
 # YIQ: luma plus two chroma axes; rotating (I, Q) shifts the hue, scaling it changes the saturation, and grey
 # (I = Q = 0) is left alone.
 _RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -70,10 +76,7 @@ def sample_params(
     r = torch.rand((n, 12), generator=gen, dtype=torch.float64).numpy()
     lo, hi = scale_range
     scale = lo + (hi - lo) * r[:, 0]
-    origin = np.empty((n, 2))
-    for axis in (0, 1):
-        room = scale * in_size[axis] - crop_size[axis]  # negative: the rescaled image is smaller than the crop
-        origin[:, axis] = np.round(np.minimum(room, 0) + np.abs(room) * r[:, 1 + axis])
+    origin = _origins(scale, in_size, crop_size, r[:, 1:3])
 
     def sometimes(column: int, values: np.ndarray, identity: float) -> np.ndarray:
         return np.where(photometric & (r[:, column] < 0.5), values, identity)
@@ -87,6 +90,74 @@ def sample_params(
         saturation=sometimes(8, SATURATION[0] + (SATURATION[1] - SATURATION[0]) * r[:, 9], 1.0),
         hue=sometimes(10, np.deg2rad(HUE_DEG * (2 * r[:, 11] - 1)), 0.0),
     )
+
+
+def _origins(scale: np.ndarray, in_size: Sequence[int], crop_size: Sequence[int], u: np.ndarray) -> np.ndarray:
+    """(N, 2) crop corners from uniform numbers ``u`` (N, 2): anywhere the crop fits in the rescaled image, or
+    anywhere the rescaled image fits in the crop when it is smaller (the rest padded)."""
+    origin = np.empty((len(scale), 2))
+    for axis in (0, 1):
+        room = scale * in_size[axis] - crop_size[axis]  # negative: the rescaled image is smaller than the crop
+        origin[:, axis] = np.round(np.minimum(room, 0) + np.abs(room) * u[:, axis])
+    return origin
+
+
+def crop_is_varied(labels: np.ndarray, cat_max_ratio: float, ignore_index: int = 255) -> bool:
+    """Whether a crop's labels hold at least two classes, the most frequent on less than ``cat_max_ratio`` of the
+    labelled pixels (mmsegmentation's RandomCrop test)."""
+    counts = np.bincount(np.asarray(labels, np.uint8).ravel(), minlength=256)
+    counts[ignore_index] = 0
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def redraw_crops(
+    gen: torch.Generator,
+    params: AugmentParams,
+    labels: Sequence[np.ndarray],
+    crop_size: tuple[int, int],
+    *,
+    cat_max_ratio: float,
+    ignore_index: int = 255,
+    tries: int = CROP_TRIES,
+) -> AugmentParams:
+    """``params`` with the crop of each sample redrawn while it is not varied (:func:`crop_is_varied`), at the
+    same scale: up to ``tries`` crops are checked, and after as many failures one more is drawn and kept
+    (mmsegmentation's RandomCrop with ``cat_max_ratio``). ``labels`` are the samples' whole label maps (rows of
+    the memory map: only the pixels a crop reads are read). ``cat_max_ratio`` 1 changes nothing.
+
+    The labels checked are those the crop gets (nearest source pixel, padding ignored), so the test sees what
+    the loss sees. The redraws come from ``gen`` alone, so the first draw, and every batch without the option,
+    stays as :func:`sample_params` made it.
+    """
+    if cat_max_ratio >= 1:
+        return params
+    n = len(params.scale)
+    (h, w), (ch, cw) = labels[0].shape, crop_size
+    u = torch.rand((n, tries, 2), generator=gen, dtype=torch.float64).numpy()
+    scale, origin = np.asarray(params.scale, np.float64), np.array(params.origin, np.float64)
+    pending = np.ones(n, dtype=bool)
+    for t in range(tries + 1):
+        if t:
+            origin[pending] = _origins(scale[pending], (h, w), crop_size, u[pending, t - 1])
+        if t == tries:
+            break
+        trial = replace(params, origin=origin, flip=np.zeros(n, dtype=bool))  # a flip reorders, adds nothing
+        gy, gx = _axis(trial, 0, h, ch), _axis(trial, 1, w, cw)
+        iy, ix = _nearest(gy, h), _nearest(gx, w)
+        for k in np.flatnonzero(pending):
+            rows, cols = iy[k][np.abs(gy[k]) <= 1], ix[k][np.abs(gx[k]) <= 1]
+            if crop_is_varied(labels[k][np.ix_(rows, cols)], cat_max_ratio, ignore_index):
+                pending[k] = False
+        if not pending.any():
+            break
+    return replace(params, origin=origin)
+
+
+def _nearest(g: np.ndarray, size: int) -> np.ndarray:
+    """The source pixel nearest each grid coordinate ``g``: the one containing (g + 1) / 2 · size (the lower one on
+    a tie); clamped outside the image, where the label is ignore anyway."""
+    return np.clip(np.ceil((g + 1) * (size / 2)) - 1, 0, size - 1).astype(np.int64)
 
 
 def _axis(p: AugmentParams, axis: int, size: int, crop: int) -> np.ndarray:
@@ -126,7 +197,7 @@ def _to_window(g: np.ndarray, size: int, start: np.ndarray, held: int) -> np.nda
 
 def _plan(
     p: AugmentParams, in_size: tuple[int, int], crop_size: tuple[int, int], mean, std,
-    windows: np.ndarray | None = None, held: tuple[int, int] | None = None,
+    windows: np.ndarray | None = None, held: tuple[int, int] | None = None, contrast_center: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Everything per sample that does not depend on pixel values, in two small arrays (two host→device copies).
 
@@ -137,10 +208,7 @@ def _plan(
     """
     (h, w), (ch, cw) = in_size, crop_size
     gy, gx = _axis(p, 0, h, ch), _axis(p, 1, w, cw)
-    # nearest source pixel of the same map: the one containing (g + 1) / 2 · size (the lower one on a tie);
-    # clamped outside the image, where the label is ignore anyway
-    iy = np.clip(np.ceil((gy + 1) * (h / 2)) - 1, 0, h - 1)
-    ix = np.clip(np.ceil((gx + 1) * (w / 2)) - 1, 0, w - 1)
+    iy, ix = _nearest(gy, h).astype(np.float64), _nearest(gx, w).astype(np.float64)  # labels: the same map
     inside = np.abs(gx) <= 1, np.abs(gy) <= 1
     if windows is not None:
         hh, hw = held if held is not None else (h, w)
@@ -156,11 +224,17 @@ def _plan(
     chroma[:, 2, 1] = sat * np.sin(hue)
     chroma[:, 1, 2] = -chroma[:, 2, 1]
     # 0-255 distortion: A x + b with A = c · chroma map and b = β + (1 − c) · grey mean of x (contrast c around
-    # the grey mean of x + β; the chroma map leaves grey unchanged). Normalisation (v / 255 − μ) / σ is folded in.
+    # the grey mean of x + β; the chroma map leaves grey unchanged), or b = c · β (contrast "zero": c · (x + β),
+    # which commutes with the chroma map, so its place among the colour steps does not matter). Normalisation
+    # (v / 255 − μ) / σ is folded in.
+    if contrast_center not in CONTRAST_CENTERS:
+        raise ValueError(f"contrast_center must be one of {', '.join(CONTRAST_CENTERS)}, got {contrast_center!r}")
+    around_mean = contrast_center == "mean"
     inv = 1.0 / (255.0 * np.asarray(std, np.float64))
     colour = inv[None, :, None] * contrast[:, None, None] * (_YIQ_TO_RGB @ chroma @ _RGB_TO_YIQ)
-    base = np.asarray(p.brightness, np.float64)[:, None] * inv[None] - (np.asarray(mean) / np.asarray(std))[None]
-    per_grey = (1 - contrast)[:, None] * inv[None]
+    shift = np.asarray(p.brightness, np.float64) * (1.0 if around_mean else contrast)
+    base = shift[:, None] * inv[None] - (np.asarray(mean) / np.asarray(std))[None]
+    per_grey = (1 - contrast)[:, None] * inv[None] * around_mean
     plan = np.concatenate([gx, gy, ix, iy * w, *inside, colour.reshape(n, 9), base, per_grey], axis=1, dtype=np.float32)
     padding = np.concatenate([~inside[0], ~inside[1]], axis=1).astype(np.uint8) * np.uint8(255)
     return plan, padding
@@ -177,22 +251,25 @@ def augment_batch(
     ignore_index: int = 255,
     in_size: tuple[int, int] | None = None,
     windows: np.ndarray | None = None,
+    contrast_center: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images (N, H, W, 3) and labels (N, H, W) on one device → float32 (N, 3, ch, cw) normalised, int64 labels.
 
     Pixels outside the rescaled image get label ``ignore_index`` and the mean colour (0 after normalisation).
     With ``windows`` (:func:`source_windows` of images of ``in_size``), the tensors hold only each sample's window,
     at the top-left; the pixel just past a window's bottom row and right column must repeat its edge.
+    ``contrast_center``: :data:`CONTRAST_CENTERS`.
     """
     n, h, w = labels.shape
     ch, cw = crop_size
     dev = images.device
     if windows is None:
-        plan, padding = (torch.from_numpy(a) for a in _plan(params, (h, w), crop_size, mean, std))
+        planned = _plan(params, (h, w), crop_size, mean, std, contrast_center=contrast_center)
+        plan, padding = (torch.from_numpy(a) for a in planned)
     else:
         if in_size is None:
             raise ValueError("augment_batch: windows need in_size, the size of the whole source images")
-        planned = _plan(params, in_size, crop_size, mean, std, windows, (h, w))
+        planned = _plan(params, in_size, crop_size, mean, std, windows, (h, w), contrast_center=contrast_center)
         plan, padding = (torch.from_numpy(a) for a in planned)
     if dev.type == "cuda":  # page-locked, so the copies run asynchronously
         plan, padding = (t.pin_memory().to(dev, non_blocking=True) for t in (plan, padding))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmodels.data.augment import AugmentParams, augment_batch, sample_params, source_windows
+from segmodels.data.augment import AugmentParams, augment_batch, redraw_crops, sample_params, source_windows
 from segmodels.data.labelset import IGNORE_INDEX
 from segmodels.data.pack import read_manifest
 
@@ -168,6 +168,8 @@ class TrainLoader:
         rank: int = 0,
         world_size: int = 1,
         channels_last: bool = False,
+        cat_max_ratio: float = 1.0,
+        contrast_center: str = "mean",
     ) -> None:
         self.split = _as_split(split)
         if batch_size < 1:
@@ -178,12 +180,15 @@ class TrainLoader:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(scale_range)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1] (1: off), got {cat_max_ratio}")
         self.batch_size, self.crop_size = batch_size, (int(crop_size[0]), int(crop_size[1]))
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.flip, self.photometric = flip, photometric
         self.device = torch.device(device)
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.channels_last = channels_last
+        self.cat_max_ratio, self.contrast_center = float(cat_max_ratio), contrast_center
         self._pin = self.device.type == "cuda"
         # The buffer the crop windows are copied into: the largest window the scale range allows, so that its size
         # (and with it the rounding of every sample's resampling) does not depend on which samples share a batch.
@@ -217,9 +222,11 @@ class TrainLoader:
     def _host(self, steps: list[int]):
         """The CPU part for consecutive ``steps``: the augmentation parameters, then only the part of each image
         that its crop reads (:func:`~segmodels.data.augment.source_windows`) copied out of the memory map."""
-        idx = np.concatenate([self.indices(step) for step in steps])
-        params = [
-            sample_params(
+        per_step = [self.indices(step) for step in steps]
+        idx = np.concatenate(per_step)
+        params = []
+        for step, rows in zip(steps, per_step, strict=True):
+            drawn = sample_params(
                 _generator(self.seed, step, self.rank, 2),
                 self.batch_size,
                 self.split.size,
@@ -228,8 +235,11 @@ class TrainLoader:
                 flip=self.flip,
                 photometric=self.photometric,
             )
-            for step in steps
-        ]
+            if self.cat_max_ratio < 1:  # crops where one class dominates are redrawn, from a stream of their own
+                drawn = redraw_crops(_generator(self.seed, step, self.rank, 3), drawn,
+                                     [self.split.labels[i] for i in rows], self.crop_size,
+                                     cat_max_ratio=self.cat_max_ratio, ignore_index=IGNORE_INDEX)  # fmt: skip
+            params.append(drawn)
         params = AugmentParams.concat(params)
         windows = source_windows(params, self.split.size, self.crop_size)
         images, labels = _gather_windows(self.split, idx, windows, self._held, self._pin)
@@ -241,7 +251,8 @@ class TrainLoader:
         images = images.to(self.device, non_blocking=self._pin)
         labels = labels.to(self.device, non_blocking=self._pin)
         x, y = augment_batch(images, labels, params, self.crop_size, MEAN, STD, ignore_index=IGNORE_INDEX,
-                             in_size=self.split.size, windows=windows)  # fmt: skip
+                             in_size=self.split.size, windows=windows,
+                             contrast_center=self.contrast_center)  # fmt: skip
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))

@@ -1,7 +1,10 @@
 """Training losses: pixel-wise cross-entropy with an auxiliary term, and distillation.
 
-Every term averages over the labelled pixels only, and a batch whose pixels are all
-``ignore_index`` contributes zero rather than 0/0 = NaN, so the non-finite-loss guard in
+Cross-entropy averages over the labelled pixels (``average="labelled"``, PyTorch's mean with an ignore index) or
+over every pixel of the batch, ignored ones counting zero (``"all"``: mmsegmentation's default,
+``avg_non_ignore=False``, whose gradient is smaller by the batch's ignored fraction: Cityscapes' void pixels and
+the padding of crops larger than the rescaled image). Distillation averages over the labelled pixels. A batch
+whose pixels are all ``ignore_index`` contributes zero rather than 0/0 = NaN, so the non-finite-loss guard in
 training fires on real divergence, never on an unlucky crop.
 """
 
@@ -12,16 +15,24 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "cross_entropy", "distillation_loss", "segmentation_loss"]
+__all__ = ["AVERAGES", "IGNORE_INDEX", "cross_entropy", "distillation_loss", "segmentation_loss"]
 
 IGNORE_INDEX = 255
+AVERAGES = ("labelled", "all")  # train.loss_average
 
 
-def cross_entropy(logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX) -> Tensor:
-    """Mean cross-entropy over labelled pixels; 0 when there are none. Computed in float32."""
+def cross_entropy(
+    logits: Tensor, labels: Tensor, *, ignore_index: int = IGNORE_INDEX, average: str = "labelled"
+) -> Tensor:
+    """Cross-entropy summed over the labelled pixels, divided by their number (``average="labelled"``; 0 when
+    there are none) or by the number of all pixels, ignored ones included (``"all"``). Computed in float32."""
     if logits.shape[-2:] != labels.shape[-2:]:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in size")
+    if average not in AVERAGES:
+        raise ValueError(f"train.loss_average must be one of {', '.join(AVERAGES)}, got {average!r}")
     total = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    if average == "all":
+        return total / max(labels.numel(), 1)
     count = (labels != ignore_index).sum().clamp_min(1)
     return total / count
 
@@ -49,18 +60,20 @@ def segmentation_loss(
     *,
     aux_weight: float = 0.4,
     ignore_index: int = IGNORE_INDEX,
+    average: str = "labelled",
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and its parts (``main``, ``aux``; only those the outputs have).
+    """Total loss and its parts (``main``, ``aux``; only those the outputs have); each term averaged as
+    :func:`cross_entropy`'s ``average``.
 
     The auxiliary FCN head on the third stage follows PSPNet (Zhao et al. 2017, §3.4, weight 0.4). For OCR
     its logits are the soft object regions, so this one term is also the paper's region loss (Yuan et al.
     2020, §3.3, weight 0.4).
     """
-    main = cross_entropy(outputs["out"], labels, ignore_index=ignore_index)
+    main = cross_entropy(outputs["out"], labels, ignore_index=ignore_index, average=average)
     parts = {"main": main}
     total = main
     if "aux" in outputs and aux_weight:
-        parts["aux"] = cross_entropy(outputs["aux"], labels, ignore_index=ignore_index)
+        parts["aux"] = cross_entropy(outputs["aux"], labels, ignore_index=ignore_index, average=average)
         total = total + aux_weight * parts["aux"]
     return total, {k: v.detach() for k, v in parts.items()}
 

@@ -122,7 +122,7 @@ class OpenRun:
         m = self.cfg.model
         return build_model(*arch_of(self.name), num_classes=num_classes_of(self.cfg), output_stride=m.output_stride, aux=m.aux,
                            pretrained=m.pretrained if pretrained else None, bn_momentum=m.bn_momentum,
-                           head_options=m.head_options)  # fmt: skip
+                           head_options=m.head_options, head_dropout=m.head_dropout)  # fmt: skip
 
     def meter(self, device: Any, *, gpus: int | None = None, save: bool = False, resume: bool = False) -> Any:
         """A :class:`~segmodels.engine.cost.CostMeter` of the job; with ``save`` it keeps the folder's cost.json."""

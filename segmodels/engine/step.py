@@ -21,9 +21,11 @@ from segmodels.study.config import TrainConfig
 __all__ = [
     "ADAMW_BETAS",
     "NO_DECAY_NAMES",
+    "SEGFORMER_NO_DECAY",
     "SpeedSettings",
     "Stepper",
     "build_optimizer",
+    "decays",
     "first_nonfinite_step",
     "param_groups",
     "poly_lr",
@@ -33,14 +35,17 @@ __all__ = [
 
 
 def poly_lr(
-    step: int, *, base_lr: float, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1
-) -> float:
-    """Learning rate at ``step`` (0-based): base·(1 − step/total)^power, ramped up linearly during warm-up.
+    step: int, *, base_lr: float, total: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 0.1,
+    min_lr: float = 0.0,
+) -> float:  # fmt: skip
+    """Learning rate at ``step`` (0-based): (base − min_lr)·(1 − step/total)^power + min_lr, ramped up linearly
+    during warm-up.
 
-    Poly decay as in DeepLab (Chen et al. 2017); the warm-up starts at ``warmup_ratio`` of that value
-    and reaches it at ``warmup_iters``, as mmsegmentation's linear warm-up.
+    Poly decay as in DeepLab (Chen et al. 2017), ending at ``min_lr`` as mmsegmentation's (its ``eta_min``,
+    ``min_lr``); the warm-up starts at ``warmup_ratio`` of that value and reaches it at ``warmup_iters``, as
+    mmsegmentation's linear warm-up.
     """
-    lr = base_lr * (1.0 - min(step, total) / total) ** power
+    lr = (base_lr - min_lr) * (1.0 - min(step, total) / total) ** power + min_lr
     if step < warmup_iters:
         lr *= warmup_ratio + (1.0 - warmup_ratio) * step / warmup_iters
     return lr
@@ -49,17 +54,34 @@ def poly_lr(
 # Parameters without weight decay besides norm weights and biases (any 1-d tensor): position encodings and
 # tokens, after mmsegmentation's SegFormer/PVT paramwise_cfg (pos_block decay_mult 0) and timm's no_weight_decay.
 NO_DECAY_NAMES = ("pos_block", "pos_embed", "cls_token")
+# SegFormer's paramwise_cfg (NVlabs' configs): decay_mult 0 for every parameter whose name holds one of these
+# (its MiT's norm1, norm2, attn.norm, patch_embed.norm and stage norms; not the decoder's BatchNorm).
+SEGFORMER_NO_DECAY = ("pos_block", "norm")
 ADAMW_BETAS = (0.9, 0.999)
 
 
-def param_groups(model: nn.Module, *, weight_decay: float, head_lr_mult: float = 1.0) -> list[dict[str, Any]]:
-    """Groups: backbone/head × decayed/not. Norm weights and biases (1-d tensors) and position parameters
-    (:data:`NO_DECAY_NAMES`) get no decay; everything outside the backbone gets ``head_lr_mult`` × lr."""
+def decays(name: str, param: nn.Parameter, no_decay: str = "1d") -> bool:
+    """Whether weight decay applies to ``param`` under ``train.no_decay``: 1d (not on 1-d tensors nor
+    :data:`NO_DECAY_NAMES`), none (on every parameter) or segformer (not on names holding
+    :data:`SEGFORMER_NO_DECAY`)."""
+    if no_decay == "1d":
+        return param.ndim > 1 and not any(part in name for part in NO_DECAY_NAMES)
+    if no_decay == "none":
+        return True
+    if no_decay == "segformer":
+        return not any(part in name for part in SEGFORMER_NO_DECAY)
+    raise ValueError(f"train.no_decay must be 1d, none or segformer, got {no_decay!r}")
+
+
+def param_groups(
+    model: nn.Module, *, weight_decay: float, head_lr_mult: float = 1.0, no_decay: str = "1d"
+) -> list[dict[str, Any]]:
+    """Groups: backbone/head × decayed/not. Which parameters decay: :func:`decays` (by default not norm weights,
+    biases and position parameters); everything outside the backbone gets ``head_lr_mult`` × lr."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            decay = param.ndim > 1 and not any(part in name for part in NO_DECAY_NAMES)
-            groups.setdefault((name.startswith("backbone."), decay), []).append(param)
+            groups.setdefault((name.startswith("backbone."), decays(name, param, no_decay)), []).append(param)
     return [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_mult": 1.0 if bb else head_lr_mult}
         for (bb, decay), params in sorted(groups.items(), reverse=True)
@@ -70,7 +92,8 @@ def build_optimizer(model: nn.Module, tcfg: TrainConfig, *, fused: bool = False,
     """``train.optimizer``: SGD with momentum (sgd) or AdamW (adamw, betas :data:`ADAMW_BETAS`, decoupled weight
     decay: SegFormer's recipe, Xie et al. 2021 §4.1) over :func:`param_groups`; ``fused`` (CUDA) runs one kernel for
     all tensors. The schedule sets each group's lr to the step's lr × its ``lr_mult``."""
-    groups = param_groups(model, weight_decay=tcfg.weight_decay, head_lr_mult=tcfg.head_lr_mult)
+    groups = param_groups(model, weight_decay=tcfg.weight_decay, head_lr_mult=tcfg.head_lr_mult,
+                          no_decay=tcfg.no_decay)  # fmt: skip
     kwargs = {"fused": True} if fused else {"foreach": foreach}
     if tcfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=tcfg.lr, betas=ADAMW_BETAS, **kwargs)
@@ -147,7 +170,7 @@ class Stepper:
         t = self.tcfg
         with self.autocast():
             outputs = self.model(images)
-            loss, parts = segmentation_loss(outputs, labels, aux_weight=t.aux_weight)
+            loss, parts = segmentation_loss(outputs, labels, aux_weight=t.aux_weight, average=t.loss_average)
             if self.teacher is not None:
                 with torch.no_grad():
                     target = self.teacher(images)["out"]

@@ -177,8 +177,8 @@ def _data(state: ckpt.TrainState, data_dir: Path, seed: int, speed: SpeedSetting
     t, info = state.cfg.train, state.info
     loader = TrainLoader(PackedSplit(data_dir / "train"), batch_size=t.batch_size // info.world_size,
                          crop_size=tuple(t.crop_size), scale_range=tuple(t.scale_range), device=state.device,
-                         seed=seed, rank=info.rank, world_size=info.world_size,
-                         channels_last=speed.channels_last)  # fmt: skip
+                         seed=seed, rank=info.rank, world_size=info.world_size, channels_last=speed.channels_last,
+                         cat_max_ratio=t.cat_max_ratio, contrast_center=t.contrast_center)  # fmt: skip
     val_split = PackedSplit(data_dir / "val") if (data_dir / "val" / "images.npy").is_file() else None
     return loader, val_split
 
@@ -304,7 +304,7 @@ class _Loop:
         try:
             for step, (images, labels) in zip(range(start, total), waited, strict=False):
                 lr = poly_lr(step, base_lr=t.lr, total=total, power=t.poly_power, warmup_iters=t.warmup_iters,
-                             warmup_ratio=t.warmup_ratio)
+                             warmup_ratio=t.warmup_ratio, min_lr=t.min_lr)
                 loss, parts = self.stepper(images, labels, lr)
                 bad_step = torch.where(~torch.isfinite(loss) & (bad_step < 0), torch.full_like(bad_step, step),
                                        bad_step)
