@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from conftest import small_config, write_config
+from test_evaluate_backends import MAX_INT8_DROP, MIN_AGREEMENT
 
 from segmodels.cli import main
 from segmodels.study import deploy
@@ -46,6 +47,19 @@ def test_latency_cells_take_each_paths_fastest_mode():
     assert "deploy_int8_ms" not in deploy.latency_cells(latency, ["onnx"])
 
 
+def test_bf16_is_scored_folded_as_it_is_timed(monkeypatch, tmp_path):
+    import segmodels.engine.evaluate as evaluate_module
+    from segmodels.engine.deploy import score_path
+
+    calls = {}
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda cfg, run_dir, **kw: calls.setdefault(kw["log_tag"], kw))
+    for path in ("fp32", "bf16", "onnx"):
+        score_path(small_config(), tmp_path, path)
+    assert all("+fold" in mode for mode in deploy.TIMED_MODES["bf16"])  # what its latency times
+    assert calls["deploy_bf16"]["fold"] is True and calls["deploy_bf16"]["amp"] is True
+    assert calls["deploy_fp32"]["fold"] is False and calls["deploy_onnx"]["backend"] == "onnx"
+
+
 def test_bad_deploy_settings_are_named(tmp_path):
     cfg = small_config(models=["mobilenetv2-fcn", "resnet18-fcn"])
     path = write_config(tmp_path / "study.yaml", cfg)
@@ -61,8 +75,9 @@ def test_bad_deploy_settings_are_named(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory, packed_data):
-    """A mobilenetv2-fcn trained until it predicts the generated classes, then deployed on every path."""
+def deployed(tmp_path_factory, packed_data, one_thread):
+    """A mobilenetv2-fcn trained as test_evaluate_backends trains it (long enough for INT8 to keep its predictions),
+    then deployed on every path."""
     import os
 
     from segmodels.engine.train import train
@@ -71,7 +86,7 @@ def deployed(tmp_path_factory, packed_data):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
     try:
         cfg = small_config(
-            train={"iterations": 60, "batch_size": 2, "lr": 0.1, "log_every": 20, "ckpt_every": 60, "warmup_iters": 5},
+            train={"iterations": 120, "batch_size": 2, "lr": 0.1, "log_every": 40, "ckpt_every": 120, "warmup_iters": 5},
             evaluate={"samples": [], "amp": False},
             benchmark={"size": [64, 64], "cpu_repeats": 2, "cpu_warmup": 1},
             deploy={"enabled": True, "calibration": 50},
@@ -97,6 +112,7 @@ def test_every_path_is_scored_and_timed(deployed, packed_data, capsys):
     int8 = scores["onnx-int8"]
     assert int8["protocol"]["precision"] == "ONNX Runtime int8"
     assert int8["export"]["int8"]["calibration"]["count"] == 4  # deploy.calibration 50, capped at the 4 images
+    assert int8["export"]["int8"]["agreement"] >= MIN_AGREEMENT
     for path in deploy.PATHS:
         per_image = np.load(run / "deploy" / path / "confusion_per_image.npy")
         assert per_image.shape[0] == 2 and per_image.sum() == scores[path]["labelled_pixels"]
@@ -105,12 +121,24 @@ def test_every_path_is_scored_and_timed(deployed, packed_data, capsys):
     assert scores["fp32"]["miou"] == pytest.approx(reference["miou"], abs=1e-9)
     assert reference["miou"] > 0.5
     assert abs(scores["bf16"]["miou"] - reference["miou"]) < 0.05
+    assert abs(int8["miou"] - reference["miou"]) <= MAX_INT8_DROP
+    # bf16 scores the model its latency times, BatchNorm folded; the ONNX graphs are folded by export
+    assert [scores[p]["settings"]["folded"] for p in deploy.PATHS] == [False, True, True, True]
+    folded = evaluate(cfg, run, data=packed_data, out=run / "eval-folded", log_mlflow=False, progress=False,
+                      amp=True, fold=True, device="cpu")  # fmt: skip
+    np.testing.assert_array_equal(np.load(run / "deploy" / "bf16" / "confusion_per_image.npy"),
+                                  np.load(run / "eval-folded" / "confusion_per_image.npy"))  # fmt: skip
+    assert folded["miou"] == scores["bf16"]["miou"] and folded["settings"]["folded"] is True
     latency = json.loads((run / "deploy" / "latency.json").read_text())
     for mode in deploy.path_modes(deploy.PATHS):
         assert mode in latency["modes"]
     for mode in ("fp32", "fp32+fold", "onnx", "onnx-int8"):
         assert latency["modes"][mode]["status"] == "ok" and latency["modes"][mode]["median_ms"] > 0
     assert latency["cpu"]["name"] and "bf16_native" in latency["cpu"]
+    # INT8 keeps 7-bit weights where the CPU has no VNNI; the export record and latency.json say which was used
+    vnni = latency["cpu"]["int8_vnni"]
+    assert int8["export"]["int8"]["vnni"] is vnni and int8["export"]["int8"]["reduce_range"] is (not vnni)
+    assert latency["modes"]["onnx-int8"]["reduce_range"] is (not vnni)
     if not latency["cpu"]["bf16_native"]:  # skipped with the reason, never timed emulated
         assert latency["modes"]["amp+fold"]["status"] == "skipped" and latency["modes"]["amp+fold"]["reason"]
     assert not (run / "latency.json").exists() and not (run / "metrics.json").exists()  # the study's files: theirs
@@ -143,6 +171,7 @@ def test_summary_pairs_each_path_with_fp32(deployed, tmp_path):
         assert diff == pytest.approx(row[f"deploy_miou_{key}"] - row["deploy_miou_fp32"], abs=1e-6)
     # the ONNX fp32 graph predicts what PyTorch predicts: its difference is next to nothing
     assert abs(row["deploy_onnx_diff"]) < 0.5
+    assert abs(row["deploy_int8_diff"]) <= 100 * MAX_INT8_DROP  # the summary's differences are in mIoU points
     plain = summarize(small_config(), folder / "results")
     assert not any(c.startswith("deploy_") for c in plain.columns)  # off: no deployment columns
 

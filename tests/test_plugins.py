@@ -86,9 +86,9 @@ def test_a_bad_plugin_is_named_before_anything_runs(plugin_path, tmp_path, plugi
 def test_a_plugin_study_runs_through_snakemake(tmp_path, plugin_path, monkeypatch):
     """The whole DAG in separate processes: the Snakefile and every `segmodels` job import the plugin."""
     config = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    # The plugin's backbone under a built-in head and a built-in backbone under the plugin's head: each registry's
-    # entries meet the other's (built-in pairs alone go through the DAG in test_workflow).
-    models = ["toy-ppm", "resnet18-toyhead"]
+    # The plugin's backbone under a built-in head, a built-in backbone under the plugin's head, and the pair that
+    # compares the plugin's head with a built-in one on the same backbone.
+    models = ["resnet18-ppm", "toy-ppm", "resnet18-toyhead"]
     config |= {"experiment": "lab", "models": models, "plugins": ["labmodels"]}
     config["tracking"]["log_model"] = False  # the MLflow model of each run: not what this test is about
     study = tmp_path / "study.yaml"

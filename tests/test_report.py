@@ -330,7 +330,7 @@ def test_verdicts_and_method_follow_the_holm_adjusted_p(tmp_path):
     # Several seeds for some models: their intervals hold the seeds, the others' the images only.
     study.summary.loc[["resnet18-ppm", "resnet50-ppm"], "seeds"] = 3
     coverage = interval_coverage(study, list(rows))
-    assert "Where a model has several seeds, the training seeds are resampled, then the validation images" in coverage
+    assert "Where a model has several seeds, the training seeds and the validation images are resampled" in coverage
     one = f"{display_name('resnet18-aspp')}, {display_name('resnet18-ocr')}"
     assert f"with one seed ({one}), the interval covers image sampling only" in coverage
 
@@ -354,3 +354,13 @@ def test_report_reads_the_holm_family_of_comparisons_csv(built):
 def test_built_report_states_the_holm_family(built):
     _, _, _, out, _ = built
     assert "family of 5 pairwise comparisons" in " ".join(_text(out).split())
+
+
+def test_the_context_finding_gives_each_modules_size(tmp_path):
+    """One head width is not one size: the finding names each module's parameters where the summary has them."""
+    rows = {"resnet18-ppm": (62.89, 34, None), "resnet18-aspp": (62.09, 36, None), "resnet18-fcn": (60.0, 30, None)}
+    study = _study(tmp_path, rows)
+    assert "one width is not one size" not in _by_title(findings(study))["Context modules"]  # no sizes: no claim
+    study.summary["params_m"] = [5.04, 10.79, 2.37]
+    text = _by_title(findings(study))["Context modules"]
+    assert f"one width is not one size: {PPM} 5.0 M, {ASPP} 10.8 M, FCN 2.4 M parameters in all." in text

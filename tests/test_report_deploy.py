@@ -91,6 +91,28 @@ def test_two_models_the_best_marked_and_bf16_timed(tmp_path):
     assert "90% interval" in table["note"] and "native bf16" not in table["note"]
 
 
+def test_the_notes_give_the_batch_that_was_timed(tmp_path):
+    """The batch the latencies were timed at: the run's latency.json where it records one, else the run's
+    benchmark.batch_size; per model where they differ."""
+    import json
+
+    from segmodels.report.results import timed_batch
+    from segmodels.report.tables import result_tables
+
+    study = _study(tmp_path, DEPLOYED, list(DEPLOYED))
+    study.cfg.benchmark.batch_size = 4
+    note = deployment_table(study)["note"]
+    assert "Latency: median at batch 4 and 512×1024" in note and "batch 1" not in note
+    assert "latency: median, batch 4;" in result_tables(study)[0]["note"]
+    run = tmp_path / "resnet18-ppm" / "seed0"  # evaluated, deployed and timed at batch 2
+    (run / "deploy").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"miou": 0.6}))
+    (run / "deploy" / "latency.json").write_text(json.dumps({"batch_size": 2}))
+    assert timed_batch(study, list(DEPLOYED), deploy=True) == "batch 2 (ResNet18-PPM), 4 (MobileNetV2-PPM)"
+    assert timed_batch(study, ["mobilenetv2-ppm"], deploy=True) == "batch 4"
+    assert timed_batch(study, list(DEPLOYED)) == "batch 4"  # the benchmark's own latency.json is not there
+
+
 def test_no_table_without_deployment(tmp_path):
     models = ["resnet18-ppm", "mobilenetv2-ppm"]
     assert deployment_table(_study(tmp_path, {}, models, columns=False)) is None  # deploy.enabled off

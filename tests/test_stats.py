@@ -117,7 +117,7 @@ def test_better_on_every_image_is_significant():
     assert c.lo > 0 and c.significant and c.lo <= c.diff <= c.hi
     flipped = compare(boots, "worse", "better")
     assert flipped.hi < 0 and flipped.significant and flipped.diff == pytest.approx(-c.diff)
-    assert c.flipped() == Comparison("worse", "better", -c.diff, -c.hi, -c.lo, p_value=c.p_value)
+    assert c.flipped() == Comparison("worse", "better", -c.diff, -c.hi, -c.lo, p_value=c.p_value, resamples=500)
     assert c.p_value == flipped.p_value == pytest.approx(2 / 501)  # no resample at or below 0: the floor 2 / (1 + R)
 
 
@@ -148,15 +148,18 @@ def test_fixed_seed_reproduces_and_seeds_average():
     assert compare(first, "a", "b") == compare(again, "a", "b")
     moved = bootstrap_models({"a": [s0, s1], "b": [other]}, StatsConfig(resamples=200, seed=12))
     assert moved["a"].interval["miou"] != first["a"].interval["miou"]
-    # Two training seeds: the estimate is their mean; each resample draws two of the two seeds with replacement
-    # and scores them on one shared image draw (two-level); the image std keeps both seeds in every resample.
+    # Two training seeds: the estimate is their mean. Each resample adds an image part, both seeds' mean on the
+    # resampled images, and a seed part, the mean of two of the two seeds' full-set scores drawn with replacement
+    # less the mean of both, scaled by sqrt(2 / 1); the image std is that of the image part.
     alone = [bootstrap_models({"x": [s]}, cfg)["x"] for s in (s0, s1)]
     a = first["a"]
-    assert a.seeds == 2
-    assert a.interval["miou"].estimate == pytest.approx(np.mean([x.interval["miou"].estimate for x in alone]))
+    assert a.seeds == 2 and a.resamples == 200
+    full = np.array([x.interval["miou"].estimate for x in alone])
+    assert a.interval["miou"].estimate == pytest.approx(full.mean())
     per_seed = np.stack([x.samples["miou"] for x in alone], axis=1)  # one seed alone: image sampling only
     drawn = resample_seeds(2, 200, 11)
-    np.testing.assert_allclose(a.samples["miou"], np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1))
+    both = per_seed.mean(axis=1)
+    np.testing.assert_allclose(a.samples["miou"], both + math.sqrt(2) * (full[drawn].mean(axis=1) - full.mean()))
     assert a.boot_std["miou"] == pytest.approx(per_seed.mean(axis=1).std(ddof=1))
     values = [x.interval["miou"].estimate for x in alone]
     assert a.seed_std["miou"] == pytest.approx(np.std(values, ddof=1))
@@ -326,7 +329,7 @@ def test_study_files_summary_columns_and_compare_command(tmp_path, capsys):
     assert read[0].p_holm == read[0].p_value == 2 / 301 and read[0].family == 1 and read[0].seeds_a == 2
 
 
-def test_bad_files_and_settings(tmp_path):
+def test_bad_files_and_settings(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="confusion_per_image.npy"):
         load_per_image(tmp_path / "confusion_per_image.npy")
     np.save(tmp_path / "flat.npy", np.zeros((3, 19)))
@@ -337,3 +340,6 @@ def test_bad_files_and_settings(tmp_path):
     assert main(["compare", "--config", str(config), "--results", str(tmp_path)]) == 2
     config.write_text("experiment: s\nmodels: [resnet18-ppm]\nstats: {resamples: 0}\n")
     assert main(["compare", "--config", str(config), "--results", str(tmp_path)]) == 2
+    config.write_text("experiment: s\nmodels: [resnet18-ppm]\nstats: {resamples: many}\n")
+    assert main(["compare", "--config", str(config), "--results", str(tmp_path)]) == 2
+    assert "'stats.resamples' must be auto or a number, got 'many'" in capsys.readouterr().err

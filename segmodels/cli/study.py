@@ -35,12 +35,13 @@ def _add_summarize(p: argparse.ArgumentParser) -> None:
 
 
 def _run_summarize(args: argparse.Namespace) -> int:
+    from segmodels.report.design import fixed_pairs
     from segmodels.study.config import load_config
     from segmodels.study.summary import summarize
 
     cfg = load_config(args.config)
     out = args.out or args.results / cfg.experiment / "summary.csv"
-    table = summarize(cfg, args.results, out)
+    table = summarize(cfg, args.results, out, design=fixed_pairs(cfg))
     print(table.to_string(index=False))
     print(f"wrote {out}")
     return 0
@@ -51,7 +52,8 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
                    "resample count, seed and confidence level")  # fmt: skip
     p.add_argument("--results", type=Path, default=Path("results"), help="results root (default: results)")
     p.add_argument("--out", type=Path, help="comparisons CSV (default: results/{experiment}/comparisons.csv)")
-    p.add_argument("--resamples", type=int, help="bootstrap resamples (default: the config's stats.resamples)")
+    p.add_argument("--resamples", type=int, help="bootstrap resamples (default: the config's stats.resamples; auto: "
+                   "enough for the family of comparisons)")  # fmt: skip
     p.add_argument("--seed", type=int, help="resampling seed (default: the config's stats.seed)")
 
 
@@ -62,6 +64,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     from segmodels.atomic import write_text_atomic
     from segmodels.report.design import fixed_pairs
     from segmodels.study.config import load_config
+    from segmodels.study.significance import holm_floor, resamples_needed
     from segmodels.study.stats import bootstrap_study, comparisons_table
 
     cfg = load_config(args.config)
@@ -71,20 +74,30 @@ def _run_compare(args: argparse.Namespace) -> int:
     cfg.stats = dataclasses.replace(cfg.stats, **changes)
     out = args.out or args.results / cfg.experiment / "comparisons.csv"
     start = time.perf_counter()
-    boots, notes = bootstrap_study(cfg, args.results)
-    table = comparisons_table(boots, cfg.stats, design=fixed_pairs(cfg))
+    design = fixed_pairs(cfg)
+    boots, notes = bootstrap_study(cfg, args.results, design=design)
+    table = comparisons_table(boots, cfg.stats, design=design)
     for note in notes:
         print(f"note: {note}")
     # p-values in their shortest exact form, so a verdict recomputed from the file is the one printed here
     exact = {col: table[col].map(lambda p: repr(float(p))) for col in ("p_value", "p_holm")}
     write_text_atomic(out, table.assign(**exact).to_csv(index=False, float_format="%.4f"))
     level = f"{cfg.stats.confidence:.0%}"
+    resamples = max((b.resamples for b in boots.values()), default=0)
+    alpha, family = 1 - cfg.stats.confidence, int(table["family"].max()) if len(table) else 0
+    floor = holm_floor(resamples, family)
     for row in table.itertuples():
         verdict = "significant" if row.significant else "not distinguishable"
+        verdict = verdict if not floor > alpha else f"not testable at {resamples} resamples"
         print(f"{row.pair}: {row.diff:+.2f} mIoU points, {level} interval [{row.lo:+.2f}, {row.hi:+.2f}], "
               f"p {row.p_value:.4f}, Holm-adjusted p {row.p_holm:.4f}: {verdict}")  # fmt: skip
-    print(f"wrote {out} ({len(table)} pairs, one Holm family at alpha {1 - cfg.stats.confidence:.2g}, {len(boots)} "
-          f"models, {cfg.stats.resamples} resamples, {time.perf_counter() - start:.2f} s)")  # fmt: skip
+    print(f"wrote {out} ({len(table)} pairs, one Holm family at alpha {alpha:.2g}, {len(boots)} models, {resamples} "
+          f"resamples, smallest attainable Holm-adjusted p {floor:.4g}, "
+          f"{time.perf_counter() - start:.2f} s)")  # fmt: skip
+    if floor > alpha:
+        print(f"note: at {resamples} resamples no pair can be significant (the smallest attainable Holm-adjusted p is "
+              f"above alpha); that needs at least {resamples_needed(family, alpha)} resamples (stats.resamples: auto "
+              "sizes them for the family)")  # fmt: skip
     return 0
 
 

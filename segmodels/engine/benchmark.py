@@ -12,9 +12,9 @@ graph replayed; with ``+compile`` the ``reduce-overhead`` mode instead) and ``+f
 :func:`segmodels.models.fold.inference_model`: BatchNorm folded into the convolutions); ``onnx`` times the
 exported (folded) model in onnxruntime, ``onnx-int8`` its INT8 quantization (:mod:`segmodels.engine.quantize`,
 calibrated on the timed input: the ranges change no operator, so not the time; 7-bit weights on a CPU without
-VNNI, as the deployment's INT8 graph). On the CPU, ``amp`` is timed only
-where bf16 runs natively (:func:`segmodels.devices.cpu_bf16_support`); else it, like ``cudagraphs`` there, is
-reported as skipped with the reason. latency.json says per mode whether the folded model was timed (and for INT8
+VNNI, as the deployment's graph). On the CPU, ``amp`` is timed only where bf16 runs natively
+(:func:`segmodels.devices.cpu_bf16_support`); else it, like ``cudagraphs`` there, is reported as skipped with the
+reason. latency.json says per mode whether the folded model was timed (and for INT8
 how it was quantized), and records the CPU's name, instruction sets, native bf16 and VNNI.
 """
 
@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from segmodels.devices import cpu_bf16_support, cpu_flags, cpu_int8_vnni, cpu_name
+from segmodels.engine.quantize import int8_settings
 from segmodels.engine.run import open_run
 from segmodels.models.fold import fold_report, inference_model
 from segmodels.study import runs
@@ -190,11 +191,9 @@ def _time_mode(model, x, mode, *, device, dtype, onnx_opset, warmup, repeats, en
                                        int8=mode.int8)  # fmt: skip
             entry["provider"] = provider
             entry["folded"] = True  # export_onnx exports the inference-ready model
-            if mode.int8:  # what quantize_on_inputs chose on this CPU (7-bit weights without VNNI)
-                from segmodels.engine.quantize import int8_settings
-
+            if mode.int8:  # as quantize_on_inputs chose on this CPU: 7-bit weights without VNNI
                 int8 = int8_settings()
-                entry["quantization"] = f"QDQ: {int8['weights']} weights, {int8['activations']} activations, calibrated on the input"
+                entry["quantization"] = f"QDQ: {int8['weights']}, uint8 activations, calibrated on the input"
                 entry["reduce_range"] = int8["reduce_range"]
             if device.type == "cuda":
                 entry["note"] = "input and output in host memory: the copies to and from the GPU are timed too"

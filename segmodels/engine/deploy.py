@@ -1,10 +1,11 @@
 """A trained run on the CPU, path by path (:mod:`segmodels.study.deploy`): each path's scores on the validation
 split, through the evaluation's own code, and the latency of every path, through the benchmark's.
 
-All paths score whole images at one scale (``evaluate.scales`` and ``evaluate.sliding`` are set aside: an
-exported graph has one input size), with the run's flip and resolution settings, so the differences from fp32
-are like for like. MLflow keys: ``miou_deploy_{path}`` (``onnx-int8`` → ``onnx_int8``) and
-``deploy_latency_ms_{mode}``.
+All paths score whole images at one scale (``evaluate.scales`` and ``evaluate.sliding`` are set aside: an exported
+graph has one input size), with the run's flip and resolution settings, so the differences from fp32 are like for
+like. Each path scores the model its latency times: bf16 the BatchNorm-folded model of its ``amp+fold`` modes, the
+ONNX paths the exported (folded) graph; fp32, the reference, the model as trained. MLflow keys:
+``miou_deploy_{path}`` (``onnx-int8`` → ``onnx_int8``) and ``deploy_latency_ms_{mode}``.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def score_path(cfg: StudyConfig, run_dir: str | Path, path: str, *, data: str | 
     calibration = None
     if path == "onnx-int8":
         calibration = calibration_count(cfg, resolve_split(cfg, data).parent)
+    # bf16 is timed folded (TIMED_MODES: amp+fold...), so it is scored folded: BatchNorm folded into the convolution
+    # changes what bf16 rounds. fp32 is the reference as trained, its folded modes timed for the speed only.
     return evaluate(
         cfg, run_dir, data=data, out=out, device="cpu", log_mlflow=log_mlflow,
         progress=progress, backend="torch" if torch_path else path, calibration=calibration,
-        amp=path == "bf16" if torch_path else None, log_tag="deploy_" + path.replace("-", "_"),
+        amp=path == "bf16" if torch_path else None, log_tag="deploy_" + path.replace("-", "_"), fold=path == "bf16",
     )  # fmt: skip
 
 

@@ -168,6 +168,7 @@ def evaluate(
     calibration: int | None = None,
     amp: bool | None = None,
     log_tag: str | None = None,
+    fold: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
@@ -177,7 +178,9 @@ def evaluate(
 
     ``amp`` None: ``evaluate.amp`` where reduced precision is native (:func:`~segmodels.engine.inference.amp_available`);
     True: autocast even where the CPU emulates bf16 (slower, the same numbers: what a deployment path's score
-    needs); False: fp32. ``log_tag`` replaces the MLflow keys' suffix (``miou_{log_tag}``).
+    needs); False: fp32. ``log_tag`` replaces the MLflow keys' suffix (``miou_{log_tag}``). ``fold``: score the
+    inference-ready model (:func:`segmodels.models.fold.inference_model`, BatchNorm folded into the convolutions),
+    the model a ``+fold`` benchmark mode times; metrics.json's ``settings.folded`` says which was scored.
 
     The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
@@ -214,6 +217,10 @@ def evaluate(
         dev = resolve_device("cpu" if backend != "torch" else device or ev.device)  # ONNX Runtime's CPU provider
         with run.meter(dev) as meter:  # model loading and inference; not the file writes
             model, meta = run.load_model(dev, expect_num_classes=cfg.model.num_classes)
+            if fold:
+                from segmodels.models.fold import inference_model
+
+                model = inference_model(model)
             label_set = _label_set(split_dir, meta)
             exported = None
             if backend != "torch":
@@ -247,6 +254,7 @@ def evaluate(
         settings = dataclasses.asdict(ev) | {
             "amp": amp,
             "amp_dtype": dtype,
+            "folded": fold or backend != "torch",  # an exported graph is the folded model
             "resolution": list(split.size) if raw_labels is None else sorted({f"{h}x{w}" for h, w in raw_labels.sizes}),
             "data": str(split_dir),
             "tag": settings_tag(ev),

@@ -1,10 +1,12 @@
 """INT8 post-training quantization of an exported ONNX model with ONNX Runtime, and how far it moves predictions.
 
-:func:`quantize_onnx` calibrates on packed training images and writes a QDQ graph (QuantizeLinear /
-DequantizeLinear pairs around each quantized operator, which ONNX Runtime's CPU provider fuses into integer
-kernels): weights int8 per output channel, activations uint8 per tensor, ranges from the minimum and maximum seen
-in calibration. :func:`agreement` is the fraction of pixels whose predicted class is the same under the INT8 and
-the fp32 graph, on held-out images: a quick check that quantization kept the model, not an mIoU.
+:func:`quantize_onnx` calibrates on packed training images and writes a QDQ graph (QuantizeLinear / DequantizeLinear
+pairs around each quantized operator, which ONNX Runtime's CPU provider fuses into integer kernels): weights int8
+per output channel, activations uint8 per tensor, ranges from the minimum and maximum seen in calibration; on a CPU
+without VNNI the weights keep 7 bits (``reduce_range``, :func:`int8_settings`), the remedy ONNX Runtime documents
+for the saturation of its u8×s8 kernels there. :func:`agreement` is the fraction of pixels whose predicted class is
+the same under the INT8 and the fp32 graph, on held-out images: a quick check that quantization kept the model, not
+an mIoU.
 
 The exported graph takes what the model takes (:func:`segmodels.engine.export.export_onnx`): float32 images
 (N, 3, H, W), normalised outside the graph with the ImageNet mean and std (:func:`segmodels.data.loader.normalize`),
@@ -31,6 +33,7 @@ __all__ = [
     "agreement",
     "calibration_count",
     "int8_path",
+    "int8_settings",
     "packed_images",
     "quantize_on_inputs",
     "quantize_onnx",
@@ -40,6 +43,7 @@ INT8_SUFFIX = ".int8.onnx"  # model.onnx → model.int8.onnx
 # Calibration images when none are asked for: min/max ranges need enough scenes to meet each layer's extremes, and
 # each image costs one forward pass of the calibration graph; a compromise, not a measured optimum.
 CALIBRATION_IMAGES = 100
+_WEIGHTS = {False: "int8, per channel", True: "int8 in a 7-bit range (reduce_range), per channel"}  # by reduce_range
 _INSTALL = "pip install 'segmodels[export]' (onnx, onnxruntime)"
 
 
@@ -48,6 +52,23 @@ def int8_path(fp32_path: str | Path) -> Path:
     fp32_path = Path(fp32_path)
     stem = fp32_path.name.removesuffix(".onnx")
     return fp32_path.with_name(stem + INT8_SUFFIX)
+
+
+def int8_settings(cpuinfo: str | None = None) -> dict[str, Any]:
+    """How this CPU's INT8 graph is quantized: uint8 activations × int8 weights (U8S8) everywhere, the weights in
+    7 bits (``reduce_range``) where the CPU has no VNNI (:func:`segmodels.devices.cpu_int8_vnni`). Without VNNI,
+    ONNX Runtime's x86 kernels add pairs of u8×s8 products into 16 bits (vpmaddubsw), which a 255 × 127 pair can
+    saturate; 7-bit weights keep every pair sum within range. ``cpuinfo``: /proc/cpuinfo's text to judge."""
+    from segmodels.devices import cpu_int8_vnni
+
+    vnni, why = cpu_int8_vnni(cpuinfo)
+    return {
+        "activations": "uint8, per tensor",
+        "weights": _WEIGHTS[not vnni],
+        "reduce_range": not vnni,
+        "vnni": vnni,
+        "vnni_reason": why,
+    }
 
 
 def _ort() -> Any:
@@ -146,11 +167,17 @@ def _check_paths(fp32_path: Path, out_path: Path) -> None:
         raise ValueError(f"the INT8 model would overwrite the fp32 model {fp32_path}: choose another output")
 
 
-def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iterable[np.ndarray]) -> dict[str, Any]:
+def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iterable[np.ndarray], *,
+                       reduce_range: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Quantize ``fp32_path`` to INT8 (QDQ) at ``out_path``, calibrated on ``inputs``: float32 batches exactly as the
     graph reads them. :func:`quantize_onnx` feeds it packed images; the benchmark its timed input (a latency does
-    not depend on the calibrated ranges). Written to a temporary name beside ``out_path`` and renamed, with the
-    mode of every other output; a full disk raises :class:`~segmodels.atomic.DiskFullError` naming ``out_path``."""
+    not depend on the calibrated ranges). ``reduce_range`` None: 7-bit weights where this CPU has no VNNI
+    (:func:`int8_settings`); the record says which was used. Written to a temporary name beside ``out_path`` and
+    renamed, with the mode of every other output; a full disk raises :class:`~segmodels.atomic.DiskFullError`
+    naming ``out_path``."""
+    settings = int8_settings()
+    if reduce_range is not None:
+        settings |= {"reduce_range": reduce_range, "weights": _WEIGHTS[reduce_range]}
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     _check_paths(fp32_path, out_path)
     quantization = _quantization()
@@ -178,6 +205,7 @@ def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iter
                 _Reader(),
                 quant_format=quantization.QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=settings["reduce_range"],
                 # uint8 activations × int8 weights (U8S8): x86's VNNI dot product (vpdpbusd) and AVX2's vpmaddubsw
                 # multiply unsigned by signed bytes, so ONNX Runtime's CPU kernels take U8S8 directly, while int8
                 # activations (S8S8) are first shifted to uint8. On this project's AVX512-VNNI CPU, resnet18-ppm at
@@ -201,8 +229,7 @@ def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iter
         "path": str(out_path),
         "fp32_path": str(fp32_path),
         "format": "QDQ",
-        "weights": "int8, per channel",
-        "activations": "uint8, per tensor",
+        **settings,
         "calibrate_method": "MinMax",
         "fp32_bytes": fp32_path.stat().st_size,
         "int8_bytes": out_path.stat().st_size,
@@ -218,11 +245,13 @@ def quantize_onnx(
     size: tuple[int, int] | None = None,
     seed: int = 0,
     split: str = "train",
+    reduce_range: bool | None = None,
 ) -> dict[str, Any]:
     """Quantize the fp32 ONNX model ``fp32_path`` to INT8 (QDQ) at ``out_path``, calibrated on ``count`` images of
     ``calibration_dir/{split}`` (a packed dataset folder; the images drawn at random with ``seed``).
 
-    ``size`` (height, width) is needed only when the graph's input size is not fixed. The file is written to a
+    ``size`` (height, width) is needed only when the graph's input size is not fixed; ``reduce_range`` as in
+    :func:`quantize_on_inputs`. The file is written to a
     temporary name beside ``out_path`` and renamed, so ``out_path`` is complete or absent. Returns what was done:
     the settings, the calibration images and the file sizes.
     """
@@ -236,7 +265,7 @@ def quantize_onnx(
     images = packed_images(split_dir)
     name, batch, size = _graph_input(_session(fp32_path), size, fp32_path)
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=count, replace=False))
-    info = quantize_on_inputs(fp32_path, out_path, _batches(images[chosen], batch, size))
+    info = quantize_on_inputs(fp32_path, out_path, _batches(images[chosen], batch, size), reduce_range=reduce_range)
     calibration = {"split": str(split_dir), "count": count, "seed": seed, "indices": chosen.tolist()}
     return info | {"calibration": calibration, "input": {"name": name, "shape": [batch, 3, *size]}}
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from segmodels.models.catalog import display_name
 from segmodels.report.figures_common import Drawn, model_style, new_figure, place_labels, style_handles
-from segmodels.report.results import Study, pareto_front, read_latency
+from segmodels.report.results import Study, pareto_front, read_latency, timed_batch
 
 __all__ = ["fig_differences", "fig_miou_cost", "fig_miou_latency"]
 
@@ -44,7 +44,7 @@ def fig_miou_latency(study: Study) -> Drawn | str:
     if max(lats) / max(min(lats), 1e-9) > 8:
         ax.set_xscale("log")
     ax.margins(x=0.15, y=0.15)
-    ax.set_xlabel("latency (ms, median, batch 1)")
+    ax.set_xlabel(f"latency (ms, median, {timed_batch(study, list(points))})")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
     handles = style_handles(points)
@@ -126,9 +126,13 @@ def fig_differences(study: Study) -> Drawn | str:
     alpha = f"{(1 - study.cfg.stats.confidence) * 100:g}%"
     rule = (f"Holm-adjusted p ≤ {alpha} over {max(c.family for c in rows)} comparisons" if all(c.tested for c in rows)
             else "the interval excludes zero, not adjusted for multiple comparisons")  # fmt: skip
+    hollow = "not distinguishable"
+    if any(c.tested and not c.testable for c in rows):
+        count = max(c.resamples for c in rows)
+        hollow = f"not testable at {count:,} resamples, too few for this family (see its table)"
     caption = (
         f"Paired bootstrap mIoU differences (a − b) with {level} intervals over the training seeds and validation "
-        f"images; filled blue: significant ({rule}); hollow grey: not distinguishable."
+        f"images; filled blue: significant ({rule}); hollow grey: {hollow}."
     )
     return Drawn(fig, caption, sorted({m for c in rows for m in (c.a, c.b)}))
 

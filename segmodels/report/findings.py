@@ -4,8 +4,9 @@ Each finding names the numbers it is computed from; when an input is missing it 
 The comparisons of fixed models (ResNet50-PPM against MobileNetV2-PPM, ...) use the plain runs, or the runs of
 the study's reference variant when it has no plain run (:attr:`segmodels.report.results.Study.reference`).
 A difference between two models is called significant when its Holm-adjusted paired bootstrap p-value
-(:mod:`segmodels.study.stats`) is at most 1 − confidence, and "not distinguishable" otherwise; without per-image
-matrices no interval exists and the finding says the difference was not tested. Words of direction
+(:mod:`segmodels.study.stats`) is at most 1 − confidence, and "not distinguishable" otherwise, or "not testable"
+where the resample count cannot reach 1 − confidence in the family (:mod:`segmodels.report.verdicts`); without
+per-image matrices no interval exists and the finding says the difference was not tested. Words of direction
 (faster/slower, gains/drops, more/less) are chosen from the sign of the number they describe, and a number
 after such a word is printed without its sign, so no sentence reads "0.8× faster" or "a drop of -0.88".
 Model and module names come from the catalog (:mod:`segmodels.models.catalog`), the models compared and the
@@ -26,6 +27,7 @@ from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY, under_backbon
 from segmodels.report.results import Study, pareto_front, read_confusion, read_metrics
 from segmodels.report.verdicts import level as _level
 from segmodels.report.verdicts import need as _need
+from segmodels.report.verdicts import resamples_used, verdict_rule
 from segmodels.report.verdicts import verdict as _verdict
 
 __all__ = ["findings", "interval_coverage", "verdict_rule"]
@@ -39,30 +41,11 @@ def _module(model: str) -> str:
     return catalog.head(catalog.arch_of(model)[1]).label
 
 
-def verdict_rule(study: Study) -> str:
-    """One sentence: how the verdicts on the study's differences were reached, and over how large a family."""
-    shown = study.comparisons
-    if not shown:
-        return ""
-    alpha = f"{(1 - study.cfg.stats.confidence) * 100:g}%"
-    tested = [c for c in shown if c.tested]
-    if len(tested) < len(shown):
-        return (f"A difference is called significant when its {_level(study)} interval excludes zero, each of the "
-                f"{len(shown)} comparisons on its own: not adjusted for multiple comparisons.")  # fmt: skip
-    family = max(c.family for c in tested)
-    part = f" ({len(shown)} of them shown here)" if family != len(shown) else ""
-    return (
-        f"A difference is called significant when its two-sided paired bootstrap p-value, adjusted by the Holm–"
-        f"Bonferroni method over the family of {family} pairwise comparisons{part}, is at most {alpha}, which keeps "
-        f"the chance of any false 'significant' among them at most {alpha}."
-    )
-
-
 def interval_coverage(study: Study, models: Sequence[str]) -> str:
     """What the intervals of ``models`` cover: seeds and images for several seeds, images only for one."""
     one = [m for m in models if (study.value(m, "seeds") or 0) < 2]
-    several = ("the training seeds are resampled, then the validation images (a two-level bootstrap), so an "
-               "interval holds the seed-to-seed variation")  # fmt: skip
+    several = ("the training seeds and the validation images are resampled, each on its own as the crossed factors "
+               "they are, so an interval holds the seed-to-seed variation")  # fmt: skip
     if not one:
         return f"With several seeds per model, {several}."
     only = "the interval covers image sampling only; the seed-to-seed variation, not measured, adds to it"
@@ -153,6 +136,12 @@ def _finding_context(study: Study) -> str:
                 + ("; the others are not distinguishable" if len(apart) < len(pairs) else "")
                 + "."
             )
+    sizes = [(m, study.value(m, "params_m")) for m in ranked]
+    if all(size is not None for _, size in sizes):
+        text += (" Each head ends in the same 3×3 convolution, dropout and classifier at its configured width (512 "
+                 "channels unless its options say otherwise), so the modules differ in their context part; one width "
+                 "is not one size: " + ", ".join(f"{_module(m)} {size:.1f} M" for m, size in sizes)
+                 + " parameters in all.")  # fmt: skip
     fcn = study.reference_run(design.on_context_backbone(design.BASELINE_HEAD))
     if fcn in models and ranked[0] != fcn:
         gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")  # >= 0: ranked[0] is the best
@@ -307,11 +296,12 @@ def _finding_uncertainty(study: Study) -> str:
     n = _num_images(study)
     widths = {m: (v(m, "miou_hi") - v(m, "miou_lo")) / 2 for m in bounded}
     widest = max(widths, key=widths.get)
+    count = resamples_used(study)
     text = (
         f"Intervals are {_level(study)} percentile bootstrap intervals over the "
         + (f"{n} " if n else "")
-        + f"validation images ({st.resamples} resamples, seed {st.seed}, the same resampled image sets for every "
-        f"model, so differences are paired); mIoU half-widths reach ±{widths[widest]:.2f} points "
+        + f"validation images ({f'{count:,} resamples, ' if count else ''}seed {st.seed}, the same resampled image "
+        f"sets for every model, so differences are paired); mIoU half-widths reach ±{widths[widest]:.2f} points "
         f"({display_name(widest)}). {interval_coverage(study, bounded)}"
     )
     if rule := verdict_rule(study):

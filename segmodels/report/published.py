@@ -37,7 +37,7 @@ def published_table(study: Study) -> dict[str, Any] | None:
         return None
     pub = [PUBLISHED[m] for m in models]
     ours = [study.value(m, "miou") for m in models]
-    closest = [(p.get("v1b") or p["v1c"])[0] for p in pub]  # v1b: torchvision's stem and weights, as here
+    closest = [p["v1c"][0] for p in pub]  # the published models' ResNets are ResNetV1c, as the config's resnet*c
     columns = [
         _text([display_name(m) for m in models]),
         _column([p["v1c"][0] for p in pub], 2, None),
@@ -52,9 +52,9 @@ def published_table(study: Study) -> dict[str, Any] | None:
     note = (
         "Published: mmsegmentation's model zoo, quoted as published (single-scale mIoU on Cityscapes val, one run "
         "each, 4 GPUs × 2 images, 80k iterations, 512×1024 crops, whole-image inference at 2048×1024); not run "
-        "here. v1c: its ResNetV1c backbone (deep stem, its own ImageNet weights); v1b: its ResNetV1b, torchvision's "
-        "stem and weights as in this run; MobileNetV2 has one. Diff.: this run's mIoU minus the published v1b "
-        f"(else v1c). Source configs: {sources}."
+        "here. v1c: its ResNetV1c backbone (deep stem), the ResNets of this run; v1b: its ResNetV1b (torchvision's "
+        "stem and weights); MobileNetV2 has one. Diff.: this run's mIoU minus the published v1c. "
+        f"Source configs: {sources}."
     )
     skipped = [f"{display_name(m)} ({', '.join(d)})" for m, d in departures.items() if d]
     if skipped:

@@ -52,6 +52,7 @@ __all__ = [
     "read_samples",
     "read_summary",
     "read_train_log",
+    "timed_batch",
 ]
 
 SUMMARY_COLUMNS = ("model", "status", "miou", "latency_ms")  # the least a summary.csv must hold
@@ -213,14 +214,36 @@ class Study:
         return float(value) if pd.notna(value) and math.isfinite(value) else None
 
 
+def timed_batch(study: Study, models: Sequence[str], *, deploy: bool = False) -> str:
+    """``batch 1``: the batch the latencies of ``models`` were timed at, as their latency.json records it (with
+    ``deploy`` RUN/deploy/latency.json), else the run's ``benchmark.batch_size``; per model where they differ."""
+    from segmodels.study.deploy import LATENCY, deploy_folder
+    from segmodels.study.matrix import run_config
+
+    batches = {}
+    for m in models:
+        files = [deploy_folder(run) / LATENCY if deploy else runs.RunFolder(run).latency for run in study.runs(m)]
+        recorded = [b for f in files if isinstance(b := (read_json(f) or {}).get("batch_size"), int)]
+        try:
+            batches[m] = recorded[0] if recorded else run_config(study.cfg, m).benchmark.batch_size
+        except ValueError:  # not a run of this study's matrix
+            continue
+    distinct = sorted(set(batches.values())) or [study.cfg.benchmark.batch_size]
+    if len(distinct) == 1:
+        return f"batch {distinct[0]}"
+    return "batch " + ", ".join(f"{b} ({display_name(m)})" for m, b in batches.items())
+
+
 def load_study(cfg: StudyConfig, results: str | Path) -> Study:
     """The summary.csv of ``results/{experiment}``, or one built in memory from the run folders."""
     root = Path(results) / cfg.experiment
     notes = []
     table = read_summary(root / "summary.csv")
     if table is None:
+        from segmodels.report.design import fixed_pairs
+
         notes.append(f"{root / 'summary.csv'} not found: summarised the run folders directly")
-        table = summarize(cfg, Path(results))
+        table = summarize(cfg, Path(results), design=fixed_pairs(cfg))
     names = run_names(cfg)
     table = table.drop_duplicates("model").set_index("model").reindex(names)
     table["status"] = table["status"].fillna("missing")
@@ -238,8 +261,9 @@ def load_study(cfg: StudyConfig, results: str | Path) -> Study:
         from segmodels.report.design import fixed_pairs
         from segmodels.study.stats import bootstrap_study, study_comparisons
 
-        boots, _ = bootstrap_study(cfg, Path(results))
-        comparisons = study_comparisons(boots, cfg.stats, design=fixed_pairs(cfg))
+        design = fixed_pairs(cfg)
+        boots, _ = bootstrap_study(cfg, Path(results), design=design)
+        comparisons = study_comparisons(boots, cfg.stats, design=design)
         if comparisons:
             notes.append(f"{root / 'comparisons.csv'} not found: bootstrapped the per-image matrices directly")
     return Study(cfg=cfg, root=root, summary=table, notes=notes, comparisons=comparisons, reference=reference)

@@ -20,8 +20,9 @@ from segmodels.models import catalog
 from segmodels.models.catalog import display_name, short_name, variant_of
 from segmodels.report import design
 from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY
-from segmodels.report.findings import interval_coverage, verdict_rule
-from segmodels.report.results import Study, class_iou, class_selection
+from segmodels.report.findings import interval_coverage
+from segmodels.report.results import Study, class_iou, class_selection, timed_batch
+from segmodels.report.verdicts import p_text, resamples_used, verdict_rule, verdict_word
 
 __all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
 
@@ -152,7 +153,8 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
     speed_note = (
         f"{', '.join(m.label for m in METRICS)} in %, mean over seeds, ± std where there are several; "
         "CI: bootstrap interval of the mIoU over training seeds and validation images (images only for one seed); "
-        "latency: median, batch 1; mIoU/speed = mIoU / ms × 10; train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
+        f"latency: median, {timed_batch(study, models)}; mIoU/speed = mIoU / ms × 10; "
+        "train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
         f"{protocol_note(study)}."
     )
     tables = [
@@ -307,10 +309,11 @@ def _interval_table(study: Study) -> dict[str, Any]:
     header = ["Model", "Seeds", "mIoU", *(f"{m.label} {level} CI" for m in METRICS), "Seed std", "Image std",
               "Dominant"]  # fmt: skip
     st = study.cfg.stats
+    count = resamples_used(study)
     note = (
-        f"Percentile bootstrap of the seed mean, {st.resamples} resamples (seed {st.seed}), the same image sets for "
-        f"every model. {interval_coverage(study, models)} Seed std: standard deviation of the mIoU over training "
-        "seeds (– for one seed); image std: standard deviation of the mIoU over resampled images alone; dominant: "
+        f"Percentile bootstrap of the seed mean, {f'{count:,} resamples, ' if count else ''}seed {st.seed}, the same "
+        f"image sets for every model. {interval_coverage(study, models)} Seed std: standard deviation of the mIoU "
+        "over training seeds (– for one seed); image std: standard deviation of the mIoU over resampled images alone; dominant: "
         "the larger."
     )
     return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * (len(header) - 3) + "l", note)
@@ -325,8 +328,8 @@ def _differences_table(study: Study) -> dict[str, Any]:
         _text([f"{display_name(c.a)} − {display_name(c.b)}" for c in rows]),
         _text([f"{c.diff:+.2f}" for c in rows]),
         _text([f"{c.lo:+.2f} to {c.hi:+.2f}" for c in rows]),
-        _text([f"{c.p_holm:.3f}" if c.tested else "–" for c in rows]),
-        [{"t": "significant" if c.significant else "not distinguishable", "b": c.significant} for c in rows],
+        _text([p_text(c) if c.tested else "–" for c in rows]),
+        [{"t": verdict_word(c), "b": c.significant} for c in rows],
     ]
     header = ["Comparison", "Pair (a − b)", "mIoU diff.", f"{level} CI", "Holm p", "Verdict"]
     note = (

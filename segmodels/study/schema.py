@@ -56,6 +56,7 @@ DEPLOY_PATHS = ("fp32", "bf16", "onnx", "onnx-int8")  # a run's ways onto a CPU 
 # not "." or "..", no leading "-" that a command line would take for an option.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]*$"
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
+AUTO_PATTERN = r"^auto$"
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"  # an importable Python module name
 REGISTERED_NAME_PATTERN = r"^([A-Za-z0-9._-]|\{experiment\}|\{model\})+$"  # a registered model's name template
 PATTERN_TEXT.update({
@@ -63,6 +64,7 @@ PATTERN_TEXT.update({
     REGISTERED_NAME_PATTERN: "be letters, digits, '.', '_', '-' and the placeholders {experiment} and {model}",
     NAME_PATTERN: "be a plain name of letters, digits, '.', '_' and '-', not starting with '.' or '-'",
     DEVICE_PATTERN: "be auto, cpu, cuda or cuda:N",
+    AUTO_PATTERN: "be auto or a number",
 })  # fmt: skip
 
 
@@ -102,8 +104,11 @@ class ModelConfig:
     pretrained: str | None = "imagenet"  # imagenet | a path to a state dict | null (random init)
     aux: bool = True  # auxiliary FCN head on the aux stage (training only; OCR needs it: its regions are its logits)
     # Keyword options of the head's class, checked per head at load (e.g. ASPP rates, image_pool; PPM bins);
-    # empty: the earlier study's heads. DeepLabV3's ASPP: {rates: [1, 12, 24, 36], image_pool: true, dropout: 0.0}
+    # empty: the earlier study's heads. DeepLabV3's ASPP: {rates: [1, 12, 24, 36], image_pool: true}
     head_options: dict[str, Any] = field(default_factory=dict)
+    # What the heads' dropout drops (its rate is the head option 'dropout'): element: single activations
+    # (nn.Dropout, torchvision's heads); channel: whole feature maps (nn.Dropout2d, mmsegmentation's decode heads)
+    head_dropout: str = _limited("element", enum=["element", "channel"])
     # Running-statistics momentum of every BatchNorm while training; null keeps each constructor's own. One
     # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
     # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
@@ -125,12 +130,27 @@ class TrainConfig:
     # lr 6e-5, weight_decay 0.01, head_lr_mult 10, warmup_iters 1500, warmup_ratio 1e-6)
     optimizer: str = _limited("sgd", enum=["sgd", "adamw"])
     momentum: float = _limited(0.9, minimum=0, exclusiveMaximum=1)  # SGD's
-    # not applied to norm weights, biases and position parameters (pos_block, pos_embed, cls_token)
     weight_decay: float = _limited(1e-4, **_AT_LEAST_0)
+    # the parameters weight decay skips: 1d: every 1-d tensor (norm weights, biases) and position parameters
+    # (pos_block, pos_embed, cls_token); none: decay on every parameter (mmsegmentation's CNN configs, no
+    # paramwise_cfg); segformer: parameters whose name holds 'norm' or 'pos_block' (SegFormer's paramwise_cfg)
+    no_decay: str = _limited("1d", enum=["1d", "none", "segformer"])
     poly_power: float = _limited(0.9, **_AT_LEAST_0)
+    # where the poly schedule ends: base lr (lr - min_lr)·(1 - step/total)^power + min_lr (mmsegmentation's
+    # eta_min / min_lr: 1e-4 in its CNN schedules, 0 in SegFormer's); a group at head_lr_mult ends at that multiple
+    min_lr: float = _limited(0.0, **_AT_LEAST_0)
     warmup_iters: int = _limited(0, **_AT_LEAST_0)  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = _limited(0.1, minimum=0, maximum=1)
     aux_weight: float = _limited(0.4, **_AT_LEAST_0)  # also OCR's soft-object-region loss: its regions are aux
+    # the divisor of each cross-entropy term: labelled: the labelled pixels (PyTorch's mean with ignore_index);
+    # all: every pixel of the batch's crops, ignored ones included (mmsegmentation's avg_non_ignore=False)
+    loss_average: str = _limited("labelled", enum=["labelled", "all"])
+    # a crop in which one class covers this fraction or more of the labelled pixels (or that has one class or
+    # none) is redrawn, up to 10 times (mmsegmentation's RandomCrop cat_max_ratio, 0.75 in its configs); 1: off
+    cat_max_ratio: float = _limited(1.0, exclusiveMinimum=0, maximum=1)
+    # the contrast factor c scales around the crop's mean grey (mean) or around black, x·c (zero: mmsegmentation's
+    # PhotoMetricDistortion, which also darkens or brightens the image)
+    contrast_center: str = _limited("mean", enum=["mean", "zero"])
     # The teacher: a run of the same study (its name, e.g. resnet101-ppm: that run's checkpoint of the same seed,
     # trained first), or the path of a trained teacher's run folder or checkpoint
     distill_teacher: str | None = None
@@ -201,7 +221,10 @@ class TrackingConfig:
 
 @dataclass
 class StatsConfig:
-    resamples: int = _limited(1000, **_AT_LEAST_1)  # bootstrap resamples of the validation images (segmodels.study.stats)
+    # Bootstrap resamples (segmodels.study.stats). auto (or null): from the size of the family of comparisons, so
+    # that the smallest Holm-adjusted p-value the resamples can give, 2·family / (resamples + 1), is at most a tenth
+    # of 1 − confidence (at least 1000); a number: that many, whatever the family
+    resamples: int | str | None = _limited("auto", minimum=1, pattern=AUTO_PATTERN)
     seed: int = 0  # one seed for every model, so all models see the same resampled image sets (paired)
     confidence: float = _limited(0.95, exclusiveMinimum=0, exclusiveMaximum=1)  # level of the two-sided percentile intervals
 
@@ -265,6 +288,9 @@ def validate_config(cfg: StudyConfig, where: str) -> None:
     """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
     by :func:`segmodels.study.matrix.expand_runs`)."""
     _check_head_options(cfg, where)
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"{where}: 'train.min_lr' {cfg.train.min_lr} is above 'train.lr' {cfg.train.lr}; the poly "
+                          "schedule would raise the learning rate")  # fmt: skip
     low, high = cfg.train.scale_range
     if low > high:
         raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")

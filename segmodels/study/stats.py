@@ -14,25 +14,31 @@ two models is taken image set by image set and the scene-to-scene variation both
 paired design that makes small differences testable, as in Bouthillier et al., *Accounting for Variance in
 Machine Learning Benchmarks*, MLSys 2021).
 
-Several training seeds: a two-level bootstrap (Davison and Hinkley, *Bootstrap Methods and their
-Application*, 1997, sec. 3.8), so that an interval holds the seed-to-seed variation as well as the image
-sampling. Each resample draws S of the S seeds with replacement and one image draw shared by those seeds
-(the seeds are scored on the same images, so image effects are crossed with seeds, not nested in them),
-and averages the drawn seeds' scores. The seed indices come from ``stats.seed`` too and are the same for
-every model with as many seeds, so differences stay paired: the k-th seed of each model is, as a rule, the
-same training seed (the same data order). With one seed the draw is that seed every time and the interval
-covers the image sampling only. :attr:`ModelBootstrap.boot_std` is the standard deviation of the image
-sampling alone (every seed kept), to set beside the seed-to-seed :attr:`ModelBootstrap.seed_std` like for
-like.
+Several training seeds: seeds and images are crossed factors (every seed is scored on every image), not seeds
+nested in images, so each is resampled on its own and the two deviations are added (on resampling crossed designs,
+Owen, *The pigeonhole bootstrap*, Ann. Appl. Stat. 2007): the image part is the image bootstrap of the mean over
+all S seeds; the seed part draws S of the S seeds with replacement and takes the deviation of their full-set
+scores' mean from the mean of all S. Drawing S of S values spreads their mean by the plug-in variance, (S − 1)/S of
+the unbiased s²/S (two thirds of the seed part for three seeds), so the seed deviation is scaled by
+sqrt(S / (S − 1)) (:func:`seed_scale`): the seed part then has the variance s²/S of a mean over seeds. No
+resampling of a crossed design is exactly unbiased (McCullagh, *Resampling and exchangeable arrays*, Bernoulli 2000): the seed × image
+interaction, whose share of the variance is divided by S·N, is counted twice, once in each part, which errs on the
+wide side and is small beside the seed and image parts when N is hundreds of images (``tests/test_significance.py``
+checks both on a simulated crossed design). The seed indices come from ``stats.seed`` too and are the same for
+every model with as many seeds, so differences stay paired: the k-th seed of each model is, as a rule, the same
+training seed (the same data order). With one seed there is no seed part and the interval covers the image sampling
+only. :attr:`ModelBootstrap.boot_std` is the standard deviation of the image part alone, to set beside the
+seed-to-seed :attr:`ModelBootstrap.seed_std` like for like.
 
-Tests: each discussed difference gets a two-sided bootstrap p-value, 2·min(P(d ≤ 0), P(d ≥ 0)) with the
-+1 correction (Davison and Hinkley, ch. 4), and the report's family of comparisons is adjusted with
-Holm's step-down procedure (Holm, *A simple sequentially rejective multiple test procedure*, Scand. J.
-Statist. 1979), so the chance of calling any of the dozen differences significant by accident stays at
-1 − confidence. A verdict uses the adjusted p-value; the percentile interval is shown beside it.
+Tests: each discussed difference gets a two-sided bootstrap p-value and the report's family of comparisons is
+adjusted with Holm's step-down procedure (:mod:`segmodels.study.significance`), so the chance of calling any of
+the dozen differences significant by accident stays at 1 − confidence. A verdict uses the adjusted p-value; the
+percentile interval is shown beside it. ``stats.resamples: auto`` sizes the resamples to the family: the smallest
+Holm-adjusted p-value R resamples allow, 2·family / (R + 1), is then a tenth of alpha or less.
 
 Vectorised: the (R, N) count matrix times the (N, C·C) per-image matrices is one matrix product giving
-all R resampled matrices; 1,000 resamples of 500 images × 19 classes take well under a second
+all R resampled matrices, taken in blocks of :data:`BLOCK` resamples so that memory stays bounded for large R
+and many classes; 1,000 resamples of 500 images × 19 classes take well under a second
 (``benchmarks/bench_bootstrap.py``).
 """
 
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,11 +57,13 @@ from segmodels.models.catalog import pair_of, reference_variant, variant_of, wit
 from segmodels.study.matrix import run_names
 from segmodels.study.runs import RunFolder, run_dir
 from segmodels.study.schema import StatsConfig, StudyConfig
+from segmodels.study.significance import Comparison, bootstrap_p_value, holm, holm_floor, resample_count, with_holm
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "BLOCK",
     "COMPARISON_COLUMNS",
     "Comparison",
     "Interval",
@@ -67,11 +75,15 @@ __all__ = [
     "comparisons_from_table",
     "comparisons_table",
     "holm",
+    "holm_floor",
     "load_per_image",
+    "resample_count",
     "resample_counts",
     "resample_seeds",
     "resampled_matrices",
+    "seed_scale",
     "study_comparisons",
+    "study_family",
     "study_pairs",
     "with_holm",
 ]
@@ -82,6 +94,7 @@ COMPARISON_COLUMNS = (
     "p_value", "p_holm", "family",
 )  # fmt: skip
 
+BLOCK = 1000  # resamples scored at a time: (BLOCK, C, C) float64 matrices, 180 MB for 150 classes
 Pairs = Sequence[tuple[str, str, str]]  # (group, a, b): the difference is a − b in mIoU points
 
 
@@ -164,7 +177,12 @@ class ModelBootstrap:
     interval: dict[str, Interval]  # metric → seed mean of the full-set scores, interval over seeds and images
     seed_std: dict[str, float]  # standard deviation over seeds of the full-set scores; NaN for one seed
     boot_std: dict[str, float]  # standard deviation of the resampled seed mean over images alone (all seeds kept)
-    samples: dict[str, np.ndarray]  # metric → (R,) two-level resampled seed means, for paired differences
+    samples: dict[str, np.ndarray]  # metric → (R,) resampled seed means over seeds and images, for differences
+
+    @property
+    def resamples(self) -> int:
+        """R, the number of resamples behind the intervals and the differences' p-values."""
+        return len(next(iter(self.samples.values()), ()))
 
 
 def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -189,18 +207,35 @@ def load_per_image(path: str | Path) -> np.ndarray:
     return array
 
 
+def _resampled_scores(per_image: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric (fractions) of each resample's summed matrix, :data:`BLOCK` resamples at a time."""
+    blocks = [metrics_of_matrices(resampled_matrices(per_image, counts[start : start + BLOCK]))
+              for start in range(0, len(counts), BLOCK)]  # fmt: skip
+    return {key: np.concatenate([np.asarray(b[key], dtype=np.float64) for b in blocks]) for key in metric_keys()}
+
+
+def seed_scale(seeds: int) -> float:
+    """sqrt(S / (S − 1)): what a resampled seed mean's deviation is scaled by, so that drawing S of S seeds spreads
+    it by s²/S, not by the plug-in (S − 1)/S · s²/S; 1 for one seed (nothing is drawn)."""
+    return math.sqrt(seeds / (seeds - 1)) if seeds > 1 else 1.0
+
+
 def bootstrap_models(
-    per_image: Mapping[str, Sequence[np.ndarray]], cfg: StatsConfig | None = None
+    per_image: Mapping[str, Sequence[np.ndarray]], cfg: StatsConfig | None = None, *, family: int = 0
 ) -> dict[str, ModelBootstrap]:
-    """Paired two-level bootstrap of every model: ``per_image`` maps a model to one (N, C, C) array per seed.
+    """Paired bootstrap over seeds and images of every model: ``per_image`` maps a model to one (N, C, C) array
+    per seed.
 
     Every array must describe the same N images (the same validation split in the same order); that is
     what makes the draws shared and the differences paired. Scores, one per metric of
-    :data:`segmodels.metrics.METRICS`, are returned in percent.
+    :data:`segmodels.metrics.METRICS`, are returned in percent. ``family``: the number of comparisons the
+    resamples will be tested in, which ``stats.resamples: auto`` sizes them for
+    (:func:`segmodels.study.significance.resample_count`).
     """
     cfg = cfg or StatsConfig()
-    if cfg.resamples < 1 or not 0 < cfg.confidence < 1:
-        raise ValueError(f"stats: resamples must be >= 1 and 0 < confidence < 1, got {cfg}")
+    if not 0 < cfg.confidence < 1:
+        raise ValueError(f"stats.confidence must be between 0 and 1, got {cfg.confidence}")
+    resamples = resample_count(cfg.resamples, cfg.confidence, family)
     shapes = {(model, i): a.shape for model, arrays in per_image.items() for i, a in enumerate(arrays)}
     if not shapes:
         return {}
@@ -211,98 +246,30 @@ def bootstrap_models(
                 f"per-image matrices of {key[0]} (seed #{key[1]}) have shape {shape}, those of {first_key[0]} "
                 f"{first}: a paired bootstrap needs the same validation images for every model"
             )
-    counts = resample_counts(first[0], cfg.resamples, cfg.seed)
+    counts = resample_counts(first[0], resamples, cfg.seed)
     out = {}
     for model, arrays in per_image.items():
         if not arrays:
             continue
         full = [metrics_of_matrices(a.sum(axis=0)) for a in arrays]
-        boot = [metrics_of_matrices(resampled_matrices(a, counts)) for a in arrays]
-        drawn = resample_seeds(len(arrays), cfg.resamples, cfg.seed)
+        boot = [_resampled_scores(a, counts) for a in arrays]
+        drawn = resample_seeds(len(arrays), resamples, cfg.seed)
+        scale = seed_scale(len(arrays))
         interval, seed_std, boot_std, samples = {}, {}, {}, {}
         for key in metric_keys():
             values = np.array([float(f[key]) for f in full]) * 100
             per_seed = np.stack([b[key] for b in boot], axis=1) * 100  # (R, S)
-            two_level = np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)
-            lo, hi = _percentiles(two_level, cfg.confidence)
+            images_only = per_seed.mean(axis=1)  # every seed, on the resample's images
+            seeds_only = values[drawn].mean(axis=1) - values.mean()  # S of S seeds' full-set scores, centred (R,)
+            crossed = images_only + scale * seeds_only
+            lo, hi = _percentiles(crossed, cfg.confidence)
             interval[key] = Interval(float(values.mean()), lo, hi)
             seed_std[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-            images_only = per_seed.mean(axis=1)
             finite = images_only[np.isfinite(images_only)]
             boot_std[key] = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-            samples[key] = two_level
+            samples[key] = crossed
         out[model] = ModelBootstrap(model, len(arrays), interval, seed_std, boot_std, samples)
     return out
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The paired difference a − b of one metric (points), with its interval, p-values and verdict."""
-
-    a: str
-    b: str
-    diff: float
-    lo: float
-    hi: float
-    group: str = ""
-    seeds_a: int = 1
-    seeds_b: int = 1
-    p_value: float = math.nan  # two-sided bootstrap p-value of this difference alone
-    p_holm: float = math.nan  # Holm-adjusted within its family; NaN when it was not tested in one
-    family: int = 0  # how many comparisons the adjustment covered
-    confidence: float = 0.95
-
-    @property
-    def tested(self) -> bool:
-        """Adjusted for multiplicity: the verdict comes from :attr:`p_holm`."""
-        return math.isfinite(self.p_holm)
-
-    @property
-    def significant(self) -> bool:
-        """Holm-adjusted p ≤ 1 − confidence; a comparison made alone (no family): its interval excludes zero."""
-        if self.tested:
-            return self.p_holm <= 1 - self.confidence
-        return math.isfinite(self.lo) and math.isfinite(self.hi) and (self.lo > 0 or self.hi < 0)
-
-    def flipped(self) -> Comparison:
-        """b − a: the same comparison seen from the other model (the p-values are two-sided)."""
-        return replace(self, a=self.b, b=self.a, diff=-self.diff, lo=-self.hi, hi=-self.lo,
-                       seeds_a=self.seeds_b, seeds_b=self.seeds_a)  # fmt: skip
-
-
-def bootstrap_p_value(differences: np.ndarray) -> float:
-    """Two-sided p-value of "no difference" from resampled differences: 2·min(P(d ≤ 0), P(d ≥ 0)), each
-    share counted as (1 + count) / (1 + R) so that R resamples never claim p below 2 / (1 + R)."""
-    d = np.asarray(differences, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return math.nan
-    tail = min(int((d <= 0).sum()), int((d >= 0).sum()))
-    return min(1.0, 2 * (1 + tail) / (1 + d.size))
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the order given; NaN stays NaN and is not counted in the family.
-
-    The i-th smallest of m p-values becomes max over j ≤ i of min(1, (m − j + 1)·p_(j)); rejecting where the
-    adjusted value is ≤ alpha is Holm's procedure at family-wise error alpha.
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    adjusted = np.full(p.shape, math.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    running = 0.0
-    for rank, i in enumerate(finite[np.argsort(p[finite], kind="stable")]):
-        running = max(running, min(1.0, (finite.size - rank) * p[i]))  # monotone: a later p never rejects first
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
-def with_holm(comparisons: Sequence[Comparison]) -> list[Comparison]:
-    """The comparisons as one family: each with its Holm-adjusted p-value and the family size."""
-    adjusted = holm([c.p_value for c in comparisons])
-    family = sum(math.isfinite(q) for q in adjusted)
-    return [replace(c, p_holm=q, family=family if math.isfinite(q) else 0)
-            for c, q in zip(comparisons, adjusted, strict=True)]  # fmt: skip
 
 
 def compare(
@@ -314,11 +281,14 @@ def compare(
         if model not in boots:
             raise ValueError(f"no bootstrap of {model}: its per-image confusion matrices are missing")
     ba, bb = boots[a], boots[b]
+    if ba.resamples != bb.resamples:
+        raise ValueError(f"{a} has {ba.resamples} resamples, {b} {bb.resamples}: paired differences need the same "
+                         "resampled image sets")  # fmt: skip
     differences = ba.samples[metric] - bb.samples[metric]
     lo, hi = _percentiles(differences, confidence)
     diff = ba.interval[metric].estimate - bb.interval[metric].estimate
     return Comparison(a, b, diff, lo, hi, group, ba.seeds, bb.seeds, bootstrap_p_value(differences),
-                      confidence=confidence)  # fmt: skip
+                      confidence=confidence, resamples=ba.resamples)  # fmt: skip
 
 
 def study_comparisons(
@@ -340,24 +310,38 @@ def comparisons_table(
     cfg = cfg or StatsConfig()
     rows = [
         {"pair": f"{c.a} vs {c.b}", "group": c.group, "a": c.a, "b": c.b, "diff": c.diff, "lo": c.lo, "hi": c.hi,
-         "significant": c.significant, "seeds_a": c.seeds_a, "seeds_b": c.seeds_b, "resamples": cfg.resamples,
+         "significant": c.significant, "seeds_a": c.seeds_a, "seeds_b": c.seeds_b, "resamples": c.resamples,
          "confidence": c.confidence, "p_value": c.p_value, "p_holm": c.p_holm, "family": c.family}
         for c in study_comparisons(boots, cfg, design=design)
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
 
 
+def _count(value: object) -> int:
+    number = float(value)  # type: ignore[arg-type]
+    return int(number) if math.isfinite(number) else 0
+
+
 def comparisons_from_table(table: pd.DataFrame) -> list[Comparison]:
     """The rows of a comparisons.csv table (:func:`comparisons_table`) as :class:`Comparison` objects."""
     return [
         Comparison(str(r.a), str(r.b), float(r.diff), float(r.lo), float(r.hi), str(r.group), int(r.seeds_a),
-                   int(r.seeds_b), float(r.p_value), float(r.p_holm), int(r.family), float(r.confidence))
+                   int(r.seeds_b), float(r.p_value), float(r.p_holm), int(r.family), float(r.confidence),
+                   _count(getattr(r, "resamples", 0)))
         for r in table.itertuples()
     ]  # fmt: skip
 
 
-def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, ModelBootstrap], list[str]]:
-    """Bootstrap every run of ``cfg`` from its run folders under ``results/{experiment}``, with ``cfg.stats``.
+def study_family(models: Sequence[str], design: Pairs | None) -> int:
+    """How many comparisons the ``design`` tests among ``models`` (:func:`study_pairs`); 0 without a design."""
+    return 0 if design is None else len(study_pairs(list(models), design))
+
+
+def bootstrap_study(
+    cfg: StudyConfig, results: str | Path, *, design: Pairs | None = None
+) -> tuple[dict[str, ModelBootstrap], list[str]]:
+    """Bootstrap every run of ``cfg`` from its run folders under ``results/{experiment}``, with ``cfg.stats``;
+    with ``design`` (the report's fixed comparisons) ``stats.resamples: auto`` is sized for the family it tests.
 
     A model is bootstrapped when every evaluated seed (``metrics.json`` present) has its
     ``confusion_per_image.npy``, so the estimate is the same seed mean as the summary's; the others are
@@ -373,4 +357,4 @@ def bootstrap_study(cfg: StudyConfig, results: str | Path) -> tuple[dict[str, Mo
             notes.append(f"{model}: no interval, {lacking[0].confusion_per_image} not found (re-run evaluate)")
         elif evaluated:
             per_image[model] = [load_per_image(f.confusion_per_image) for f in evaluated]
-    return bootstrap_models(per_image, cfg.stats), notes
+    return bootstrap_models(per_image, cfg.stats, family=study_family(per_image, design)), notes

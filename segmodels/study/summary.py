@@ -10,7 +10,9 @@ Every metric of :data:`segmodels.metrics.METRICS` (``miou``, ``macc``, ``allacc`
 ``{key}_std`` (percent) and ``{key}_lo``/``{key}_hi``, in the metrics' order. The intervals are the paired
 percentile bootstrap of :mod:`segmodels.study.stats` over the training seeds and validation images (images only
 for one seed), with the config's ``stats`` section, from each run's ``confusion_per_image.npy``; ``miou_boot_std`` is the
-image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``miou_std``. Cost columns are means over the model's seeds of one run's
+image-sampling standard deviation of the mIoU, to set beside the seed-to-seed ``miou_std``, and ``boot_resamples`` the
+number of resamples (``stats.resamples``; with ``auto``, sized for the report's family of comparisons when the
+design is given). Cost columns are means over the model's seeds of one run's
 ``cost.json`` (training) and metrics.json's ``cost`` (evaluation): ``train_hours`` wall-clock,
 ``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
 final weights were trained on, ``energy_wh`` GPU energy where NVML measured it, ``eval_hours``.
@@ -26,7 +28,7 @@ import math
 import statistics
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segmodels.metrics import metric_keys
 from segmodels.study import runs
@@ -35,14 +37,17 @@ from segmodels.study.deploy import deploy_columns, deploy_row, deployed_runs, pe
 from segmodels.study.matrix import expand_runs, run_names
 from segmodels.study.runs import read_json
 
+if TYPE_CHECKING:
+    from segmodels.study.stats import Pairs
+
 __all__ = ["collect_run", "publish", "read_json", "run_dir", "summarize", "summary_columns"]
 
 # summary.csv's columns around the metrics' ({key}, {key}_std after _FIRST; {key}_lo, {key}_hi after _MIDDLE)
 _FIRST = ("model", "backbone", "head", "variant", "seeds", "status")
 _MIDDLE = ("miou_protocol", "miou_packed", "latency_ms", "latency_p90_ms", "fps", "latency_mode", "miou_per_speed",
            "params_m", "gflops", "device", "mlflow_run_ids")  # fmt: skip
-_LAST = ("miou_boot_std", "train_hours", "train_gpu_hours", "train_cpu_hours", "train_device", "train_images",
-         "energy_wh", "eval_hours")  # fmt: skip
+_LAST = ("miou_boot_std", "boot_resamples", "train_hours", "train_gpu_hours", "train_cpu_hours", "train_device",
+         "train_images", "energy_wh", "eval_hours")  # fmt: skip
 # cost.json / metrics.json "cost" key → summary column (means over seeds)
 _COST_KEYS = {
     "train": {"wall_hours": "train_hours", "gpu_hours": "train_gpu_hours", "cpu_hours": "train_cpu_hours",
@@ -110,14 +115,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
-    """Build the summary table for every run of ``cfg``; write it atomically to ``out`` when given."""
+def summarize(cfg: StudyConfig, results: Path, out: Path | None = None, *, design: Pairs | None = None):
+    """Build the summary table for every run of ``cfg``; write it atomically to ``out`` when given. ``design``: the
+    comparisons the report tests (:func:`segmodels.report.design.fixed_pairs`), so that ``stats.resamples: auto``
+    gives the intervals the resample count of ``segmodels compare``."""
     import pandas as pd
 
     from segmodels.atomic import write_text_atomic
     from segmodels.study.stats import bootstrap_study
 
-    boots, notes = bootstrap_study(cfg, Path(results))
+    boots, notes = bootstrap_study(cfg, Path(results), design=design)
     for note in notes:
         warnings.warn(f"summary: {note}", RuntimeWarning, stacklevel=2)
     specs = expand_runs(cfg)
@@ -152,6 +159,7 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None):
             for key, interval in boots[model].interval.items():
                 row[f"{key}_lo"], row[f"{key}_hi"] = interval.lo, interval.hi
             row["miou_boot_std"] = boots[model].boot_std["miou"]
+            row["boot_resamples"] = boots[model].resamples
         for col in [c for cols in _COST_KEYS.values() for c in cols.values()]:
             values = [r[col] for r in runs if col in r]
             row[col] = statistics.fmean(values) if values else None
