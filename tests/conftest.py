@@ -96,6 +96,26 @@ def make_packed_dataset(
     return root
 
 
+def random_checkpoint(path: str | Path, *, num_classes: int, iteration: int = 1):
+    """A resnet18-fcn of seeded random weights saved as a trained checkpoint at ``path``, with BatchNorm statistics
+    spread out so that its predictions vary over an image; returns the model (eval mode)."""
+    import torch
+
+    from segmodels.engine.checkpoint import save_atomic
+    from segmodels.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", "fcn", num_classes=num_classes, pretrained=None)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    save_atomic({"format": 1, "model": model.state_dict(), "backbone": "resnet18", "head": "fcn",
+                 "num_classes": num_classes, "output_stride": 8, "aux": True,
+                 "config": config_to_dict(StudyConfig()), "iteration": iteration}, Path(path))  # fmt: skip
+    return model.eval()
+
+
 def small_config(**sections: dict[str, Any]) -> StudyConfig:
     """A StudyConfig sized for CPU tests; ``sections`` update it, e.g. ``train={"iterations": 5}``."""
     data: dict[str, Any] = {
@@ -107,7 +127,7 @@ def small_config(**sections: dict[str, Any]) -> StudyConfig:
             "iterations": 6, "batch_size": 2, "crop_size": [64, 64], "scale_range": [1.0, 1.0], "lr": 0.01,
             "log_every": 2, "ckpt_every": 3, "device": "cpu", "amp": False, "channels_last": False,
         },
-        "evaluate": {"batch_size": 2},
+        "evaluate": {"batch_size": 2, "samples": [0, 1]},  # the packed_data fixture has 2 validation images
         "tracking": {"experiment": "segbench-test", "flush_seconds": 0.0},
     }  # fmt: skip
     for name, values in sections.items():

@@ -7,34 +7,22 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import random_checkpoint
 from onnx import numpy_helper
 from PIL import Image
 
 from segmodels.cli import main
 from segmodels.data.labels import colorize
 from segmodels.data.loader import normalize
-from segmodels.engine.checkpoint import save_atomic
 from segmodels.engine.export import ONNX_ATOL, OnnxMismatchError, export_onnx, verify_onnx
-from segmodels.models import build_model
-from segmodels.study.config import StudyConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("resnet18", "fcn", num_classes=19, pretrained=None)
-    # Non-trivial BatchNorm statistics so that predictions vary over the image.
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    save_atomic({"format": 1, "model": model.state_dict(), "backbone": "resnet18", "head": "fcn",
-                 "num_classes": 19, "output_stride": 8, "aux": True,
-                 "config": config_to_dict(StudyConfig()), "iteration": 3}, path)  # fmt: skip
-    return path, model.eval()
+    return path, random_checkpoint(path, num_classes=19, iteration=3)
 
 
 def test_onnx_round_trip(tmp_path, checkpoint, capsys):

@@ -16,16 +16,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_checkpoint
 from PIL import Image
 
 from segmodels.cli import main
 from segmodels.data.images import MAX_PIXELS, TooManyPixelsError, check_image
 from segmodels.data.loader import normalize
-from segmodels.engine.checkpoint import save_atomic
 from segmodels.engine.inference import load_model, predict_scores
 from segmodels.engine.predict import _out_of_memory_message, _resized_bands, check_images
-from segmodels.models import build_model
-from segmodels.study.config import StudyConfig, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,16 +63,8 @@ def _limited(headroom: int, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("resnet18", "fcn", num_classes=5, pretrained=None)
-    for m in model.modules():  # non-trivial BatchNorm statistics, so that the classes vary over an image
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    save_atomic({"format": 1, "model": model.state_dict(), "backbone": "resnet18", "head": "fcn",
-                 "num_classes": 5, "output_stride": 8, "aux": True,
-                 "config": config_to_dict(StudyConfig()), "iteration": 1}, path)  # fmt: skip
+    random_checkpoint(path, num_classes=5)
     return path
 
 
