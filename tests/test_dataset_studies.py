@@ -46,6 +46,16 @@ def test_a_voc_layout_study_runs_end_to_end(tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["num_classes"] == 21  # resolved from the manifest, recorded with the run
     assert (tmp_path / "reports" / "report.pdf").stat().st_size > 10_000
+    from pypdf import PdfReader
+
+    words = "\n".join(page.extract_text() for page in PdfReader(tmp_path / "reports" / "report.pdf").pages)
+    flat = " ".join(words.split())  # line breaks of the typeset text as spaces
+    subtitle = next(line for line in words.splitlines() if "Semantic segmentation on" in line)
+    assert "Pascal VOC (21 classes)" in subtitle and "Cityscapes" not in subtitle, subtitle
+    assert "Comparison with the earlier study" not in flat and "The earlier study ranked" not in flat
+    assert "differs by" not in flat and "62.89" not in flat and "mmsegmentation's published results" not in flat
+    assert ("This study is on Pascal VOC (21 classes); the earlier study and mmsegmentation's published numbers are "
+            "on Cityscapes, so they are not compared.") in flat, flat[:3000]
 
 
 def test_a_150_class_study_builds_a_readable_report(tmp_path):

@@ -66,6 +66,26 @@ def test_every_model_row_has_its_numbers(built):
     assert "Fake GPU 9000" in text and "48 train, 16 val images, from 1024×2048 originals" in text
 
 
+def test_the_earlier_study_is_compared_only_on_cityscapes_classes(built, monkeypatch):
+    from segmodels.data.sources.voc import voc_label_set
+    from segmodels.report import results as results_module
+
+    cfg, results, root, out, _ = built
+    text = " ".join(_text(out).split())
+    assert "Semantic segmentation on Cityscapes (19 classes)" in text
+    assert "Comparison with the earlier study" in text and "The earlier study ranked" in text
+    monkeypatch.setattr(results_module, "label_set_of_study", lambda study: voc_label_set())
+    data = report_data(cfg, results, root / "figures", data_root=root / "data" / "packed")
+    assert data["subtitle"] == "Semantic segmentation on Pascal VOC (21 classes): backbones × context modules"
+    assert data["earlier"] is None and data["published"] is None
+    found = _by_title(data["findings"])
+    assert "The earlier study" not in found and "mIoU/speed column" not in found
+    assert found["Published results"] == ("This study is on Pascal VOC (21 classes); the earlier study and "
+                                          "mmsegmentation's published numbers are on Cityscapes, so they are not "
+                                          "compared.")  # fmt: skip
+    assert not any("earlier study" in t for title, t in found.items() if title != "Published results")
+
+
 def test_findings_are_computed_from_the_numbers(built):
     cfg, results, _, out, s = built
     text = " ".join(_text(out).split())

@@ -281,6 +281,13 @@ def test_bad_input_is_refused_before_training(tmp_path, packed_data):
     assert not (tmp_path / "a").exists()
 
 
+def test_figure_samples_past_the_validation_split_are_refused_before_training(tmp_path, packed_data):
+    cfg = small_config(evaluate={"samples": [0, 10]})  # packed_data has 2 validation images
+    with pytest.raises(ValueError, match=r"evaluate.samples: index 10 is out of range for the 2 validation images"):
+        train(cfg, "mobilenetv2-fcn", out=tmp_path / "a", data_dir=packed_data)
+    assert not (tmp_path / "a" / "checkpoint.pt").exists() and not (tmp_path / "a" / "train_log.csv").exists()
+
+
 def test_classes_of_the_packed_data_are_checked_before_any_model_or_run(tmp_path, mlflow_uri, capsys):
     import json
 

@@ -88,6 +88,7 @@ def _check_inputs(cfg: StudyConfig, data_dir: Path, seed: int, results: Path) ->
     from segmodels.data.pack import check_num_classes
 
     check_num_classes(data_dir, cfg.model.num_classes)
+    _check_samples(cfg.evaluate.samples, data_dir / "val")
     t = cfg.train
     for key in ("iterations", "batch_size", "log_every", "ckpt_every"):
         if getattr(t, key) < 1:
@@ -101,6 +102,20 @@ def _check_inputs(cfg: StudyConfig, data_dir: Path, seed: int, results: Path) ->
         run = f"teacher run {name}, seed {seed}, is not trained (train it first; Snakemake does), " if name else ""
         raise FileNotFoundError(f"train.distill_teacher: {run}no checkpoint at {teacher}")
     return teacher
+
+
+def _check_samples(samples: list[int], val_dir: Path) -> None:
+    """Refuse ``evaluate.samples`` (the validation images drawn in the figures) past the end of the validation
+    split now, not in the evaluate job after training."""
+    images = val_dir / "images.npy"
+    if not samples or not images.is_file():
+        return
+    import numpy as np
+
+    n = np.load(images, mmap_mode="r").shape[0]
+    if bad := [i for i in samples if not 0 <= i < n]:
+        raise ValueError(f"evaluate.samples: index {bad[0]} is out of range for the {n} validation images of "
+                         f"{val_dir}")
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

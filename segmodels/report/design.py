@@ -30,6 +30,8 @@ __all__ = [
     "DEPTH_STEPS",
     "DISTILLATION",
     "EARLIER_DEVICE",
+    "DATASET_NAMES",
+    "EARLIER_LABEL_SET",
     "EARLIER_STUDY",
     "MMSEG_HEAD_OPTIONS",
     "MMSEG_PROTOCOL",
@@ -39,11 +41,14 @@ __all__ = [
     "SPEED_REFERENCE",
     "Distillation",
     "backbone_models",
+    "compared_with_earlier",
     "context_models",
+    "dataset_label",
     "distillations",
     "fixed_pairs",
     "head_pairs",
     "mmseg_differences",
+    "not_compared",
     "on_context_backbone",
     "under_backbone_head",
 ]
@@ -84,6 +89,27 @@ EARLIER_STUDY: dict[str, dict[str, float]] = {
     "resnet18-ocr": {"miou": 61.86, "macc": 70.87, "allacc": 93.31},
 }
 
+# The label set (the packed manifest's ``label_set``) of the earlier study's and mmsegmentation's published numbers:
+# only a study on the same label set is set beside them.
+EARLIER_LABEL_SET = "cityscapes"
+# How the report names a dataset by its label set; another label set by the config's dataset name.
+DATASET_NAMES = {"cityscapes": "Cityscapes", "voc": "Pascal VOC", "ade20k": "ADE20K"}
+
+
+def dataset_label(label_set: str, num_classes: int, dataset: str) -> str:
+    """The study's dataset as the report names it: "Pascal VOC (21 classes)"."""
+    return f"{DATASET_NAMES.get(label_set, dataset)} ({num_classes} classes)"
+
+
+def compared_with_earlier(label_set: str) -> bool:
+    """Whether the earlier study's and mmsegmentation's published numbers are comparable: the same label set."""
+    return label_set == EARLIER_LABEL_SET
+
+
+def not_compared(label: str) -> str:
+    """The one sentence that says why a study on another label set has no comparison with published numbers."""
+    return (f"This study is on {label}; the earlier study and mmsegmentation's published numbers are on "
+            f"{DATASET_NAMES[EARLIER_LABEL_SET]}, so they are not compared.")  # fmt: skip
 
 # mmsegmentation's published single-scale Cityscapes val mIoU (its model zoo: configs/pspnet, configs/deeplabv3,
 # configs/fcn and configs/mobilenet_v2 README.md), 512×1024 crops, 80k iterations, batch 8, whole-image inference,

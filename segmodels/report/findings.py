@@ -41,6 +41,11 @@ def _module(model: str) -> str:
     return catalog.head(catalog.arch_of(model)[1]).label
 
 
+def _compared(study: Study) -> bool:
+    """Whether the study's label set is the earlier study's, so that its published numbers are set beside ours."""
+    return design.compared_with_earlier(study.labels.name)
+
+
 def interval_coverage(study: Study, models: Sequence[str]) -> str:
     """What the intervals of ``models`` cover: seeds and images for several seeds, images only for one."""
     one = [m for m in models if (study.value(m, "seeds") or 0) < 2]
@@ -146,6 +151,8 @@ def _finding_context(study: Study) -> str:
     if fcn in models and ranked[0] != fcn:
         gain = study.value(ranked[0], "miou") - study.value(fcn, "miou")  # >= 0: ranked[0] is the best
         text += f" Over the plain {_module(fcn)} head (no context module) it gains {gain:.2f} points."
+    if not _compared(study):
+        return text
     earlier = [m for m in EARLIER_STUDY if catalog.arch_of(m)[0] == design.CONTEXT_BACKBONE]
     earlier.sort(key=lambda m: -EARLIER_STUDY[m]["miou"])
     text += " The earlier study ranked " + " > ".join(
@@ -196,6 +203,8 @@ def _finding_mobilenetv3(study: Study) -> str:
         text += f" The mIoU difference has the {verdict}."
     points = {m: (v(m, "latency_ms"), v(m, "miou")) for m in study.summary.index if v(m, "latency_ms") and v(m, "miou")}
     text += f" It {'lies on' if v3 in pareto_front(points) else 'is off'} the study's mIoU-latency Pareto front"
+    if not _compared(study):
+        return text + "."
     published, earlier_v2 = EARLIER_STUDY[newer]["miou"], EARLIER_STUDY[older]["miou"]
     v3_label, v2_label = map(_label, design.NEWER_MOBILE)
     earlier = f"the earlier study's {v3_label} gave {published:.2f} mIoU against its {v2_label}'s {earlier_v2:.2f}"
@@ -372,6 +381,12 @@ def findings(study: Study) -> list[dict[str, str]]:
     mobile, reference = _label(design.MOBILE[1]), _label(design.MOBILE[0])
     distilled = _finding_distillation(study)  # "" in a study without distillation: no finding
     distillation = [{"title": "Distillation", "text": distilled}] if distilled else []
+    if _compared(study):
+        earlier = [{"title": "The earlier study", "text": _finding_earlier(study)},
+                   {"title": "mIoU/speed column", "text": _finding_formula()}]  # fmt: skip
+    else:
+        label = design.dataset_label(study.labels.name, study.labels.num_classes, study.cfg.data.dataset)
+        earlier = [{"title": "Published results", "text": design.not_compared(label)}]
     return [
         {"title": "Chance level", "text": _finding_chance(study)},
         {"title": f"{mobile} against {reference}", "text": _finding_mobilenet(study)},
@@ -381,6 +396,5 @@ def findings(study: Study) -> list[dict[str, str]]:
         *distillation,
         {"title": "How sure", "text": _finding_uncertainty(study)},
         {"title": "Training cost", "text": _finding_cost(study)},
-        {"title": "The earlier study", "text": _finding_earlier(study)},
-        {"title": "mIoU/speed column", "text": _finding_formula()},
+        *earlier,
     ]

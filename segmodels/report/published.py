@@ -4,7 +4,8 @@ A run is compared when its name is one of :data:`segmodels.report.design.PUBLISH
 ``config/cityscapes-mmseg.yaml``) and its effective config keeps every setting of
 :data:`segmodels.report.design.MMSEG_PROTOCOL` (full-resolution data and scoring, 512×1024 crops, batch 8, 80k
 iterations, ...): published numbers are only put beside numbers obtained the same way. Runs that depart are named
-in the note with the settings that differ; a study with no run at the protocol has no such table.
+in the note with the settings that differ; a study with no run at the protocol, or on another label set than
+Cityscapes', has no such table.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from segmodels.models.catalog import display_name
-from segmodels.report.design import PUBLISHED, mmseg_differences
+from segmodels.report.design import PUBLISHED, compared_with_earlier, mmseg_differences
 from segmodels.report.results import Study
 from segmodels.report.tables import _column, _table, _text
 from segmodels.study.matrix import run_config
@@ -30,6 +31,8 @@ def _departures(study: Study, models: list[str]) -> dict[str, list[str]]:
 def published_table(study: Study) -> dict[str, Any] | None:
     """The published (mmsegmentation) mIoU of each matching model beside this run's, or None when no run of the
     study is at mmsegmentation's protocol."""
+    if not compared_with_earlier(study.labels.name):  # its numbers are on Cityscapes' classes
+        return None
     candidates = [m for m in PUBLISHED if m in study.summary.index]
     departures = _departures(study, candidates)
     models = [m for m in candidates if not departures[m]]

@@ -24,6 +24,7 @@ from typing import Any
 from segmodels.models.catalog import display_name
 from segmodels.report import TEMPLATE
 from segmodels.report.deployment import deployment_table
+from segmodels.report.design import compared_with_earlier, dataset_label
 from segmodels.report.findings import findings
 from segmodels.report.published import published_table
 from segmodels.report.results import Study, load_study
@@ -125,10 +126,15 @@ def report_data(
         for m in summary.index
         if summary.at[m, "status"] == "partial"
     ]
+    labels = study.labels
+    dataset = dataset_label(labels.name, labels.num_classes, cfg.data.dataset)
+    compared = compared_with_earlier(labels.name)
     index_path = Path(figures) / "figures.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
     return {
         "title": f"segbench study '{cfg.experiment}'",
+        "dataset": dataset,
+        "subtitle": f"Semantic segmentation on {dataset}: backbones × context modules",
         "meta": [
             ["Date", datetime.date.today().isoformat()],
             ["Git commit", git_commit()],  # the checkout of this package: the code behind the report
@@ -147,8 +153,10 @@ def report_data(
         "tables": result_tables(study),
         "uncertainty": uncertainty_section(study),
         "deploy": deployment_table(study),  # null unless summary.csv has deployment columns (deploy.enabled)
-        "earlier": earlier_table(study),
-        "published": published_table(study),  # null unless runs are at mmsegmentation's protocol
+        # both null unless the study's label set is the earlier study's (Cityscapes); published also null unless
+        # runs are at mmsegmentation's protocol
+        "earlier": earlier_table(study) if compared else None,
+        "published": published_table(study) if compared else None,
         "figures": [
             {"file": f"figures/{f['png']}", "caption": f["caption"], "width": _FIGURE_WIDTH.get(f["name"], 100)}
             for f in (index or {}).get("figures", [])
