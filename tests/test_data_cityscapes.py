@@ -23,8 +23,16 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def instance_ids(label: np.ndarray) -> np.ndarray:
+    """Cityscapes instance ids for a label map: on classes with instances (person, car, bicycle here) one object per
+    16 columns, label id × 1000 + k; the label id elsewhere."""
+    k = np.broadcast_to(np.arange(label.shape[1]) // 16, label.shape)
+    return np.where(np.isin(label, (24, 26, 33)), label.astype(np.int32) * 1000 + k, label)
+
+
 def make_files(seed: int = 0, size=(32, 64), splits=("train", "val")) -> dict[str, bytes]:
-    """2 cities × 2 images per split: relative path → PNG bytes, as in the official archives."""
+    """2 cities × 2 images per split: relative path → PNG bytes, as in the official archives (with the 16-bit
+    ``*_gtFine_instanceIds.png``)."""
     rng = np.random.default_rng(seed)
     files = {}
     for split in splits:
@@ -36,6 +44,9 @@ def make_files(seed: int = 0, size=(32, 64), splits=("train", "val")) -> dict[st
                 files[f"leftImg8bit/{split}/{city}/{name}_leftImg8bit.png"] = _png(image)
                 files[f"gtFine/{split}/{city}/{name}_gtFine_labelIds.png"] = _png(label)
                 files[f"gtFine/{split}/{city}/{name}_gtFine_color.png"] = _png(np.zeros((*size, 3), np.uint8))
+                files[f"gtFine/{split}/{city}/{name}_gtFine_instanceIds.png"] = _png(
+                    instance_ids(label).astype(np.uint16)
+                )
     return files
 
 

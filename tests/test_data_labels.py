@@ -37,6 +37,19 @@ def test_class_names_and_palette_match_cityscapesscripts():
             assert tuple(L.ID_PALETTE[lab.id]) == lab.color, lab.name
 
 
+def test_categories_instances_and_sizes_match_cityscapesscripts():
+    from cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling import args as cs_args
+
+    ours = {label.name: label for label in L.LABELS}
+    for lab in cs_labels:
+        if lab.id >= 0:
+            assert (ours[lab.name].category, ours[lab.name].has_instances) == (lab.category, lab.hasInstances)
+    assert cs_args.avgClassSize == L.INSTANCE_MEAN_SIZE
+    assert tuple(lab.name for lab in sorted(cs_labels, key=lambda lab: lab.trainId)
+                                       if lab.hasInstances and not lab.ignoreInEval) == L.INSTANCE_CLASSES  # fmt: skip
+    assert set(L.CATEGORIES) == {lab.category for lab in cs_labels if not lab.ignoreInEval}
+
+
 def test_trainid_to_id_inverts_the_mapping():
     for train_id in range(L.NUM_CLASSES):
         assert L.ID_TO_TRAINID[L.TRAINID_TO_ID[train_id]] == train_id

@@ -18,7 +18,8 @@ from segmodels.data.synthetic import PARAMS_FILE, SynthParams, generate, image_i
 
 SMALL = SynthParams(train=3, val=2, size=(48, 96), seed=7)
 NAME = re.compile(
-    r"^(leftImg8bit|gtFine)/(train|val)/([a-z]+)/\3_\d{6}_000019_(leftImg8bit|gtFine_labelIds|gtFine_color)\.png$"
+    r"^(leftImg8bit|gtFine)/(train|val)/([a-z]+)/\3_\d{6}_000019_"
+    r"(leftImg8bit|gtFine_labelIds|gtFine_instanceIds|gtFine_color)\.png$"
 )
 
 
@@ -29,7 +30,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_layout_naming_and_label_ids(tmp_path):
     assert generate(tmp_path, SMALL, workers=1, progress=False) == 5
     files = _files(tmp_path)
-    assert len(files) == 5 * 3 and all(NAME.match(rel) for rel in files), sorted(files)
+    assert len(files) == 5 * 4 and all(NAME.match(rel) for rel in files), sorted(files)
     src = CityscapesSource.open(tmp_path)  # the real-data reader finds the pairs
     train = src.samples("train")
     assert [s.name for s in train] == sorted(name for _, name in image_ids("train", 3))
@@ -108,7 +109,7 @@ def test_second_run_does_nothing_and_changes_regenerate(tmp_path):
     fewer = SynthParams(train=2, val=2, size=(48, 96), seed=7)
     assert generate(tmp_path, fewer, workers=1, progress=False) == 0
     assert len(list(tmp_path.rglob("*_leftImg8bit.png"))) == 4
-    assert len(list(tmp_path.rglob("*.png"))) == 12
+    assert len(list(tmp_path.rglob("*.png"))) == 16
     # another seed: everything is rendered again
     reseeded = SynthParams(train=2, val=2, size=(48, 96), seed=8)
     assert generate(tmp_path, reseeded, workers=1, progress=False) == 4

@@ -96,6 +96,9 @@ class _Squares:
     def read_label(self, sample: Sample) -> np.ndarray:
         return self.read(sample)[1]
 
+    def read_instances(self, sample: Sample) -> None:
+        return None
+
     def fresh(self) -> _Squares:
         return self
 

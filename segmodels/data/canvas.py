@@ -1,15 +1,22 @@
 """The drawing surface of the generated street scenes: the image and label map, the pinhole camera 1.5 m above
-the street, the sky, the street's bands and the facades, the shared noise fields and the final colour grading."""
+the street, the sky, the street's bands and the facades, the shared noise fields and the final colour grading.
+
+Objects of classes with instances (:attr:`~segmodels.data.labels.Label.has_instances`: person, rider, car, …) are
+drawn under a number of their own (:meth:`Canvas.new_object`, then ``paint(..., obj=n)`` for each of their parts);
+every paint overwrites the object number of the pixels it labels, so :meth:`Canvas.instance_ids` sees only what is
+visible in the end, as Cityscapes' ``*_gtFine_instanceIds.png`` does."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from segmodels.data.labels import LABELS
+from segmodels.data.sources.cityscapes import INSTANCE_OFFSET  # object k of a class: label id × 1000 + k
 
 __all__ = ["CAMERA_HEIGHT", "Canvas", "L", "Region"]
 
 L = {label.name: label.id for label in LABELS}
+_WITH_INSTANCES = frozenset(label.id for label in LABELS if label.has_instances)
 Region = tuple[slice, slice]  # rows, columns of the image
 CAMERA_HEIGHT = 1.5  # metres, roughly the Cityscapes camera behind the windscreen
 
@@ -43,6 +50,8 @@ class Canvas:
     def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
         self.rng, self.h, self.w = rng, height, width
         self.lab = np.zeros((height, width), np.uint8)
+        self.obj: np.ndarray | None = None  # per pixel: 0, or the number of the visible object (from the first one)
+        self._object_ids: list[int] = [0]  # object number → its label id
         self.rgb = np.zeros((height, width, 3), np.float32)
         self.ys = np.arange(height, dtype=np.float32)[:, None] + 0.5
         self.xs = np.arange(width, dtype=np.float32)[None, :] + 0.5
@@ -58,14 +67,31 @@ class Canvas:
         base = np.array(self.rng.choice(_PALETTES[kind]), np.float32)
         return np.clip(base * self.rng.uniform(0.8, 1.2) + self.rng.normal(0, jitter, 3), 0.02, 1.0)
 
+    def new_object(self, lid: int) -> int:
+        """The number of a new object of label id ``lid`` (a class with instances), for ``paint(..., obj=…)``."""
+        if lid not in _WITH_INSTANCES:
+            raise ValueError(f"label id {lid} is not a class with instances; paint it without an object number")
+        if self.obj is None:  # before the first object, no paint needs to keep an object map
+            self.obj = np.zeros((self.h, self.w), np.int32)
+        self._object_ids.append(lid)
+        return len(self._object_ids) - 1
+
     def paint(
-        self, region: Region, mask: np.ndarray, lid: int, colour: np.ndarray, grain: float = 0.03, blotch: float = 0.08
-    ) -> None:
-        """Label ``mask`` (within ``region``) as ``lid`` and colour it with texture of the given strength."""
+        self, region: Region, mask: np.ndarray, lid: int, colour: np.ndarray, grain: float = 0.03, blotch: float = 0.08,
+        *, obj: int = 0,
+    ) -> None:  # fmt: skip
+        """Label ``mask`` (within ``region``) as ``lid`` and colour it with texture of the given strength; ``obj``
+        (from :meth:`new_object`, of the same label id) marks the pixels as that object's, 0 as no object's."""
         if not np.any(mask):
             return
         mod = 1.0 + grain * self.fine[region][mask] + blotch * self.smooth[region][mask]
         self.lab[region][mask] = lid
+        if obj:
+            if self._object_ids[obj] != lid:
+                raise ValueError(f"object {obj} is of label id {self._object_ids[obj]}, painted as {lid}")
+            self.obj[region][mask] = obj
+        elif self.obj is not None:
+            self.obj[region][mask] = 0
         colour = np.asarray(colour, np.float32)
         self.rgb[region][mask] = (colour if colour.ndim == 2 else colour[None]) * mod[:, None]
 
@@ -197,6 +223,25 @@ class Canvas:
                 kind = "vegetation" if k == 1 and rng.random() < 0.4 else "building"
                 region = found[0]
                 self.paint(region, np.ones(self.lab[region].shape, bool), L[kind], self.colour(kind), 0.05, 0.15)
+
+    def instance_ids(self) -> np.ndarray:
+        """Cityscapes instance ids (H×W int32): ``label id × 1000 + k`` on the visible pixels of the k-th object of
+        its class (counted from 0 in drawing order, over the objects left visible), the label id elsewhere."""
+        ids = self.lab.astype(np.int32)
+        if self.obj is None:
+            return ids
+        visible = np.flatnonzero(np.bincount(self.obj.ravel(), minlength=len(self._object_ids))[1:]) + 1
+        table = np.zeros(len(self._object_ids), np.int32)
+        seen: dict[int, int] = {}
+        for n in visible.tolist():
+            lid = self._object_ids[n]
+            k = seen[lid] = seen.get(lid, -1) + 1
+            if k >= INSTANCE_OFFSET:
+                raise ValueError(f"more than {INSTANCE_OFFSET} objects of label id {lid} in one image")
+            table[n] = lid * INSTANCE_OFFSET + k
+        drawn = self.obj > 0
+        ids[drawn] = table[self.obj[drawn]]
+        return ids
 
     # --- global appearance --------------------------------------------------------------------------------
     def finish(self) -> np.ndarray:

@@ -22,6 +22,9 @@ __all__ = [
     "NUM_CLASSES",
     "PALETTE",
     "TRAINID_TO_ID",
+    "CATEGORIES",
+    "INSTANCE_CLASSES",
+    "INSTANCE_MEAN_SIZE",
     "Label",
     "colorize",
     "label_id",
@@ -36,46 +39,48 @@ class Label(NamedTuple):
     id: int  # value in *_gtFine_labelIds.png
     train_id: int  # 0-18, or IGNORE_INDEX
     color: tuple[int, int, int]
+    category: str  # one of the benchmark's 7 categories, or "void"
+    has_instances: bool  # objects of it carry their own id in *_gtFine_instanceIds.png (label id × 1000 + k)
 
 
-# name, id, train id, colour (RGB). "license plate" (id -1) never appears in the label images and is left out.
+# name, id, train id, colour (RGB), category, has instances. "license plate" (id -1) never appears in the label images and is left out.
 LABELS: tuple[Label, ...] = tuple(
     Label(*row)
     for row in (
-        ("unlabeled", 0, 255, (0, 0, 0)),
-        ("ego vehicle", 1, 255, (0, 0, 0)),
-        ("rectification border", 2, 255, (0, 0, 0)),
-        ("out of roi", 3, 255, (0, 0, 0)),
-        ("static", 4, 255, (0, 0, 0)),
-        ("dynamic", 5, 255, (111, 74, 0)),
-        ("ground", 6, 255, (81, 0, 81)),
-        ("road", 7, 0, (128, 64, 128)),
-        ("sidewalk", 8, 1, (244, 35, 232)),
-        ("parking", 9, 255, (250, 170, 160)),
-        ("rail track", 10, 255, (230, 150, 140)),
-        ("building", 11, 2, (70, 70, 70)),
-        ("wall", 12, 3, (102, 102, 156)),
-        ("fence", 13, 4, (190, 153, 153)),
-        ("guard rail", 14, 255, (180, 165, 180)),
-        ("bridge", 15, 255, (150, 100, 100)),
-        ("tunnel", 16, 255, (150, 120, 90)),
-        ("pole", 17, 5, (153, 153, 153)),
-        ("polegroup", 18, 255, (153, 153, 153)),
-        ("traffic light", 19, 6, (250, 170, 30)),
-        ("traffic sign", 20, 7, (220, 220, 0)),
-        ("vegetation", 21, 8, (107, 142, 35)),
-        ("terrain", 22, 9, (152, 251, 152)),
-        ("sky", 23, 10, (70, 130, 180)),
-        ("person", 24, 11, (220, 20, 60)),
-        ("rider", 25, 12, (255, 0, 0)),
-        ("car", 26, 13, (0, 0, 142)),
-        ("truck", 27, 14, (0, 0, 70)),
-        ("bus", 28, 15, (0, 60, 100)),
-        ("caravan", 29, 255, (0, 0, 90)),
-        ("trailer", 30, 255, (0, 0, 110)),
-        ("train", 31, 16, (0, 80, 100)),
-        ("motorcycle", 32, 17, (0, 0, 230)),
-        ("bicycle", 33, 18, (119, 11, 32)),
+        ("unlabeled", 0, 255, (0, 0, 0), "void", False),
+        ("ego vehicle", 1, 255, (0, 0, 0), "void", False),
+        ("rectification border", 2, 255, (0, 0, 0), "void", False),
+        ("out of roi", 3, 255, (0, 0, 0), "void", False),
+        ("static", 4, 255, (0, 0, 0), "void", False),
+        ("dynamic", 5, 255, (111, 74, 0), "void", False),
+        ("ground", 6, 255, (81, 0, 81), "void", False),
+        ("road", 7, 0, (128, 64, 128), "flat", False),
+        ("sidewalk", 8, 1, (244, 35, 232), "flat", False),
+        ("parking", 9, 255, (250, 170, 160), "flat", False),
+        ("rail track", 10, 255, (230, 150, 140), "flat", False),
+        ("building", 11, 2, (70, 70, 70), "construction", False),
+        ("wall", 12, 3, (102, 102, 156), "construction", False),
+        ("fence", 13, 4, (190, 153, 153), "construction", False),
+        ("guard rail", 14, 255, (180, 165, 180), "construction", False),
+        ("bridge", 15, 255, (150, 100, 100), "construction", False),
+        ("tunnel", 16, 255, (150, 120, 90), "construction", False),
+        ("pole", 17, 5, (153, 153, 153), "object", False),
+        ("polegroup", 18, 255, (153, 153, 153), "object", False),
+        ("traffic light", 19, 6, (250, 170, 30), "object", False),
+        ("traffic sign", 20, 7, (220, 220, 0), "object", False),
+        ("vegetation", 21, 8, (107, 142, 35), "nature", False),
+        ("terrain", 22, 9, (152, 251, 152), "nature", False),
+        ("sky", 23, 10, (70, 130, 180), "sky", False),
+        ("person", 24, 11, (220, 20, 60), "human", True),
+        ("rider", 25, 12, (255, 0, 0), "human", True),
+        ("car", 26, 13, (0, 0, 142), "vehicle", True),
+        ("truck", 27, 14, (0, 0, 70), "vehicle", True),
+        ("bus", 28, 15, (0, 60, 100), "vehicle", True),
+        ("caravan", 29, 255, (0, 0, 90), "vehicle", True),
+        ("trailer", 30, 255, (0, 0, 110), "vehicle", True),
+        ("train", 31, 16, (0, 80, 100), "vehicle", True),
+        ("motorcycle", 32, 17, (0, 0, 230), "vehicle", True),
+        ("bicycle", 33, 18, (119, 11, 32), "vehicle", True),
     )
 )
 
@@ -101,6 +106,18 @@ for _label in LABELS:
 
 _TRAIN_PALETTE = np.zeros((256, 3), dtype=np.uint8)
 _TRAIN_PALETTE[:NUM_CLASSES] = PALETTE
+
+# The 7 categories of the benchmark's category scores, in the order of their first class ("void" holds no class).
+CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(label.category for label in _TRAINED))
+# The 8 training classes whose objects have instance ids (the iIoU classes): person, rider, car, ..., bicycle.
+INSTANCE_CLASSES: tuple[str, ...] = tuple(label.name for label in _TRAINED if label.has_instances)
+# The mean size in pixels of an instance of each class over the training set at 1024×2048, the weights of the
+# instance-level scores, as cityscapesScripts' evalPixelLevelSemanticLabeling defines them (its avgClassSize).
+INSTANCE_MEAN_SIZE: dict[str, float] = {
+    "bicycle": 4672.3249222261, "caravan": 36771.8241758242, "motorcycle": 6298.7200839748,
+    "rider": 3930.4788056518, "bus": 35732.1511111111, "train": 67583.7075812274, "car": 12794.0202738185,
+    "person": 3462.4756337644, "truck": 27855.1264367816, "trailer": 16926.9763313609,
+}  # fmt: skip
 
 if len(CLASS_NAMES) != NUM_CLASSES or [label.train_id for label in _TRAINED] != list(range(NUM_CLASSES)):
     raise AssertionError("the Cityscapes table must define train ids 0-18 exactly once")

@@ -33,7 +33,9 @@ STD = (0.229, 0.224, 0.225)
 
 
 class PackedSplit:
-    """One packed split (``data/packed/{dataset}/{split}``) opened by memory map."""
+    """One packed split (``data/packed/{dataset}/{split}``) opened by memory map: ``images`` (N, H, W, 3) and
+    ``labels`` (N, H, W) uint8, and ``instances`` (N, H, W) uint16 where the split has instance ids (None where not;
+    their encoding in ``instance_encoding``, as the manifest records it)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -69,6 +71,24 @@ class PackedSplit:
                 f"'{self.path.name}' but {files['images']} holds {n} images; run `segmodels prepare --force`"
             )
         self.class_frequency: list[float] | None = info.get("class_frequency")
+        self.instance_encoding: str | None = info.get("instances")  # e.g. "cityscapes": label id × 1000 + k
+        self.instances: np.ndarray | None = self._instances(self.path / "instances.npy")
+
+    def _instances(self, file: Path) -> np.ndarray | None:
+        """``instances.npy`` by memory map (uint16, the shape of the labels), or None for a split without it."""
+        if not file.is_file():
+            if self.instance_encoding:
+                raise FileNotFoundError(f"{file} not found, but {self.path.parent / 'manifest.json'} lists instance "
+                                        f"ids for split '{self.path.name}'; run `segmodels prepare --force`")  # fmt: skip
+            return None
+        try:
+            instances = np.load(file, mmap_mode="r")
+        except ValueError as exc:
+            raise ValueError(f"{file}: not a packed array of instance ids ({exc})") from None
+        if instances.dtype != np.uint16 or instances.shape != self.labels.shape:
+            raise ValueError(f"{file}: expected uint16 {self.labels.shape} to match the labels, "
+                             f"got {instances.dtype} {instances.shape}")  # fmt: skip
+        return instances
 
     def __getstate__(self) -> dict:  # reopen by path in another process instead of copying the arrays
         return {"path": self.path}

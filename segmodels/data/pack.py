@@ -7,13 +7,21 @@ source's label set (255 where not scored), resizes (antialiased bilinear for ima
 writes ``{split}/images.npy`` (N, H, W, 3), ``{split}/labels.npy`` (N, H, W) and ``manifest.json`` (source, the
 label set, sizes, counts, per-class pixel counts, CRC-32 of every input file, image ids).
 
+Instance ids (for the instance-level scores): when the source has them (``instance_encoding``, Cityscapes'
+``*_gtFine_instanceIds.png``) for every sample of the ``val`` split, that split also gets ``val/instances.npy``
+(uint16 N×H×W, resized by nearest neighbour exactly as the labels) and ``manifest["splits"]["val"]["instances"]``
+names their encoding (``"cityscapes"``: label id × 1000 + k on objects, the label id elsewhere); a split without
+them has neither. The train split never carries them (unused in training, 3 GB at full Cityscapes). When some val
+samples lack the file, the split is packed without them and a note names the first one missing.
+
 Everything is written into a temporary folder beside ``out`` and renamed into place at the end, so a crash
 leaves either the previous complete dataset or nothing. The manifest records a fingerprint of the inputs (size
 and mtime of files, or the archive's own CRCs) and the packing parameters; a second run on unchanged inputs
 does nothing.
 
 Only a folder that a pack made is ever replaced: ``out`` must be absent, empty, or hold nothing but a pack's files
-(a pack's ``manifest.json``, ``{split}/images.npy``, ``{split}/labels.npy``), and lie apart from ``root``
+(a pack's ``manifest.json``, ``{split}/images.npy``, ``{split}/labels.npy``, ``{split}/instances.npy``), and lie
+apart from ``root``
 (:mod:`segmodels.folders`); anything else is refused before any work, with what is in the way named. A full disk
 raises :class:`~segmodels.atomic.DiskFullError` naming ``out`` and the space left.
 """
@@ -39,6 +47,7 @@ from segmodels.folders import Layout, check_apart, check_replaceable
 
 __all__ = [
     "FORMAT",
+    "INSTANCE_SPLITS",
     "MANIFEST",
     "SPLIT_FILES",
     "SPLITS",
@@ -52,7 +61,9 @@ __all__ = [
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
-SPLIT_FILES = ("images.npy", "labels.npy")  # what a split folder of a pack holds
+SPLIT_FILES = ("images.npy", "labels.npy", "instances.npy")  # what a split folder of a pack holds
+INSTANCE_SPLITS = ("val",)  # the splits that carry instance ids when the source has them for every sample
+_DTYPES = {"images.npy": np.uint8, "labels.npy": np.uint8, "instances.npy": np.uint16}
 
 
 @dataclass
@@ -122,16 +133,37 @@ def _up_to_date(out: Path, want: dict) -> dict | None:
     h, w = want["size"]
     for split, info in want["splits"].items():
         have = manifest["splits"][split]
-        if have.get("inputs_digest") != info["inputs_digest"]:
+        if have.get("inputs_digest") != info["inputs_digest"] or have.get("instances") != info.get("instances"):
             return None
-        try:
-            images = np.load(out / split / "images.npy", mmap_mode="r")
-            labels = np.load(out / split / "labels.npy", mmap_mode="r")
-        except (FileNotFoundError, ValueError):
-            return None
-        if images.shape != (info["count"], h, w, 3) or labels.shape != (info["count"], h, w):
-            return None
+        shapes = {"images.npy": (info["count"], h, w, 3), "labels.npy": (info["count"], h, w)}
+        if info.get("instances"):
+            shapes["instances.npy"] = (info["count"], h, w)
+        for name, shape in shapes.items():
+            try:
+                array = np.load(out / split / name, mmap_mode="r")
+            except (FileNotFoundError, ValueError):
+                return None
+            if array.shape != shape or array.dtype != _DTYPES[name]:
+                return None
     return manifest
+
+
+def _instance_splits(src: Source, samples: dict[str, list[Sample]], notes: list[str]) -> dict[str, str]:
+    """split → the source's instance encoding, for the splits of :data:`INSTANCE_SPLITS` whose every sample has
+    instance ids; a note in ``notes`` for a split that lacks some."""
+    encoding = getattr(src, "instance_encoding", None)  # sources registered before instance ids have none
+    if not encoding:
+        return {}
+    found = {}
+    for split in (s for s in INSTANCE_SPLITS if s in samples):
+        missing = src.missing_instances(samples[split])
+        if missing:
+            more = f" ({len(missing)} of {len(samples[split])} missing)" if len(missing) > 1 else ""
+            notes.append(f"{missing[0]}: no such file{more}; split '{split}' is packed without instance ids, so its "
+                         "instance-level scores (iIoU) will be blank")  # fmt: skip
+        else:
+            found[split] = encoding
+    return found
 
 
 # --- worker side -------------------------------------------------------------------------------------------
@@ -150,28 +182,54 @@ def _pack_one(task: tuple[str, int, Sample]) -> tuple[str, int, int, int, list[i
     source: Source = _STATE["source"]
     h, w = _STATE["size"]
     image, train_ids, crc_img, crc_lab = source.read(sample)  # class indices of the source's label set
+    arrays = {"images.npy": image, "labels.npy": train_ids}
+    if "instances.npy" in _STATE["offsets"][split]:
+        arrays["instances.npy"] = _instances(source, sample, train_ids.shape)
     if image.shape[:2] != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None))
-        train_ids = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.Resampling.NEAREST))
-    for name, array in (("images.npy", image), ("labels.npy", train_ids)):
+        arrays["images.npy"] = np.asarray(
+            Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR, reducing_gap=None)
+        )
+        for name in ("labels.npy", "instances.npy"):  # ids: nearest neighbour, the same pixels for both
+            if name in arrays:
+                arrays[name] = np.asarray(Image.fromarray(arrays[name]).resize((w, h), Image.Resampling.NEAREST))
+    train_ids = arrays["labels.npy"]
+    for name, array in arrays.items():
         start, row = _STATE["offsets"][split][name]
         with open(_STATE["tmp"] / split / name, "r+b") as fh:  # plain writes: no mapping shared across processes
             fh.seek(start + index * row)
-            fh.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+            fh.write(np.ascontiguousarray(array, dtype=_DTYPES[name]).tobytes())
     hist = np.bincount(train_ids.ravel(), minlength=256)
     label_set = source.label_set
     counts = [*hist[: label_set.num_classes].tolist(), int(hist[label_set.ignore_index])]
     return split, index, crc_img, crc_lab, counts
 
 
+def _instances(source: Source, sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The sample's instance ids at full resolution (int32), checked to match its labels and to fit 16 bits."""
+    ids = source.read_instances(sample)
+    where = f"the instance ids of '{sample.name}' ({sample.label})"
+    if ids is None:
+        raise ValueError(f"{where}: the source has none, yet it listed the sample as having them")
+    ids = np.asarray(ids)
+    if ids.shape != shape:
+        raise ValueError(f"{where}: {ids.shape} but the labels are {shape} (height×width)")
+    if ids.size and (ids.min() < 0 or ids.max() > np.iinfo(np.uint16).max):
+        bad = ids.max() if ids.max() > np.iinfo(np.uint16).max else ids.min()
+        raise ValueError(f"{where}: id {bad} does not fit 16 bits (instances.npy holds uint16, 0-65535)")
+    return ids.astype(np.int32)
+
+
 # --- driver -----------------------------------------------------------------------------------------------
-def _create_arrays(folder: Path, n: int, size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+def _create_arrays(folder: Path, n: int, size: tuple[int, int], instances: bool) -> dict[str, tuple[int, int]]:
     """Allocate the .npy files; returns name → (data offset, bytes per row) for the workers."""
     folder.mkdir(parents=True)
     offsets = {}
-    for name, shape in (("images.npy", (n, *size, 3)), ("labels.npy", (n, *size))):
-        array = np.lib.format.open_memmap(folder / name, mode="w+", dtype=np.uint8, shape=shape)
-        offsets[name] = (int(array.offset), int(np.prod(shape[1:])))
+    shapes = {"images.npy": (n, *size, 3), "labels.npy": (n, *size)}
+    if instances:
+        shapes["instances.npy"] = (n, *size)
+    for name, shape in shapes.items():
+        array = np.lib.format.open_memmap(folder / name, mode="w+", dtype=_DTYPES[name], shape=shape)
+        offsets[name] = (int(array.offset), int(np.prod(shape[1:])) * array.itemsize)
         del array
     return offsets
 
@@ -272,6 +330,8 @@ def prepare(
         },
     }
     notes = list(getattr(src, "skipped", lambda: [])())  # optional: what the source left out, and why
+    for split, encoding in _instance_splits(src, samples, notes).items():
+        want["splits"][split]["instances"] = encoding  # recorded in the manifest as it is
     if not force and (manifest := _up_to_date(out, want)) is not None:
         return PrepareResult(out, manifest, skipped=True, notes=notes)
     source_sizes: dict[str, dict[str, int]] = {}
@@ -300,7 +360,8 @@ def _pack(src: Source, source: str, out: Path, size: tuple[int, int], *, samples
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        offsets = {split: _create_arrays(tmp / split, len(items), size) for split, items in samples.items()}
+        offsets = {split: _create_arrays(tmp / split, len(items), size, "instances" in want["splits"][split])
+                   for split, items in samples.items()}  # fmt: skip
         tasks = [(split, i, sample) for split, items in samples.items() for i, sample in enumerate(items)]
         crcs: dict[str, list] = {s: [None] * len(items) for s, items in samples.items()}
         counts = {s: np.zeros(num_classes + 1, np.int64) for s in samples}

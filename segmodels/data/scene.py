@@ -23,8 +23,9 @@ FEATURED = ("train", "motorcycle", "bicycle", "truck", "bus", "traffic light")
 
 def render_scene(
     rng: np.random.Generator, height: int, width: int, *, featured: str | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One street scene → (RGB H×W×3 uint8, Cityscapes label ids H×W uint8).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One street scene → (RGB H×W×3 uint8, Cityscapes label ids H×W uint8, Cityscapes instance ids H×W int32:
+    label id × 1000 + k on each visible object of a class with instances, the label id elsewhere).
 
     ``featured`` (one of :data:`FEATURED`) guarantees that rare class in this image.
     """
@@ -33,4 +34,4 @@ def render_scene(
     layout = canvas.street()
     canvas.facades(layout)
     draw_objects(canvas, layout, featured)
-    return canvas.finish(), canvas.lab
+    return canvas.finish(), canvas.lab, canvas.instance_ids()

@@ -1,6 +1,8 @@
 """Things that stand in a generated street: vehicles, two-wheelers with riders, people, poles with traffic lights
 and signs, trees, clutter, and the ego-vehicle bonnet. Each is drawn on a :class:`segmodels.data.canvas.Canvas`
-from a ground position (lateral x, depth z in metres), so its size and place follow the perspective."""
+from a ground position (lateral x, depth z in metres), so its size and place follow the perspective. Each vehicle,
+two-wheeler, person and rider is an object of its own (:meth:`~segmodels.data.canvas.Canvas.new_object`), which
+gives it its instance id."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def _vehicle(c: Canvas, kind: str, x: float, z: float) -> None:
         if kind == "train":
             shape |= (v >= 1.0) & (v < 1.12) & ((np.abs(au - 0.3 * (v - 1.0) / 0.12) < 0.05) | (v > 1.1))
     mask = shape & ~((v < 0.12) & (au < 0.65))  # the road shows under the body
-    c.paint(region, mask, L[kind], c.colour(_PALETTE_OF[kind]), 0.03, 0.06)
+    c.paint(region, mask, L[kind], c.colour(_PALETTE_OF[kind]), 0.03, 0.06, obj=c.new_object(L[kind]))
     sub = c.rgb[region]
     sub[mask] *= np.broadcast_to(np.clip(1.1 - 0.35 * v, 0.5, 1.2), mask.shape)[mask][:, None]  # light from above
     dark = mask & (glass | ((v < 0.16) & (au > 0.6)))  # windows and tyres
@@ -64,9 +66,10 @@ def _human(c: Canvas, x: float, z: float, height_m: float, lid: int, lift: float
     legs = standing if lift == 0 else seated
     torso = (v >= 0.45) & (v < 0.83) & (au < 0.85 - 0.2 * (v - 0.45))
     head = (u * 0.28) ** 2 + (v - 0.91) ** 2 < 0.075**2
-    c.paint(region, legs, lid, c.colour("clothes"), 0.04, 0.05)
-    c.paint(region, torso, lid, c.colour("clothes"), 0.04, 0.05)
-    c.paint(region, head, lid, np.array([0.8, 0.6, 0.5], np.float32) * c.rng.uniform(0.45, 1.1), 0.03, 0.03)
+    obj = c.new_object(lid)  # one person: legs, torso and head share an instance id
+    c.paint(region, legs, lid, c.colour("clothes"), 0.04, 0.05, obj=obj)
+    c.paint(region, torso, lid, c.colour("clothes"), 0.04, 0.05, obj=obj)
+    c.paint(region, head, lid, np.array([0.8, 0.6, 0.5], np.float32) * c.rng.uniform(0.45, 1.1), 0.03, 0.03, obj=obj)
 
 
 def _two_wheeler(c: Canvas, kind: str, x: float, z: float, ridden: bool) -> None:
@@ -79,8 +82,8 @@ def _two_wheeler(c: Canvas, kind: str, x: float, z: float, ridden: bool) -> None
     tyre = (au < (0.22 if wide else 0.12)) & (v < 0.55)
     frame = (v > 0.3) & (v < 0.75) & (au < (0.6 if wide else 0.2))
     bar = (np.abs(v - 0.85) < 0.05) & (au < 1.0)
-    c.paint(region, tyre | frame | bar, L[kind], c.colour("vehicle"), 0.03, 0.05)
-    if ridden:
+    c.paint(region, tyre | frame | bar, L[kind], c.colour("vehicle"), 0.03, 0.05, obj=c.new_object(L[kind]))
+    if ridden:  # the rider is an instance of its own, as in Cityscapes
         _human(c, x, z, 1.75 * c.rng.uniform(0.95, 1.05), L["rider"], lift=h_m * 0.45)
 
 

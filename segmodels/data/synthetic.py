@@ -2,10 +2,12 @@
 
 ``generate(out, train=48, val=16, size=(256, 512), seed=0)`` writes
 ``leftImg8bit/{split}/{city}/{city}_{seq:06d}_000019_leftImg8bit.png`` and the matching
-``gtFine/.../*_gtFine_labelIds.png`` (Cityscapes label ids, not train ids) and ``*_gtFine_color.png``, with
-made-up city names. Image ``i`` of a split depends only on (seed, split, i, size), so any worker count gives the
+``gtFine/.../*_gtFine_labelIds.png`` (Cityscapes label ids, not train ids), ``*_gtFine_instanceIds.png`` (16-bit:
+label id × 1000 + k on each visible person, rider, car, … counted per class from 0, the label id elsewhere, as
+Cityscapes writes them) and ``*_gtFine_color.png``, with made-up city names. Image ``i`` of a split depends only on (seed, split, i, size), so any worker count gives the
 same files and a larger count only adds images. Each file is written atomically; ``synth.json`` at the root
-records the parameters, and a second run with the same parameters and complete output does nothing.
+records the parameters and which files each scene has (``files``: :data:`FILES_VERSION`), and a second run with the
+same parameters and complete output does nothing.
 
 The default (48 train / 16 val at 256×512, packed at 128×256 by ``config/demo.yaml``) is what a CPU can train
 every model of the study on within minutes; scenes are described in :mod:`segmodels.data.scene`. The same scenes
@@ -25,12 +27,32 @@ import numpy as np
 
 from segmodels.atomic import fsync_dir, write_bytes_atomic
 from segmodels.data._io import Progress, atomic_write_json, default_workers, encode_png
-from segmodels.data.sources.cityscapes import IMAGE_DIR, IMAGE_SUFFIX, IMAGE_ZIP, LABEL_DIR, LABEL_SUFFIX, LABEL_ZIP
+from segmodels.data.sources.cityscapes import (
+    IMAGE_DIR,
+    IMAGE_SUFFIX,
+    IMAGE_ZIP,
+    INSTANCE_SUFFIX,
+    LABEL_DIR,
+    LABEL_SUFFIX,
+    LABEL_ZIP,
+)
 from segmodels.data.sources.synthetic import PARAMS_FILE
 
-__all__ = ["CITIES", "GENERATOR_VERSION", "PARAMS_FILE", "SynthParams", "generate", "generate_zips", "image_ids"]
+__all__ = [
+    "CITIES",
+    "FILES_VERSION",
+    "GENERATOR_VERSION",
+    "PARAMS_FILE",
+    "SynthParams",
+    "generate",
+    "generate_zips",
+    "image_ids",
+    "render",
+    "render_with_instances",
+]
 
-GENERATOR_VERSION = 1  # bump when the scenes change, so that existing output is regenerated
+GENERATOR_VERSION = 1  # bump when the scenes change, so that existing output is regenerated (it seeds the scenes)
+FILES_VERSION = 2  # bump when the files of a scene change (2: *_gtFine_instanceIds.png), so that output is rewritten
 CITIES = {"train": ("synthtown", "pixelburg", "rendersheim"), "val": ("mockfurt", "procedurach")}
 COLOR_SUFFIX = "_gtFine_color.png"
 _SPLIT_CODE = {"train": 1, "val": 2}
@@ -72,52 +94,63 @@ def image_ids(split: str, count: int) -> list[tuple[str, str]]:
     return out
 
 
+def _record(params: SynthParams) -> dict:
+    """What synth.json records: the parameters, and which files a scene has (the layouts of other datasets record
+    ``params.record()`` with their own version and files)."""
+    return {**params.record(), "files": FILES_VERSION}
+
+
 def _paths(root: Path, split: str, city: str, name: str, color: bool) -> list[Path]:
     paths = [
         root / IMAGE_DIR / split / city / f"{name}{IMAGE_SUFFIX}",
         root / LABEL_DIR / split / city / f"{name}{LABEL_SUFFIX}",
+        root / LABEL_DIR / split / city / f"{name}{INSTANCE_SUFFIX}",
     ]
     if color:
         paths.append(root / LABEL_DIR / split / city / f"{name}{COLOR_SUFFIX}")
     return paths
 
 
-def render(params: SynthParams, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``index`` of ``split`` → (RGB, label ids); deterministic in (seed, split, index, size)."""
+def render_with_instances(params: SynthParams, split: str, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``index`` of ``split`` → (RGB, label ids, instance ids H×W int32); deterministic in (seed, split,
+    index, size)."""
     from segmodels.data.scene import FEATURED, render_scene
 
     rng = np.random.default_rng([params.seed, _SPLIT_CODE[split], index, GENERATOR_VERSION])
     return render_scene(rng, *params.size, featured=FEATURED[index % len(FEATURED)])
 
 
-def _write_one(task: tuple[Path, SynthParams, str, int, str, str]) -> None:
+def render(params: SynthParams, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of ``split`` → (RGB, label ids); deterministic in (seed, split, index, size)."""
+    image, label, _ = render_with_instances(params, split, index)
+    return image, label
+
+
+def _encode(params: SynthParams, split: str, index: int) -> list[bytes]:
+    """One scene's PNG files, in the order of :func:`_paths`: image, label ids, instance ids (16-bit), colours."""
     from PIL import Image
 
     from segmodels.data.labels import ID_PALETTE
 
-    root, params, split, index, city, name = task
-    image, label = render(params, split, index)
-    paths = _paths(root, split, city, name, params.color)
-    write_bytes_atomic(paths[0], encode_png(Image.fromarray(image), 3))
-    write_bytes_atomic(paths[1], encode_png(Image.fromarray(label), 3))
+    image, label, instances = render_with_instances(params, split, index)
+    files = [encode_png(Image.fromarray(image), 3), encode_png(Image.fromarray(label), 3),
+             encode_png(Image.fromarray(instances.astype(np.uint16)), 3)]  # fmt: skip
     if params.color:
-        write_bytes_atomic(paths[2], encode_png(Image.fromarray(ID_PALETTE[label]), 3))
+        files.append(encode_png(Image.fromarray(ID_PALETTE[label]), 3))
+    return files
+
+
+def _write_one(task: tuple[Path, SynthParams, str, int, str, str]) -> None:
+    root, params, split, index, city, name = task
+    for path, data in zip(_paths(root, split, city, name, params.color), _encode(params, split, index), strict=True):
+        write_bytes_atomic(path, data)
 
 
 def _encode_one(task: tuple[SynthParams, str, int, str, str]) -> list[tuple[str, bytes]]:
     """One scene as (zip member name, PNG bytes) pairs, in the official archives' member layout."""
-    from PIL import Image
-
-    from segmodels.data.labels import ID_PALETTE
-
     params, split, index, city, name = task
-    image, label = render(params, split, index)
-    folder = f"{split}/{city}/{name}"
-    members = [(f"{IMAGE_DIR}/{folder}{IMAGE_SUFFIX}", encode_png(Image.fromarray(image), 3)),
-               (f"{LABEL_DIR}/{folder}{LABEL_SUFFIX}", encode_png(Image.fromarray(label), 3))]  # fmt: skip
-    if params.color:
-        members.append((f"{LABEL_DIR}/{folder}{COLOR_SUFFIX}", encode_png(Image.fromarray(ID_PALETTE[label]), 3)))
-    return members
+    paths = _paths(Path(), split, city, name, params.color)  # relative: the member names
+    return [(path.as_posix(), data) for path, data in zip(paths, _encode(params, split, index), strict=True)]
 
 
 def generate_zips(
@@ -134,7 +167,7 @@ def generate_zips(
 
     root, params = Path(out), params or SynthParams()
     finals = {IMAGE_DIR: root / IMAGE_ZIP, LABEL_DIR: root / LABEL_ZIP}
-    record = {**params.record(), "layout": "zip"}
+    record = {**_record(params), "layout": "zip"}
     if _read_record(root) == {**record, "complete": True} and all(p.is_file() for p in finals.values()):
         return 0
     _check_foreign(root)
@@ -223,7 +256,7 @@ def generate(
         for i, (city, name) in enumerate(image_ids(split, getattr(params, split)))
     ]
     expected = {p for split, _, city, name in wanted for p in _paths(root, split, city, name, params.color)}
-    if record == {**params.record(), "complete": True} and all(p.is_file() for p in expected):
+    if record == {**_record(params), "complete": True} and all(p.is_file() for p in expected):
         return 0
     _check_foreign(root)
     same_content = record is not None and all(
@@ -231,7 +264,7 @@ def generate(
     )
     root.mkdir(parents=True, exist_ok=True)
     # Mark the folder as in progress first: an interrupted run is never mistaken for a complete one.
-    atomic_write_json(root / PARAMS_FILE, {**params.record(), "complete": False})
+    atomic_write_json(root / PARAMS_FILE, {**_record(params), "complete": False})
     if not same_content:
         for split in CITIES:
             for top in (IMAGE_DIR, LABEL_DIR):
@@ -247,5 +280,5 @@ def generate(
     with Progress(len(todo), "synth", enabled=progress) as bar:
         for _ in parallel_map(_write_one, todo, workers=n_workers, progress=bar):
             pass
-    atomic_write_json(root / PARAMS_FILE, {**params.record(), "complete": True})
+    atomic_write_json(root / PARAMS_FILE, {**_record(params), "complete": True})
     return len(todo)

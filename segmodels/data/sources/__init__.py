@@ -17,6 +17,13 @@ A dataset of another layout joins with one line: ``register_source("name", opene
 also have ``skipped() -> list[str]``: one line per kind of input it left out on purpose (archive members outside
 the official layout), which ``prepare`` returns and prints.
 
+Instance ids (for the instance-level scores, iIoU): every source answers ``read_instances(sample)``, None where
+the dataset has none (VOC, ADE20K, folder). A source whose samples may carry them (Cityscapes) also has
+``instance_encoding`` (how ids encode objects; ``"cityscapes"``: label id × 1000 + k, the plain label id off
+objects) and ``missing_instances(samples) -> list[str]`` (the absent instance files, named, found without reading
+any); ``prepare`` packs a split's instance ids only when none is missing, and a source without
+``instance_encoding`` (one registered before instance ids existed, too) packs none.
+
 This module imports neither torch nor the readers themselves: the config schema and ``segmodels --help`` import
 it, and each built-in reader is imported when it is opened.
 """
@@ -73,6 +80,11 @@ class Source(Protocol):
 
     def read_label(self, sample: Sample) -> np.ndarray:
         """The mask alone as class indices (H×W uint8), for scoring at full resolution."""
+        ...
+
+    def read_instances(self, sample: Sample) -> np.ndarray | None:
+        """The sample's instance ids (H×W int32, full resolution) in the source's ``instance_encoding``, or None
+        for a source without instance ids. A missing or unreadable file raises, naming it."""
         ...
 
     def fresh(self) -> Source:

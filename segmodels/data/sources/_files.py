@@ -142,6 +142,9 @@ class FolderSource:
     def read_label(self, sample: Sample) -> np.ndarray:
         return self._classes((self.root / sample.label).read_bytes(), sample)
 
+    def read_instances(self, sample: Sample) -> None:
+        return None  # masks of classes only: Pascal VOC's SegmentationObject is not read, ADE20K and folders have none
+
     def _classes(self, data: bytes, sample: Sample) -> np.ndarray:
         where = str(self.root / sample.label)
         with _load(data, where) as img:

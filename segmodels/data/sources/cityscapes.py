@@ -11,6 +11,11 @@ never read, and :meth:`CityscapesSource.skipped` says how many there were and wh
 Every problem with the input is reported with the file at fault, and the cheap checks (pairing, PNG headers,
 sizes) run over the whole split before any decoding starts. Masks are mapped from the 34 label ids to the 19
 train ids of :func:`~segmodels.data.labelset.cityscapes_label_set` (others → 255).
+
+Instance ids come from ``*_gtFine_instanceIds.png`` beside each labelIds file (in the same folder or archive):
+16-bit PNGs holding label id × 1000 + k on each object of a class with instances and the plain label id
+elsewhere (:attr:`CityscapesSource.instance_encoding` "cityscapes"). They are optional: a split packs them only
+when :meth:`CityscapesSource.missing_instances` finds every one of its samples' files.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from segmodels.folders import listed
 __all__ = [
     "IMAGE_SUFFIX",
     "IMAGE_ZIP",
+    "INSTANCE_OFFSET",
+    "INSTANCE_SUFFIX",
     "LABEL_SUFFIX",
     "LABEL_ZIP",
     "CityscapesSource",
@@ -39,6 +46,7 @@ __all__ = [
     "Sample",
     "ZipStore",
     "find_root",
+    "instance_name",
     "missing_dataset_message",
     "open_cityscapes",
     "outside_layout",
@@ -49,6 +57,8 @@ LABEL_ZIP = "gtFine_trainvaltest.zip"
 IMAGE_DIR, LABEL_DIR = "leftImg8bit", "gtFine"
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
+INSTANCE_SUFFIX = "_gtFine_instanceIds.png"
+INSTANCE_OFFSET = 1000  # instance id = label id × 1000 + k
 DOWNLOAD_URL = "https://www.cityscapes-dataset.com/downloads/"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_HEAD = 33  # signature + IHDR chunk
@@ -90,6 +100,9 @@ class DirStore:
         with open(self.root / name, "rb") as fh:
             return fh.read(size)
 
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
     def stamp(self, name: str) -> str:
         st = (self.root / name).stat()
         return f"{st.st_size}:{st.st_mtime_ns}"
@@ -114,9 +127,10 @@ class ZipStore:
         self.path = Path(path)
         self._zip: zipfile.ZipFile | None = None
         self._names: list[str] | None = None
+        self._name_set: frozenset[str] | None = None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_zip": None, "_names": None}
+        return {"path": self.path, "_zip": None, "_names": None, "_name_set": None}
 
     @property
     def zip(self) -> zipfile.ZipFile:
@@ -144,8 +158,17 @@ class ZipStore:
     def read(self, name: str, size: int = -1) -> bytes:
         if outside_layout(name):
             raise ValueError(f"{self.describe(name)}: outside the archive's layout ('..', '.' or an absolute path)")
-        with self.zip.open(name) as fh:
+        try:
+            fh = self.zip.open(name)
+        except KeyError:
+            raise FileNotFoundError(f"{self.describe(name)}: no such member in the archive") from None
+        with fh:
             return fh.read(size)
+
+    def exists(self, name: str) -> bool:
+        if self._name_set is None:
+            self._name_set = frozenset(self.names())
+        return name in self._name_set
 
     def stamp(self, name: str) -> str:
         info = self.zip.getinfo(name)
@@ -167,9 +190,11 @@ def _png_size(head: bytes, where: str) -> tuple[int, int, int, int]:
 
 
 class CityscapesSource:
-    """One Cityscapes root: lists, checks and decodes the (image, labelIds) pairs of a split."""
+    """One Cityscapes root: lists, checks and decodes the (image, labelIds) pairs of a split, and their instance
+    ids where ``*_gtFine_instanceIds.png`` lies beside the labels."""
 
     label_set: LabelSet = cityscapes_label_set()
+    instance_encoding = "cityscapes"  # what read_instances() returns: label id × 1000 + k, or the plain label id
 
     def __init__(self, root: Path, images: Store, labels: Store) -> None:
         self.root, self.images, self.labels = Path(root), images, labels
@@ -241,8 +266,41 @@ class CityscapesSource:
         return [Sample(name, images[name], labels[name]) for name in sorted(images)]
 
     def stamps(self, samples: list[Sample]) -> list[str]:
-        """Cheap per-pair fingerprints (size and mtime, or the archive's CRC) to tell whether inputs changed."""
-        return [f"{self.images.stamp(s.image)}|{self.labels.stamp(s.label)}" for s in samples]
+        """Cheap per-pair fingerprints (size and mtime, or the archive's CRC) to tell whether inputs changed; the
+        instance ids' file counts as an input ("-" while absent), so adding it packs the split again."""
+        return [f"{self.images.stamp(s.image)}|{self.labels.stamp(s.label)}|{self._instance_stamp(s)}"
+                for s in samples]  # fmt: skip
+
+    def _instance_stamp(self, sample: Sample) -> str:
+        name = instance_name(sample)
+        return self.labels.stamp(name) if self.labels.exists(name) else "-"  # added later: the inputs changed
+
+    def missing_instances(self, samples: list[Sample]) -> list[str]:
+        """The ``*_gtFine_instanceIds.png`` files of ``samples`` that are absent (as error messages name them), in
+        sample order; [] when every sample has one. Checks presence only: nothing is read."""
+        return [self.labels.describe(name) for s in samples if not self.labels.exists(name := instance_name(s))]
+
+    def read_instances(self, sample: Sample) -> np.ndarray:
+        """The instance ids of ``*_gtFine_instanceIds.png`` as stored (H×W int32, full resolution): label id × 1000
+        + k on objects of classes with instances, the label id elsewhere. FileNotFoundError naming the file when it
+        is absent; ValueError naming it for a file of the wrong kind or size, or values that are not such ids."""
+        name = instance_name(sample)
+        where = self.labels.describe(name)
+        if not self.labels.exists(name):
+            raise FileNotFoundError(f"{where}: instance ids not found (the {INSTANCE_SUFFIX} beside {sample.label})")
+        data = self.labels.read(name)
+        h, w, _, _ = _png_size(data[:_PNG_HEAD], where)
+        lh, lw, _, _ = _png_size(self.labels.read(sample.label, _PNG_HEAD), self.labels.describe(sample.label))
+        if (h, w) != (lh, lw):
+            raise ValueError(f"{where}: instance ids are {h}×{w} but the labels {self.labels.describe(sample.label)} "
+                             f"are {lh}×{lw} (height×width)")  # fmt: skip
+        ids = _decode(data, "I", where)
+        label_ids = np.where(ids >= INSTANCE_OFFSET, ids // INSTANCE_OFFSET, ids)
+        if ids.min() < 0 or label_ids.max() > MAX_LABEL_ID:
+            bad = ids[(ids < 0) | (label_ids > MAX_LABEL_ID)]
+            raise ValueError(f"{where}: instance ids {np.unique(bad)[:5].tolist()} are not Cityscapes ids (label id "
+                             f"0-{MAX_LABEL_ID}, or label id × {INSTANCE_OFFSET} + k)")  # fmt: skip
+        return ids
 
     def check_headers(self, sample: Sample) -> tuple[int, int]:
         """Check both PNG headers of a pair without decoding; returns the (height, width) they share."""
@@ -290,12 +348,19 @@ class CityscapesSource:
         return label
 
 
+def instance_name(sample: Sample) -> str:
+    """Where the sample's instance ids lie in its label store: the labelIds path with ``instanceIds``."""
+    return sample.label.removesuffix(LABEL_SUFFIX) + INSTANCE_SUFFIX
+
+
 def open_cityscapes(root: str | os.PathLike) -> CityscapesSource:
     """The Cityscapes source at ``root`` (the extracted folders, the two official zips, or one of each)."""
     return CityscapesSource.open(root)
 
 
 def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
+    """A PNG → array: ``RGB`` (converted), ``L`` (8-bit single channel) or ``I`` (single channel of 8 or 16 bits,
+    as int32)."""
     from PIL import Image
 
     try:
@@ -309,4 +374,8 @@ def _decode(data: bytes, mode: str, where: str) -> np.ndarray:
         raise ValueError(f"{where}: not a PNG file ({fmt})")
     if mode == "L" and im_mode != "L":
         raise ValueError(f"{where}: expected a single-channel 8-bit label image, got mode {im_mode}")
+    if mode == "I":
+        if im_mode not in ("I;16", "I;16B", "I", "L") or array.ndim != 2:
+            raise ValueError(f"{where}: expected a single-channel 16-bit PNG of instance ids, got mode {im_mode}")
+        array = array.astype(np.int32)
     return array
