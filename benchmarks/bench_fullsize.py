@@ -9,7 +9,9 @@ prepare --source cityscapes`) and reports what the study will meet on real data:
 - the archives' and the packed arrays' size on disk;
 - training-loader samples/s at the study's crop (memory-mapped arrays, crops read without whole images);
 - the time to evaluate one image at full resolution per model of the study (packed-size forward pass, scores
-  upsampled to 2048×1024, scored against the raw label read from the zip) on this CPU.
+  upsampled to 2048×1024, scored against the raw label read from the zip) on this CPU, and the share of it that
+  the benchmark's instance-level and Boundary IoU statistics take (``segmodels.scoring``, against the raw instance
+  ids read from the zip).
 
     .venv/bin/python benchmarks/bench_fullsize.py                        # 2975 + 500 at 1024×2048 (~30 min, 2 cores)
     .venv/bin/python benchmarks/bench_fullsize.py --train 40 --val 10     # a quick look
@@ -103,12 +105,14 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
     import torch
     import torch.nn.functional as F
 
+    from segmodels.data.labelset import label_set_of
     from segmodels.data.loader import PackedSplit, normalize
     from segmodels.engine.evaluate import RawLabels
     from segmodels.engine.inference import predict_scores
     from segmodels.engine.run import with_data_classes
     from segmodels.metrics import batch_confusion
     from segmodels.models import build_model, catalog
+    from segmodels.scoring import ImageScorer, score_layout
     from segmodels.study.config import load_config
     from segmodels.study.matrix import run_config, run_names
 
@@ -129,8 +133,15 @@ def full_resolution_seconds(config: Path, packed: Path) -> list[dict[str, object
         pred = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False).argmax(1)
         batch_confusion(pred, target.unsqueeze(0), cfg.model.num_classes)
         seconds = time.perf_counter() - start
-        rows.append({"model": name, "seconds": seconds, "scored": f"{target.shape[0]}x{target.shape[1]}"})
-        print(f"  {name}: {rows[-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+        start = time.perf_counter()  # what the other metrics' statistics add (boundary, instance-level counts)
+        ids = raw.read_instances(0)
+        layout = score_layout(label_set_of(packed), instances=ids is not None)
+        ImageScorer(1, layout, pred.device).add(
+            [0], pred, target.unsqueeze(0), None if ids is None else torch.from_numpy(ids.astype(np.int32))[None])
+        extra = time.perf_counter() - start
+        rows.append({"model": name, "seconds": seconds, "statistics_seconds": extra,
+                     "scored": f"{target.shape[0]}x{target.shape[1]}"})  # fmt: skip
+        print(f"  {name}: {seconds:.1f} s, statistics {extra:.2f} s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -151,9 +162,10 @@ def markdown(report: dict) -> str:
         f"| loader at crop {report['loader']['crop'][0]}×{report['loader']['crop'][1]}, batch {report['loader']['batch']}"
         f" | {report['loader']['samples_per_s']:.1f} samples/s |",
         "",
-        "| model | full-resolution evaluation of one image (s) |",
-        "|---|---|",
-        *[f"| {r['model']} | {r['seconds']:.1f} |" for r in report["evaluate"]],
+        "| model | full-resolution evaluation of one image (s) | all statistics (s) | share |",
+        "|---|---|---|---|",
+        *[f"| {r['model']} | {r['seconds']:.1f} | {r['statistics_seconds']:.2f} | "
+          f"{r['statistics_seconds'] / r['seconds']:.0%} |" for r in report["evaluate"]],
     ]
     return "\n".join(lines) + "\n"
 

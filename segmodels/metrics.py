@@ -23,18 +23,49 @@ The formulas are written once, for a stack of matrices (shape [..., C, C]), so t
 same code. :data:`METRICS` is the ordered list of the study's scores (key, label, digits, direction, formula):
 the summary's columns, the bootstrap intervals, the report's tables and the logged scores all read it, so a
 new metric is a formula plus one :func:`register_metric` line.
+
+Statistics beyond the confusion matrix. A metric names the per-image sufficient statistics it is a formula of
+(``inputs``; by default the confusion matrix alone). All of them are sums over images, so a dataset's value is the
+sum of its images' and a bootstrap resample's the count-weighted sum (:mod:`segmodels.study.stats`); the evaluation
+counts them on the device in the same pass (:mod:`segmodels.scoring`):
+
+* ``confusion`` (C, C): pixel counts, rows ground truth;
+* ``category_confusion`` (G, G): the same with classes merged into the Cityscapes benchmark's 7 categories;
+* ``instances`` (K, 3): per instance class, the instance-weighted true positives and false negatives and the
+  (unweighted) false positives, as cityscapesScripts' ``evalPixelLevelSemanticLabeling`` counts them (see
+  :mod:`segmodels.scoring`); ``instance_categories`` (G', 3) the same for the categories whose classes all have
+  instances (human, vehicle);
+* ``boundary`` (C, 2): per class, the intersection and union of the ground-truth and predicted boundary regions
+  (:mod:`segmodels.boundary`).
+
+A metric whose statistics a dataset lacks (no instance ids outside Cityscapes, no categories outside its label set)
+is undefined (NaN), shown blank, never 0. The Cityscapes benchmark's four numbers are ``miou`` (IoU class),
+``iiou`` (iIoU class), ``miou_category`` and ``iiou_category``; ``biou`` is the mean Boundary IoU over classes.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from segmodels.metric_formulas import (
+    acc_per_class,
+    as_stack,
+    instance_iou,
+    iou_per_class,
+    mean_acc,
+    mean_boundary_iou,
+    mean_instance_iou,
+    mean_iou,
+    mean_over_classes,
+    pixel_acc,
+    ratio_per_class,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -44,102 +75,63 @@ __all__ = [
     "ConfusionMatrix",
     "Metric",
     "MetricList",
+    "STATISTICS",
     "acc_per_class",
     "batch_confusion",
     "class_names_for",
     "compute_metrics",
+    "instance_iou",
     "iou_per_class",
     "majority_baseline",
     "mean_acc",
     "mean_iou",
     "mean_over_classes",
+    "metrics_of",
     "metric_keys",
     "metric_scores",
     "metrics_of_matrices",
     "pixel_acc",
+    "ratio_per_class",
     "register_metric",
     "unregister_metric",
 ]
 
-# --- the formulas, on a stack of confusion matrices [..., C, C] (rows ground truth) ---------------------------
-
-
-def _stack(matrices: Any) -> np.ndarray:
-    """float64 [..., C, C] from a numpy array, a torch tensor (any device) or nested lists."""
-    if hasattr(matrices, "detach"):  # a torch tensor, without importing torch here
-        matrices = matrices.detach().cpu().numpy()
-    m = np.asarray(matrices, dtype=np.float64)
-    if m.ndim < 2 or m.shape[-1] != m.shape[-2]:
-        raise ValueError(f"confusion matrices must be (..., C, C), got shape {m.shape}")
-    return m
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """numerator / denominator, NaN where the denominator is 0 (undefined, not 0)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(denominator > 0, numerator / denominator, np.nan)
-
-
-def mean_over_classes(values: np.ndarray) -> np.ndarray:
-    """The mean over the last axis of the defined (non-NaN) values; NaN where none is defined."""
-    if values.ndim == 1:  # one matrix: the plain mean of its defined values, the bits metrics.json always held
-        defined = values[~np.isnan(values)]
-        return np.float64(defined.mean() if defined.size else math.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: nothing defined, the mean is NaN
-        return np.nanmean(values, axis=-1)
-
-
-def iou_per_class(matrices: np.ndarray) -> np.ndarray:
-    """[..., C]: TP / (TP + FP + FN) of each class, NaN for a class in neither truth nor prediction."""
-    m = _stack(matrices)
-    tp = np.diagonal(m, axis1=-2, axis2=-1)
-    return _ratio(tp, m.sum(axis=-1) + m.sum(axis=-2) - tp)
-
-
-def acc_per_class(matrices: np.ndarray) -> np.ndarray:
-    """[..., C]: TP / (TP + FN) of each class (its recall), NaN for a class absent from the truth."""
-    m = _stack(matrices)
-    return _ratio(np.diagonal(m, axis1=-2, axis2=-1), m.sum(axis=-1))
-
-
-def mean_iou(matrices: np.ndarray) -> np.ndarray:
-    """[...]: mIoU, the mean of the defined per-class IoUs."""
-    return mean_over_classes(iou_per_class(matrices))
-
-
-def mean_acc(matrices: np.ndarray) -> np.ndarray:
-    """[...]: mAcc, the mean of the defined per-class accuracies."""
-    return mean_over_classes(acc_per_class(matrices))
-
-
-def pixel_acc(matrices: np.ndarray) -> np.ndarray:
-    """[...]: allAcc, ΣTP / Σ labelled pixels, NaN when nothing is labelled."""
-    m = _stack(matrices)
-    return _ratio(np.trace(m, axis1=-2, axis2=-1), m.sum(axis=(-2, -1)))
-
-
 # --- the list of metrics ---------------------------------------------------------------------------------------
+
+
+# The per-image statistics a metric may be a formula of, with a (2, ..., ) probe each (two images) that a
+# registered formula must map to two scores. See the module docstring for what each counts.
+STATISTICS: dict[str, np.ndarray] = {
+    "confusion": np.array([[[3.0, 1.0], [1.0, 2.0]]] * 2),
+    "category_confusion": np.array([[[3.0, 1.0], [1.0, 2.0]]] * 2),
+    "instances": np.array([[[2.5, 0.5, 1.0]]] * 2),
+    "instance_categories": np.array([[[2.5, 0.5, 1.0]]] * 2),
+    "boundary": np.array([[[1.0, 2.0], [0.0, 1.0]]] * 2),
+}
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One score of the study: ``formula`` maps confusion matrices [..., C, C] to fractions [...] (NaN where
-    undefined); tables show it in percent with ``digits`` decimals under ``label``."""
+    """One score of the study: ``formula`` maps the per-image statistics named in ``inputs`` (by default confusion
+    matrices [..., C, C]), summed over images, to fractions [...] (NaN where undefined); tables show it in percent
+    with ``digits`` decimals under ``label``."""
 
     key: str  # metrics.json key and summary.csv column stem: {key}, {key}_std, {key}_lo, {key}_hi
     label: str
-    formula: Callable[[np.ndarray], np.ndarray]
+    formula: Callable[..., np.ndarray]
     digits: int = 2
     higher_is_better: bool = True
     training: bool = True  # also scored on the validation split while training (train_log.csv's val_{key})
+    inputs: tuple[str, ...] = ("confusion",)  # the statistics passed to formula, in order (keys of STATISTICS)
+    group: str = "summary"  # the report's table: "summary" (performance) or "benchmark" (small objects, boundaries)
 
 
-# keys a metric must not shadow: compute_metrics' and metrics.json's others, one-word summary.csv columns (a metric
-# key has no underscore, so {key}_std and the like cannot meet a column either)
-_RESERVED = {"iou", "acc", "absent", "class", "model", "backbone", "head", "variant", "seeds", "status", "fps",
-             "gflops", "device", "packed", "protocol", "cost", "settings", "checkpoint", "iteration", "seconds",
-             "created"}  # fmt: skip
+# keys a metric must not shadow: compute_metrics' and metrics.json's others, summary.csv's other columns
+_RESERVED = {"iou", "acc", "iiou_per_class", "biou_per_class", "absent", "class", "model", "backbone", "head",
+             "variant", "seeds", "status", "fps", "gflops", "device", "packed", "protocol", "cost", "settings",
+             "checkpoint", "iteration", "seconds", "created", "miou_protocol", "miou_packed", "miou_per_speed",
+             "miou_boot_std", "boot_resamples"}  # fmt: skip
+_SUFFIXES = ("", "_std", "_lo", "_hi")  # summary.csv's columns of a metric key
 
 
 class MetricList:
@@ -152,19 +144,27 @@ class MetricList:
 
     def add(self, metric: Metric) -> Metric:
         """Append ``metric`` after checking its key, label and formula (on a 2-class matrix)."""
-        if not re.fullmatch(r"[a-z][a-z0-9]*", metric.key) or metric.key in _RESERVED:
-            raise ValueError(f"metric key {metric.key!r} must be lowercase letters and digits, not one of "
-                             f"{sorted(_RESERVED)}")  # fmt: skip
+        if not re.fullmatch(r"[a-z][a-z0-9]*(_[a-z][a-z0-9]*)*", metric.key) or metric.key in _RESERVED:
+            raise ValueError(f"metric key {metric.key!r} must be lowercase letters and digits (words joined by "
+                             f"'_'), not one of {sorted(_RESERVED)}")  # fmt: skip
         if metric.key in self._metrics:
             raise ValueError(f"metric {metric.key!r} is already registered; unregister it first")
+        columns = {metric.key + end for end in _SUFFIXES}
+        taken = {other + end for other in self._metrics for end in _SUFFIXES} | _RESERVED
+        if columns & taken:
+            raise ValueError(f"metric key {metric.key!r}: its summary column {sorted(columns & taken)[0]!r} is "
+                             "already another metric's or summary.csv's")  # fmt: skip
         if not metric.label or metric.digits < 0:
             raise ValueError(f"metric {metric.key!r}: needs a label and digits >= 0, got {metric.label!r}, "
                              f"{metric.digits}")  # fmt: skip
-        probe = np.array([[[3.0, 1.0], [1.0, 2.0]]] * 2)
-        shape = np.shape(metric.formula(probe))
+        unknown = [name for name in metric.inputs if name not in STATISTICS]
+        if unknown or not metric.inputs:
+            raise ValueError(f"metric {metric.key!r}: inputs {list(metric.inputs)} must be statistics of "
+                             f"{list(STATISTICS)}")  # fmt: skip
+        shape = np.shape(metric.formula(*(STATISTICS[name] for name in metric.inputs)))
         if shape != (2,):
-            raise ValueError(f"metric {metric.key!r}: its formula must map (..., C, C) matrices to (...) scores, "
-                             f"gave shape {shape} for (2, 2, 2)")  # fmt: skip
+            raise ValueError(f"metric {metric.key!r}: its formula must map statistics of (...) images to (...) "
+                             f"scores, gave shape {shape} for 2 images")  # fmt: skip
         self._metrics[metric.key] = metric
         return metric
 
@@ -196,11 +196,16 @@ METRICS = MetricList([
     Metric("miou", "mIoU", mean_iou),
     Metric("macc", "mAcc", mean_acc, training=False),
     Metric("allacc", "allAcc", pixel_acc),
+    Metric("iiou", "iIoU", mean_instance_iou, training=False, inputs=("instances",), group="benchmark"),
+    Metric("miou_category", "IoU cat", mean_iou, training=False, inputs=("category_confusion",), group="benchmark"),
+    Metric("iiou_category", "iIoU cat", mean_instance_iou, training=False, inputs=("instance_categories",),
+           group="benchmark"),
+    Metric("biou", "BIoU", mean_boundary_iou, training=False, inputs=("boundary",), group="benchmark"),
 ])  # fmt: skip
 
 
-def register_metric(key: str, label: str, formula: Callable[[np.ndarray], np.ndarray], **options: Any) -> Metric:
-    """Add a metric to :data:`METRICS` (``options``: ``digits``, ``higher_is_better``, ``training``)."""
+def register_metric(key: str, label: str, formula: Callable[..., np.ndarray], **options: Any) -> Metric:
+    """Add a metric to :data:`METRICS` (``options``: ``digits``, ``higher_is_better``, ``training``, ``inputs``)."""
     return METRICS.add(Metric(key, label, formula, **options))
 
 
@@ -214,10 +219,36 @@ def metric_keys(*, training: bool = False) -> tuple[str, ...]:
     return tuple(m.key for m in METRICS if m.training or not training)
 
 
-def metrics_of_matrices(matrices: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric (fractions) of a stack of (..., C, C) confusion matrices, each shaped (...)."""
-    m = _stack(matrices)
-    return {metric.key: np.asarray(metric.formula(m), dtype=np.float64) for metric in METRICS}
+Statistics = Mapping[str, Any]  # statistic name (a key of STATISTICS) → array [..., *shape], or just confusion
+
+
+def _statistics(stats: Statistics | np.ndarray) -> dict[str, Any]:
+    if isinstance(stats, Mapping):
+        if "confusion" not in stats:
+            raise ValueError(f"statistics need a 'confusion' entry, got {sorted(stats)}")
+        return {name: value for name, value in stats.items() if name in STATISTICS}
+    return {"confusion": stats}
+
+
+def metrics_of(stats: Statistics | np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric (fractions), each shaped (...), of summed per-image statistics: a mapping of statistic name to
+    array [..., *shape] (``confusion`` [..., C, C] required; see the module docstring), or confusion matrices alone.
+    A metric whose inputs are missing is NaN."""
+    arrays = _statistics(stats)
+    m = as_stack(arrays["confusion"])
+    arrays["confusion"] = m
+    out = {}
+    for metric in METRICS:
+        if all(name in arrays for name in metric.inputs):
+            out[metric.key] = np.asarray(metric.formula(*(arrays[name] for name in metric.inputs)), np.float64)
+        else:
+            out[metric.key] = np.full(m.shape[:-2], np.nan)
+    return out
+
+
+def metrics_of_matrices(matrices: Statistics | np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric of a stack of (..., C, C) confusion matrices (or of statistics, :func:`metrics_of`)."""
+    return metrics_of(matrices)
 
 
 def metric_scores(
@@ -328,16 +359,26 @@ def class_names_for(num_classes: int) -> list[str]:
     return names_or_indices(None, num_classes)
 
 
-def compute_metrics(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Scores of a (C, C) confusion matrix (rows ground truth), as fractions in [0, 1].
+def compute_metrics(
+    matrix: torch.Tensor | np.ndarray | Statistics,
+    class_names: Sequence[str] | None = None,
+    *,
+    axes: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Scores of a (C, C) confusion matrix (rows ground truth), or of summed statistics (:func:`metrics_of`), as
+    fractions in [0, 1].
 
-    Keys: every metric of :data:`METRICS` in order (``miou``, ``macc``, ``allacc``: floats, NaN when nothing is
-    labelled), ``iou``, ``acc`` (per-class lists with NaN where undefined), ``absent`` (names of classes in
+    Keys: every metric of :data:`METRICS` in order (``miou``, ``macc``, ``allacc``, ...: floats, NaN when undefined),
+    ``iou``, ``acc`` (per-class lists with NaN where undefined), ``absent`` (names of classes in
     neither prediction nor truth, left out of both means), ``no_truth`` (names of classes predicted but absent
-    from the truth: IoU 0, accuracy NaN), ``class_names``, ``labelled_pixels``. See the module docstring for
-    the definitions.
+    from the truth: IoU 0, accuracy NaN), ``class_names``, ``labelled_pixels``. With boundary statistics ``biou``'s
+    per-class list ``biou_per_class``; with instance statistics and ``axes["instances"]`` (the class names of their
+    rows) ``iiou_per_class`` (NaN for classes without instances); with category statistics ``categories``: per
+    category name (``axes["category_confusion"]``) its ``iou`` and, where it has instances, ``iiou``. See the
+    module docstring for the definitions.
     """
-    m = _stack(matrix)
+    arrays = _statistics(matrix)
+    m = as_stack(arrays["confusion"])
     if m.ndim != 2:
         raise ValueError(f"a confusion matrix must be square, got shape {m.shape}")
     c = m.shape[0]
@@ -345,8 +386,8 @@ def compute_metrics(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str
     if len(names) != c:
         raise ValueError(f"{len(names)} class names for a {c}-class confusion matrix")
     truth, predicted = m.sum(axis=1), m.sum(axis=0)
-    return {
-        **{key: float(value) for key, value in metrics_of_matrices(m).items()},
+    out: dict[str, Any] = {
+        **{key: float(value) for key, value in metrics_of({**arrays, "confusion": m}).items()},
         "iou": [float(v) for v in iou_per_class(m)],
         "acc": [float(v) for v in acc_per_class(m)],
         "absent": [names[i] for i in range(c) if truth[i] == 0 and predicted[i] == 0],
@@ -354,13 +395,27 @@ def compute_metrics(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str
         "class_names": names,
         "labelled_pixels": int(truth.sum()),
     }
+    axes = axes or {}
+    if "boundary" in arrays:
+        out["biou_per_class"] = [float(v) for v in ratio_per_class(arrays["boundary"])]
+    if "instances" in arrays and "instances" in axes:
+        per_instance_class = dict(zip(axes["instances"], instance_iou(arrays["instances"]), strict=True))
+        out["iiou_per_class"] = [float(per_instance_class.get(name, math.nan)) for name in names]
+    if "category_confusion" in arrays and "category_confusion" in axes:
+        categories = {name: {"iou": float(v)} for name, v in
+                      zip(axes["category_confusion"], iou_per_class(arrays["category_confusion"]), strict=True)}
+        if "instance_categories" in arrays and "instance_categories" in axes:
+            for name, v in zip(axes["instance_categories"], instance_iou(arrays["instance_categories"]), strict=True):
+                categories[name]["iiou"] = float(v)
+        out["categories"] = categories
+    return out
 
 
 def majority_baseline(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """The scores of a constant prediction of the most frequent true class, from any model's confusion matrix
     (its row sums are the ground truth): the chance level a trained model has to clear. Adds ``class``, the
     name of the predicted class."""
-    truth = _stack(matrix).sum(axis=-1)
+    truth = as_stack(matrix).sum(axis=-1)
     if truth.ndim != 1:
         raise ValueError(f"a confusion matrix must be square, got shape {np.shape(matrix)}")
     constant = np.zeros((len(truth), len(truth)))

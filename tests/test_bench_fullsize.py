@@ -30,6 +30,7 @@ def test_rehearsal_reports_every_figure_from_the_zips(tmp_path):
     assert report["zips_gb"] > 0 and report["packed_gb"] > 0 and report["loader"]["samples_per_s"] > 0
     assert [r["model"] for r in report["evaluate"]] == ["mobilenetv2-fcn", "resnet18-ocr"]
     assert all(r["scored"] == "128x256" and r["seconds"] > 0 for r in report["evaluate"])  # the raw labels' size
+    assert all(r["statistics_seconds"] > 0 for r in report["evaluate"])  # boundary and instance counts timed too
     assert "| packing (`prepare` from the zips) |" in (tmp_path / "out" / "rehearsal.md").read_text()
     # A second run reuses the archives and says so, but packs again (the packing is what it times).
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 __all__ = ["COMMANDS"]
@@ -66,9 +67,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
         device=args.device, log_mlflow=not args.no_mlflow, backend=args.backend, calibration=args.calibration,
     )  # fmt: skip
-    scores = "  ".join(
-        f"{m.label} {metrics[m.key] * 100:.{m.digits}f}" for m in METRICS if metrics.get(m.key) is not None
-    )
+    scores = "  ".join(  # undefined scores (no instance ids outside Cityscapes) are left out
+        f"{m.label} {metrics[m.key] * 100:.{m.digits}f}" for m in METRICS
+        if metrics.get(m.key) is not None and math.isfinite(metrics[m.key])
+    )  # fmt: skip
     absent = f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else ""
     how = "" if args.backend == "torch" else f", {metrics['protocol']['precision']}"
     print(f"{metrics['model']}: {scores}  ({metrics['num_images']} images{how}{absent})")

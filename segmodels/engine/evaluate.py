@@ -5,8 +5,10 @@ test-time augmentation, and scoring at the raw dataset's resolution are options 
 the config). Writes into the output folder (the run folder by default):
 
 * ``confusion.npy`` (C×C int64, rows ground truth) and ``confusion_per_image.npy`` (N×C×C int32, in split
-  order, for bootstrap intervals over images);
-* ``per_class.csv`` (IoU and accuracy per class; empty cells where undefined);
+  order, for bootstrap intervals over images), and ``statistics_per_image.npz``: the other metrics' per-image
+  statistics (Boundary IoU counts; Cityscapes' category matrices and instance-level counts; :mod:`segmodels.scoring`);
+* ``per_class.csv`` (IoU, accuracy, iIoU for classes with instances and Boundary IoU per class; empty cells where
+  undefined);
 * ``samples/{index:04d}_{image_id}.png`` colourised predictions of the configured images, with
   ``…_input.png`` and ``…_gt.png`` beside them;
 * ``metrics.json`` last, so that its presence means the evaluation is complete. Undefined scores (NaN)
@@ -22,7 +24,8 @@ Every file is written atomically.
 Full resolution: the packed labels were resized with the images, so scoring at the original resolution
 (1024×2048 for Cityscapes) needs the original label files. The packed manifest records the raw dataset's
 root and each image's label file; with ``full_resolution`` the scores at the packed resolution are
-upsampled bilinearly to each raw label's size and scored against it. When the raw dataset is gone the
+upsampled bilinearly to each raw label's size and scored against it (and against its raw instance ids, where
+the source has them). When the raw dataset is gone the
 evaluation stops with a message saying so, rather than scoring upsampled packed labels and calling that
 full resolution.
 """
@@ -41,12 +44,14 @@ import torch
 import torch.nn.functional as F
 
 from segmodels.engine.onnx_model import check_backend, onnx_model
+from segmodels.engine.raw_labels import RawLabels
 from segmodels.engine.run import OpenRun, open_run, with_data_classes
 from segmodels.study import runs
 from segmodels.study.config import EvaluateConfig, StudyConfig
 
 if TYPE_CHECKING:
     from segmodels.data.labelset import LabelSet
+    from segmodels.scoring import ImageScorer
 
 __all__ = ["RawLabels", "evaluate", "logged_scores", "protocol", "resolve_split", "settings_tag"]
 
@@ -98,51 +103,6 @@ def protocol(ev: EvaluateConfig, *, precision: str, resolution: str) -> dict[str
     where = f"{resolution.replace('x', '×')} {'raw' if scoring == 'full' else 'packed'} labels"
     return {"scoring": scoring, "resolution": resolution, "precision": precision, "inference": inference, "tta": tta,
             "label": f"{where}, {precision}, {inference}, {tta}"}
-
-
-class RawLabels:
-    """The raw masks of every packed image of a split, as class indices at full resolution.
-
-    Only the raw masks carry the full resolution (the packed ones were resized); the packed manifest
-    names the source, the raw dataset's root and each image's mask file, which is read through the same
-    reader as ``prepare`` (:func:`segmodels.data.sources.open_source`: Cityscapes' extracted tree or zip,
-    Pascal VOC, ADE20K, a folder dataset). All headers are checked here, before inference; a missing
-    manifest, root or file raises naming it.
-    """
-
-    def __init__(self, split_dir: Path, names: list[str]) -> None:
-        from segmodels.data.pack import read_manifest
-        from segmodels.data.sources import Sample, open_source
-
-        split = split_dir.name
-        try:
-            manifest = read_manifest(split_dir)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"full-resolution evaluation needs the raw labels: {exc}") from None
-        entry = manifest.get("splits", {}).get(split)
-        if not entry or "inputs" not in entry or "root" not in manifest:
-            raise ValueError(
-                f"the manifest of {split_dir.parent} records no raw files for split '{split}', so the full-resolution "
-                "labels cannot be found; evaluate at the packed resolution instead (drop --full-resolution)"
-            )
-        if entry.get("names") != names:
-            raise ValueError(f"the manifest of {split_dir.parent} lists other images than {split_dir}; re-run prepare")
-        root = Path(manifest["root"])
-        if not root.exists():
-            raise FileNotFoundError(f"raw dataset not found: {root} (the root recorded in the manifest of {split_dir})")
-        self.source = open_source(manifest.get("source", "cityscapes"), root)
-        self.samples = [Sample(n, i["image"], i["label"]) for n, i in zip(names, entry["inputs"], strict=True)]
-        self.sizes = [self.source.check_headers(sample) for sample in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def read(self, index: int) -> np.ndarray:
-        sample = self.samples[index]
-        classes = self.source.read_label(sample)
-        if classes.shape != self.sizes[index]:
-            raise ValueError(f"{sample.label} in {self.source.root}: decoded size differs from its header")
-        return classes
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -232,11 +192,13 @@ def evaluate(
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
                 scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar,
                                 amp=amp)  # fmt: skip
-            matrix = scored.confusion.cpu().numpy()
-            result = compute_metrics(matrix, label_set.classes)
+            totals = scored.scorer.totals()
+            matrix = totals["confusion"]
+            result = compute_metrics(totals, label_set.classes, axes=scored.scorer.layout.axes())
             packed_scores = None
             if scored.packed is not None:
-                packed_scores = compute_metrics(scored.packed.cpu().numpy())
+                packed_scores = compute_metrics(scored.packed.totals(), label_set.classes,
+                                                axes=scored.packed.layout.axes())  # fmt: skip
             elapsed = time.monotonic() - start
             meter.images = n
         cost = meter.result()
@@ -247,7 +209,8 @@ def evaluate(
         for path, data_bytes in scored.samples.items():
             write_bytes_atomic(path, data_bytes)
         runs.write_npy(folder.confusion, matrix)
-        runs.write_npy(folder.confusion_per_image, scored.per_image)
+        runs.write_npy(folder.confusion_per_image, scored.scorer.confusion)
+        scored.scorer.save(folder.statistics_per_image)
         write_text_atomic(folder.per_class, _per_class_csv(result, matrix))
         dtype = str(amp_dtype(dev)).removeprefix("torch.") if amp else None
         packed_size = "x".join(map(str, split.size))
@@ -266,9 +229,9 @@ def evaluate(
         metrics = {
             "model": run.name,
             **{key: result[key] for key in metric_keys()},
-            "per_class": {
-                name: {"iou": result["iou"][c], "acc": result["acc"][c]} for c, name in enumerate(result["class_names"])
-            },
+            "per_class": _per_class(result, scored.scorer.layout.axes().get("instances", [])),
+            # the Cityscapes categories' IoU and, for human and vehicle, iIoU (absent for other label sets)
+            "categories": result.get("categories"),
             "label_set": label_set.to_manifest(),  # the report's class names and colours
             "absent": result["absent"],
             "no_truth": result["no_truth"],
@@ -337,9 +300,8 @@ def _log(run: OpenRun, metrics: dict[str, Any], packed: dict[str, Any] | None, a
 class _Scored:
     """What the forward passes over a split add up to."""
 
-    confusion: torch.Tensor  # C×C, at the scoring resolution
-    packed: torch.Tensor | None  # C×C at the packed size, when scoring at full resolution
-    per_image: np.ndarray  # N×C×C, in split order
+    scorer: ImageScorer  # per-image statistics at the scoring resolution, in split order
+    packed: ImageScorer | None  # the same at the packed size, when scoring at full resolution
     samples: dict[Path, bytes]  # the sample PNGs, by path
 
 
@@ -354,16 +316,17 @@ def _label_set(split_dir: Path, meta: dict[str, Any]) -> LabelSet:
 
 def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,
            label_set: LabelSet, folder: runs.RunFolder, bar: Any, amp: bool = False) -> _Scored:  # fmt: skip
-    """Run the model over ``split`` and count its confusion matrices; render the configured samples."""
+    """Run the model over ``split`` and count its per-image statistics; render the configured samples."""
     from segmodels.data.loader import val_batches
     from segmodels.engine.inference import predict_scores
-    from segmodels.metrics import ConfusionMatrix, batch_confusion
+    from segmodels.scoring import ImageScorer, score_layout
 
-    num_classes = label_set.num_classes
     n, names = len(split), list(split.names)
-    confusion = ConfusionMatrix(num_classes, device=dev)
-    packed_confusion = ConfusionMatrix(num_classes, device=dev) if raw_labels is not None else None
-    per_image = np.zeros((n, num_classes, num_classes), dtype=np.int32)
+    has_ids = split.instances is not None if raw_labels is None else raw_labels.instances
+    scorer = ImageScorer(n, score_layout(label_set, instances=has_ids), dev)
+    packed = None
+    if raw_labels is not None:
+        packed = ImageScorer(n, score_layout(label_set, instances=split.instances is not None), dev)
     samples = set(ev.samples)
     sample_files: dict[Path, bytes] = {}
     for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):
@@ -372,45 +335,57 @@ def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateCon
             model, images, scales=ev.scales, flip=ev.flip, sliding=ev.sliding,
             window=ev.window, stride=ev.stride, amp=amp,
         )  # fmt: skip
-        preds, targets = [scores.argmax(1)], [labels]
-        if raw_labels is not None:
+        pred = scores.argmax(1)
+        packed_ids = None if split.instances is None else torch.from_numpy(split.instances[idx].astype(np.int32))
+        if raw_labels is None:
+            scorer.add(idx, pred, labels, packed_ids)
+            pred_rows, gt_rows = list(pred), list(labels)
+        else:
             # One forward pass, scored twice: at the packed size (the earlier study's protocol) and,
             # upsampled, against the raw labels (the benchmark's). Raw sizes may differ: one at a time.
-            packed_confusion.add_(batch_confusion(preds[0], labels, num_classes).sum(0))
-            preds, targets = [], []
+            packed.add(idx, pred, labels, packed_ids)
+            pred_rows, gt_rows = [], []
             for row, i in enumerate(idx):
                 target = torch.from_numpy(raw_labels.read(i)).to(dev)
                 up = F.interpolate(scores[row : row + 1].float(), size=target.shape, mode="bilinear",
-                                   align_corners=False)  # fmt: skip
-                preds.append(up.argmax(1))
-                targets.append(target.unsqueeze(0))
-        rows = []
-        for pred, target in zip(preds, targets, strict=True):
-            batch = batch_confusion(pred, target.to(pred.device), num_classes)
-            confusion.add_(batch.sum(0))
-            rows.append(batch.cpu().numpy())
-        per_image[idx] = np.concatenate(rows)
-        wanted = [(row, i) for row, i in enumerate(idx) if i in samples]
-        if wanted:
-            pred_rows = [p for batch in preds for p in batch]
-            gt_rows = [t for batch in targets for t in batch]
-            for row, i in wanted:
+                                   align_corners=False).argmax(1)  # fmt: skip
+                raw_ids = raw_labels.read_instances(i)
+                scorer.add([i], up, target.unsqueeze(0),
+                           None if raw_ids is None else torch.from_numpy(raw_ids.astype(np.int32)).unsqueeze(0))
+                pred_rows.append(up[0])
+                gt_rows.append(target)
+        for row, i in enumerate(idx):
+            if i in samples:
                 sample_files[folder.sample(i, names[i])] = _png(label_set.colorize(pred_rows[row].cpu().numpy()))
                 sample_files[folder.sample(i, names[i], "input")] = _png(np.asarray(split.images[i]))
                 sample_files[folder.sample(i, names[i], "gt")] = _png(label_set.colorize(gt_rows[row].cpu().numpy()))
         bar.update(len(idx))
-    packed = packed_confusion.reduce_().matrix if packed_confusion is not None else None
-    return _Scored(confusion.reduce_().matrix, packed, per_image, sample_files)
+    return _Scored(scorer, packed, sample_files)
+
+
+def _per_class(result: dict[str, Any], instance_classes: list[str]) -> dict[str, dict[str, float]]:
+    """metrics.json's per-class scores: IoU and accuracy, Boundary IoU, and iIoU for the classes with instances."""
+    out = {}
+    for c, name in enumerate(result["class_names"]):
+        entry = {"iou": result["iou"][c], "acc": result["acc"][c]}
+        if "biou_per_class" in result:
+            entry["biou"] = result["biou_per_class"][c]
+        if name in instance_classes and "iiou_per_class" in result:
+            entry["iiou"] = result["iiou_per_class"][c]
+        out[name] = entry
+    return out
 
 
 def _per_class_csv(result: dict[str, Any], matrix: np.ndarray) -> str:
-    def cell(v: float) -> str:
-        return "" if math.isnan(v) else f"{v:.6f}"
+    def cell(v: float | None) -> str:
+        return "" if v is None or math.isnan(v) else f"{v:.6f}"
 
-    lines = ["train_id,class,iou,acc,truth_pixels,predicted_pixels,true_positives"]
+    iiou = result.get("iiou_per_class") or [None] * len(result["class_names"])
+    biou = result.get("biou_per_class") or [None] * len(result["class_names"])
+    lines = ["train_id,class,iou,acc,iiou,biou,truth_pixels,predicted_pixels,true_positives"]
     for c, name in enumerate(result["class_names"]):
         lines.append(
-            f"{c},{name},{cell(result['iou'][c])},{cell(result['acc'][c])},"
+            f"{c},{name},{cell(result['iou'][c])},{cell(result['acc'][c])},{cell(iiou[c])},{cell(biou[c])},"
             f"{int(matrix[c].sum())},{int(matrix[:, c].sum())},{int(matrix[c, c])}"
         )
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ Who writes what:
   declared (Snakemake deletes declared outputs before a job and after a failure): ``last.pt``,
   ``train_log.partial.csv``, ``mlflow_run_id`` and ``mlflow_offline.jsonl``; also ``config.yaml`` (the run's
   resolved config) and ``cost.json``;
-- evaluation: ``per_class.csv``, ``confusion.npy``, ``confusion_per_image.npy``, ``samples/`` and, last,
+- evaluation: ``per_class.csv``, ``confusion.npy``, ``confusion_per_image.npy``, ``statistics_per_image.npz`` (the
+  other per-image statistics, :mod:`segmodels.scoring`), ``samples/`` and, last,
   ``metrics.json``;
 - benchmark: ``latency.json``.
 
@@ -38,8 +39,8 @@ from typing import Any
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "CONFUSION", "CONFUSION_PER_IMAGE", "COST", "FILES", "LAST", "LATENCY", "LAYOUT",
-    "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "TRAIN_LOCK", "TRAIN_LOG", "TRAIN_LOG_PARTIAL",
-    "WRITE_LOCK", "FolderBusyError", "RunFolder", "job_locks", "json_safe", "pattern", "primary_mode", "read_json",
+    "METRICS", "OFFLINE_FILE", "PER_CLASS", "RUN_ID_FILE", "SAMPLES", "STATISTICS_PER_IMAGE", "TRAIN_LOCK",
+    "TRAIN_LOG", "TRAIN_LOG_PARTIAL", "WRITE_LOCK", "FolderBusyError", "RunFolder", "job_locks", "json_safe", "pattern", "primary_mode", "read_json",
     "read_npy", "run_dir", "write_json", "write_npy",
 ]  # fmt: skip
 
@@ -54,13 +55,14 @@ METRICS = "metrics.json"
 PER_CLASS = "per_class.csv"
 CONFUSION = "confusion.npy"
 CONFUSION_PER_IMAGE = "confusion_per_image.npy"
+STATISTICS_PER_IMAGE = "statistics_per_image.npz"  # beside CONFUSION_PER_IMAGE: the other metrics' statistics
 SAMPLES = "samples"  # a folder: {index:04d}_{image_id}[_input|_gt].png
 LATENCY = "latency.json"
 COST = "cost.json"
 TRAIN_LOCK = ".train.lock"  # the training's (exclusive), shared by the jobs reading the checkpoint
 WRITE_LOCK = ".write.lock"  # the job writing the folder's evaluation or timing files (exclusive)
 FILES = (CHECKPOINT, LAST, TRAIN_LOG, TRAIN_LOG_PARTIAL, CONFIG, RUN_ID_FILE, OFFLINE_FILE, METRICS, PER_CLASS,
-         CONFUSION, CONFUSION_PER_IMAGE, SAMPLES, LATENCY, COST, TRAIN_LOCK, WRITE_LOCK)  # fmt: skip
+         CONFUSION, CONFUSION_PER_IMAGE, STATISTICS_PER_IMAGE, SAMPLES, LATENCY, COST, TRAIN_LOCK, WRITE_LOCK)  # fmt: skip
 
 LAYOUT = "{exp}/{model}/seed{seed}"  # a run folder under the results folder; the fields are Snakemake's wildcards
 _SAMPLE_KINDS = {"pred": "", "input": "_input", "gt": "_gt"}
@@ -210,6 +212,7 @@ class RunFolder:
     per_class = _File(PER_CLASS)
     confusion = _File(CONFUSION)
     confusion_per_image = _File(CONFUSION_PER_IMAGE)
+    statistics_per_image = _File(STATISTICS_PER_IMAGE)
     samples = _File(SAMPLES)
     latency = _File(LATENCY)
     cost = _File(COST)

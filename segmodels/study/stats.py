@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segmodels.metrics import metric_keys, metrics_of_matrices
+from segmodels.metrics import METRICS, metric_keys, metrics_of
 from segmodels.models.catalog import pair_of, reference_variant, variant_of, with_variant
 from segmodels.study.matrix import run_names
 from segmodels.study.runs import RunFolder, run_dir
@@ -77,10 +77,12 @@ __all__ = [
     "holm",
     "holm_floor",
     "load_per_image",
+    "load_statistics",
     "resample_count",
     "resample_counts",
     "resample_seeds",
     "resampled_matrices",
+    "resampled_statistics",
     "seed_scale",
     "study_comparisons",
     "study_family",
@@ -152,6 +154,18 @@ def resampled_matrices(per_image: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (counts.astype(np.float64) @ flat).reshape(-1, c, c)
 
 
+def resampled_statistics(per_image: Mapping[str, np.ndarray], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every per-image statistic (name → (N, ...)) summed over each resample: name → (R, ...) float64."""
+    out = {}
+    for name, array in per_image.items():
+        n = array.shape[0]
+        if counts.shape[1] != n:
+            raise ValueError(f"{counts.shape[1]} image counts per resample for {n} images of {name}")
+        flat = np.asarray(array, dtype=np.float64).reshape(n, -1)
+        out[name] = (counts.astype(np.float64) @ flat).reshape(-1, *array.shape[1:])
+    return out
+
+
 # --- intervals ---------------------------------------------------------------------------------------------
 
 
@@ -174,7 +188,9 @@ class ModelBootstrap:
 
     model: str
     seeds: int
-    interval: dict[str, Interval]  # metric → seed mean of the full-set scores, interval over seeds and images
+    # metric → seed mean of the full-set scores, interval over seeds and images; only the metrics whose statistics
+    # every seed has (no iIoU without instance ids)
+    interval: dict[str, Interval]
     seed_std: dict[str, float]  # standard deviation over seeds of the full-set scores; NaN for one seed
     boot_std: dict[str, float]  # standard deviation of the resampled seed mean over images alone (all seeds kept)
     samples: dict[str, np.ndarray]  # metric → (R,) resampled seed means over seeds and images, for differences
@@ -207,9 +223,38 @@ def load_per_image(path: str | Path) -> np.ndarray:
     return array
 
 
-def _resampled_scores(per_image: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Every metric (fractions) of each resample's summed matrix, :data:`BLOCK` resamples at a time."""
-    blocks = [metrics_of_matrices(resampled_matrices(per_image, counts[start : start + BLOCK]))
+def load_statistics(path: str | Path) -> dict[str, np.ndarray]:
+    """The per-image statistics of an evaluation (name → (N, ...); see :mod:`segmodels.scoring`):
+    ``confusion_per_image.npy`` at ``path`` and, where the evaluation wrote it, ``statistics_per_image.npz`` beside
+    it. Evaluations written before it have the confusion matrices alone, so their other metrics stay undefined."""
+    from segmodels.scoring import AXIS_NAMES
+    from segmodels.study.runs import STATISTICS_PER_IMAGE
+
+    path = Path(path)
+    arrays = {"confusion": load_per_image(path)}
+    extra = path.with_name(STATISTICS_PER_IMAGE)
+    if extra.is_file():
+        try:
+            with np.load(extra, allow_pickle=False) as data:
+                loaded = {name: data[name] for name in data.files if name not in AXIS_NAMES.values()}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{extra}: not a readable statistics file ({exc}); evaluate again") from exc
+        for name, array in loaded.items():
+            if array.shape[:1] != arrays["confusion"].shape[:1]:
+                raise ValueError(f"{extra}: '{name}' has {array.shape[:1]} images, {path.name} "
+                                 f"{arrays['confusion'].shape[0]}; evaluate again")  # fmt: skip
+        arrays |= loaded
+    return arrays
+
+
+def _as_statistics(per_image: np.ndarray | Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    return per_image if isinstance(per_image, Mapping) else {"confusion": per_image}
+
+
+def _resampled_scores(per_image: np.ndarray | Mapping[str, np.ndarray], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric (fractions) of each resample's summed statistics, :data:`BLOCK` resamples at a time."""
+    stats = _as_statistics(per_image)
+    blocks = [metrics_of(resampled_statistics(stats, counts[start : start + BLOCK]))
               for start in range(0, len(counts), BLOCK)]  # fmt: skip
     return {key: np.concatenate([np.asarray(b[key], dtype=np.float64) for b in blocks]) for key in metric_keys()}
 
@@ -224,7 +269,7 @@ def bootstrap_models(
     per_image: Mapping[str, Sequence[np.ndarray]], cfg: StatsConfig | None = None, *, family: int = 0
 ) -> dict[str, ModelBootstrap]:
     """Paired bootstrap over seeds and images of every model: ``per_image`` maps a model to one (N, C, C) array
-    per seed.
+    of per-image confusion matrices per seed, or one mapping of per-image statistics (:func:`load_statistics`).
 
     Every array must describe the same N images (the same validation split in the same order); that is
     what makes the draws shared and the differences paired. Scores, one per metric of
@@ -236,7 +281,8 @@ def bootstrap_models(
     if not 0 < cfg.confidence < 1:
         raise ValueError(f"stats.confidence must be between 0 and 1, got {cfg.confidence}")
     resamples = resample_count(cfg.resamples, cfg.confidence, family)
-    shapes = {(model, i): a.shape for model, arrays in per_image.items() for i, a in enumerate(arrays)}
+    shapes = {(model, i): _as_statistics(a)["confusion"].shape for model, arrays in per_image.items()
+              for i, a in enumerate(arrays)}  # fmt: skip
     if not shapes:
         return {}
     first_key, first = next(iter(shapes.items()))
@@ -251,12 +297,15 @@ def bootstrap_models(
     for model, arrays in per_image.items():
         if not arrays:
             continue
-        full = [metrics_of_matrices(a.sum(axis=0)) for a in arrays]
+        full = [metrics_of({name: v.sum(axis=0) for name, v in _as_statistics(a).items()}) for a in arrays]
         boot = [_resampled_scores(a, counts) for a in arrays]
         drawn = resample_seeds(len(arrays), resamples, cfg.seed)
         scale = seed_scale(len(arrays))
         interval, seed_std, boot_std, samples = {}, {}, {}, {}
+        present = set.intersection(*(set(_as_statistics(a)) for a in arrays))
         for key in metric_keys():
+            if not set(METRICS[key].inputs) <= present:  # e.g. no instance ids: no iIoU, rather than a NaN interval
+                continue
             values = np.array([float(f[key]) for f in full]) * 100
             per_seed = np.stack([b[key] for b in boot], axis=1) * 100  # (R, S)
             images_only = per_seed.mean(axis=1)  # every seed, on the resample's images
@@ -281,6 +330,9 @@ def compare(
         if model not in boots:
             raise ValueError(f"no bootstrap of {model}: its per-image confusion matrices are missing")
     ba, bb = boots[a], boots[b]
+    for model, boot in ((a, ba), (b, bb)):
+        if metric not in boot.samples:
+            raise ValueError(f"no {metric} for {model}: its evaluation lacks the statistics it needs")
     if ba.resamples != bb.resamples:
         raise ValueError(f"{a} has {ba.resamples} resamples, {b} {bb.resamples}: paired differences need the same "
                          "resampled image sets")  # fmt: skip
@@ -347,7 +399,7 @@ def bootstrap_study(
     ``confusion_per_image.npy``, so the estimate is the same seed mean as the summary's; the others are
     named in the returned notes.
     """
-    per_image: dict[str, list[np.ndarray]] = {}
+    per_image: dict[str, list[Mapping[str, np.ndarray]]] = {}
     notes = []
     for model in run_names(cfg):
         folders = [RunFolder(run_dir(results, cfg.experiment, model, seed)) for seed in cfg.seeds]
@@ -356,5 +408,5 @@ def bootstrap_study(
         if lacking:
             notes.append(f"{model}: no interval, {lacking[0].confusion_per_image} not found (re-run evaluate)")
         elif evaluated:
-            per_image[model] = [load_per_image(f.confusion_per_image) for f in evaluated]
+            per_image[model] = [load_statistics(f.confusion_per_image) for f in evaluated]
     return bootstrap_models(per_image, cfg.stats, family=study_family(per_image, design)), notes

@@ -82,7 +82,7 @@ def collect_run(path: Path) -> dict[str, Any]:
     folder = runs.RunFolder(path)
     metrics = folder.read_metrics()
     if metrics and metrics.get("miou") is not None:  # None: nothing was labelled, no score
-        row.update({key: metrics[key] for key in metric_keys() if metrics.get(key) is not None})
+        row.update({key: metrics[key] for key in metric_keys() if _number(metrics.get(key))})  # undefined: blank
         row["miou_protocol"] = (metrics.get("protocol") or {}).get("label")
         if (metrics.get("packed") or {}).get("miou") is not None:  # the same predictions scored at the packed size
             row["miou_packed"] = metrics["packed"]["miou"]
@@ -175,10 +175,10 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None, *, desig
 
 def _deploy_bootstrap(cfg: StudyConfig, results: Path, deployed: list[str]) -> dict[str, Any]:
     """One paired bootstrap of every deployed run's scored paths (``{model}@{path}``), with ``cfg.stats``."""
-    from segmodels.study.stats import bootstrap_models, load_per_image
+    from segmodels.study.stats import bootstrap_models, load_statistics
 
     files = {key: paths for model in deployed for key, paths in per_image_files(cfg, results, model).items()}
-    return bootstrap_models({key: [load_per_image(p) for p in paths] for key, paths in files.items()}, cfg.stats)
+    return bootstrap_models({key: [load_statistics(p) for p in paths] for key, paths in files.items()}, cfg.stats)
 
 
 def publish(cfg: StudyConfig, results: Path, figures: Path, report: Path, out: Path) -> dict[str, Any]:

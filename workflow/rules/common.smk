@@ -13,6 +13,7 @@ from segmodels.study.runs import (
     LATENCY,
     METRICS,
     PER_CLASS,
+    STATISTICS_PER_IMAGE,
     TRAIN_LOG,
 )
 from segmodels.report import TEMPLATE as REPORT_TEMPLATE

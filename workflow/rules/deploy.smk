@@ -10,6 +10,7 @@ rule deploy_score:
     output:
         deploy_pattern(METRICS, "{path}"),
         deploy_pattern(CONFUSION_PER_IMAGE, "{path}"),
+        deploy_pattern(STATISTICS_PER_IMAGE, "{path}"),
     wildcard_constraints:
         path="|".join(re.escape(p) for p in DEPLOY_PATHS) or "-",
     log:

@@ -6,6 +6,7 @@ rule evaluate:
         run_file(PER_CLASS),
         run_file(CONFUSION),
         run_file(CONFUSION_PER_IMAGE),
+        run_file(STATISTICS_PER_IMAGE),
     log:
         "logs/{exp}/{model}/seed{seed}/evaluate.log",
     benchmark:

@@ -3,7 +3,9 @@ rule summarize:
         all_runs(METRICS),
         all_runs(LATENCY),
         all_runs(CONFUSION_PER_IMAGE),
+        all_runs(STATISTICS_PER_IMAGE),
         all_deployed(CONFUSION_PER_IMAGE, path=True),
+        all_deployed(STATISTICS_PER_IMAGE, path=True),
         all_deployed(DEPLOY_LATENCY),
     output:
         report(SUMMARY, caption="../report/summary.rst", category="Results"),
@@ -26,6 +28,7 @@ rule summarize:
 rule compare:
     input:
         all_runs(CONFUSION_PER_IMAGE),
+        all_runs(STATISTICS_PER_IMAGE),
     output:
         report(COMPARISONS, caption="../report/comparisons.rst", category="Results"),
     log:
