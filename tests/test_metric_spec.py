@@ -26,12 +26,14 @@ from segmodels.metrics import (
     unregister_metric,
 )
 from segmodels.report.results import load_study
-from segmodels.report.tables import result_tables, uncertainty_section
+from segmodels.report.tables import result_tables
+from segmodels.report.uncertainty import uncertainty_section
 from segmodels.study.config import StatsConfig, StudyConfig
 from segmodels.study.stats import bootstrap_models
 from segmodels.study.summary import run_dir, summarize, summary_columns
 
-BUILT_IN = ("miou", "macc", "allacc")
+BUILT_IN = ("miou", "macc", "allacc", "iiou", "miou_category", "iiou_category", "biou")
+CONFUSION_ONLY = BUILT_IN[:3]  # the metrics of a confusion matrix alone; the others need more statistics
 
 
 def _random_stack(rng: np.random.Generator, shape: tuple[int, ...], c: int) -> np.ndarray:
@@ -86,13 +88,14 @@ def test_vectorised_formulas_equal_a_plain_loop():
     assert vectorised["iou"].shape == (3, 4, 6) and vectorised["miou"].shape == (3, 4)
     scores = metrics_of_matrices(stack)
     assert list(scores) == list(BUILT_IN)
+    assert all(np.isnan(scores[key]).all() for key in BUILT_IN if key not in CONFUSION_ONLY)  # undefined, not 0
     for index in np.ndindex(3, 4):
         plain = _plain(stack[index])
         one = compute_metrics(stack[index], [f"c{i}" for i in range(6)])
         for key in formulas:
             assert _close(vectorised[key][index], plain[key]), (key, index)
             assert _close(one[key], plain[key]), (key, index)
-        for key in BUILT_IN:
+        for key in CONFUSION_ONLY:
             assert _close(scores[key][index], plain[key])
     assert np.isnan(scores["miou"][0, 0]) and np.isnan(scores["allacc"][0, 0])  # nothing labelled
     assert np.isnan(vectorised["acc"][1, 1, 1]) and vectorised["iou"][1, 1, 1] == 0.0  # predicted, never true
@@ -102,7 +105,8 @@ def test_vectorised_formulas_equal_a_plain_loop():
 
 def test_the_list_checks_what_it_is_given():
     assert metric_keys() == BUILT_IN and metric_keys(training=True) == ("miou", "allacc")
-    assert [m.label for m in METRICS] == ["mIoU", "mAcc", "allAcc"] and METRICS["miou"].digits == 2
+    assert [m.label for m in METRICS] == ["mIoU", "mAcc", "allAcc", "iIoU", "IoU cat", "iIoU cat", "BIoU"]
+    assert METRICS["miou"].digits == 2
     with pytest.raises(ValueError, match="'miou' is already registered"):
         register_metric("miou", "mIoU again", mean_iou)
     with pytest.raises(ValueError, match="'iou' must be lowercase"):
@@ -113,7 +117,12 @@ def test_the_list_checks_what_it_is_given():
         unregister_metric("nope")
     assert metric_keys() == BUILT_IN
     scores = {"miou": 0.5, "macc": None, "allacc": float("nan")}
-    assert metric_scores(scores, "val_") == {"val_miou": 0.5, "val_macc": None, "val_allacc": scores["allacc"]}
+    assert metric_scores(scores, "val_") == {"val_miou": 0.5, "val_macc": None, "val_allacc": scores["allacc"],
+                                             **{f"val_{key}": None for key in BUILT_IN[3:]}}
+    with pytest.raises(ValueError, match="'miou_std' is already another metric's"):
+        register_metric("miou_std", "a clash", mean_iou)  # summary.csv's column of mIoU's std
+    with pytest.raises(ValueError, match="inputs \\['masks'\\] must be statistics"):
+        register_metric("masked", "masked", mean_iou, inputs=("masks",))
     assert metric_scores(scores, "val_", finite=True) == {"val_miou": 0.5}
     assert list(metric_scores(scores, training=True)) == ["miou", "allacc"]
 
@@ -123,10 +132,11 @@ def test_a_toy_metric_reaches_the_scores_and_the_bootstrap(fwiou: Metric):
     rng = np.random.default_rng(1)
     per_image = _random_stack(rng, (12,), c=5)
     full = compute_metrics(per_image.sum(0), list("abcde"))
-    assert list(full)[:4] == [*BUILT_IN, "fwiou"]
+    assert list(full)[: len(BUILT_IN) + 1] == [*BUILT_IN, "fwiou"]
     assert full["fwiou"] == pytest.approx(_plain(per_image.sum(0))["fwiou"], abs=1e-12)
     boots = bootstrap_models({"m": [per_image]}, StatsConfig(resamples=40))["m"]
-    assert list(boots.interval) == [*BUILT_IN, "fwiou"] and boots.samples["fwiou"].shape == (40,)
+    # confusion matrices alone: the metrics of other statistics get no interval
+    assert list(boots.interval) == [*CONFUSION_ONLY, "fwiou"] and boots.samples["fwiou"].shape == (40,)
     assert boots.interval["fwiou"].estimate == pytest.approx(full["fwiou"] * 100, abs=1e-10)
     assert boots.interval["fwiou"].lo <= boots.interval["fwiou"].hi
 
@@ -149,8 +159,8 @@ def test_a_toy_metric_reaches_the_summary_and_the_report_tables(fwiou: Metric, t
     cfg.stats = StatsConfig(resamples=60)
     _study(tmp_path, cfg)
     columns = summary_columns()
-    assert columns[columns.index("allacc_std") + 1 : columns.index("allacc_std") + 3] == ["fwiou", "fwiou_std"]
-    assert columns[columns.index("allacc_hi") + 1 : columns.index("allacc_hi") + 3] == ["fwiou_lo", "fwiou_hi"]
+    assert columns[columns.index("biou_std") + 1 : columns.index("biou_std") + 3] == ["fwiou", "fwiou_std"]
+    assert columns[columns.index("biou_hi") + 1 : columns.index("biou_hi") + 3] == ["fwiou_lo", "fwiou_hi"]
     out = tmp_path / "toy" / "summary.csv"
     table = summarize(cfg, tmp_path, out).set_index("model")
     assert out.read_text().splitlines()[0].split(",") == columns

@@ -19,8 +19,8 @@ from segmodels.models.catalog import backbone, display_name, head
 from segmodels.report.figures import make_figures
 from segmodels.report.findings import findings, interval_coverage, verdict_rule
 from segmodels.report.results import Study, load_study
-from segmodels.report.tables import uncertainty_section
 from segmodels.report.typeset import DEFAULT_TEMPLATE, report_data, write_report
+from segmodels.report.uncertainty import uncertainty_section
 from segmodels.study.config import StudyConfig
 from segmodels.study.stats import Comparison, comparisons_from_table, with_holm
 

@@ -18,7 +18,7 @@ from segmodels.report import design
 from segmodels.report.design import fixed_pairs
 from segmodels.report.findings import findings
 from segmodels.report.results import Study
-from segmodels.report.tables import uncertainty_section
+from segmodels.report.uncertainty import uncertainty_section
 from segmodels.report.verdicts import verdict, verdict_rule
 from segmodels.study import stats
 from segmodels.study.config import StatsConfig, StudyConfig, load_config

@@ -13,6 +13,7 @@ Model and module names come from the catalog (:mod:`segmodels.models.catalog`), 
 earlier study's published table (as printed) from the study's design (:mod:`segmodels.report.design`); its
 mIoU/speed column is checked against its own formula (mIoU / latency in ms × 10). A distilled run is set beside
 its plain counterpart and its teacher (:func:`segmodels.report.design.distillations`): mIoU, latency, training cost.
+iIoU and Boundary IoU differences have their own finding (:mod:`segmodels.report.benchmark_findings`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from segmodels.metrics import majority_baseline
 from segmodels.models import catalog
 from segmodels.models.catalog import display_name
 from segmodels.report import design
+from segmodels.report.benchmark_findings import finding_small_objects
 from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY, under_backbone_head
 from segmodels.report.results import Study, pareto_front, read_confusion, read_metrics
 from segmodels.report.verdicts import level as _level
@@ -392,6 +394,7 @@ def findings(study: Study) -> list[dict[str, str]]:
         {"title": f"{mobile} against {reference}", "text": _finding_mobilenet(study)},
         {"title": f"Depth ({catalog.head(design.BACKBONE_HEAD).label} head)", "text": _finding_depth(study)},
         {"title": "Context modules", "text": _finding_context(study)},
+        {"title": "Small objects and boundaries", "text": finding_small_objects(study)},
         {"title": _label(design.NEWER_MOBILE[0]), "text": _finding_mobilenetv3(study)},
         *distillation,
         {"title": "How sure", "text": _finding_uncertainty(study)},

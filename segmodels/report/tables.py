@@ -1,10 +1,15 @@
 """The report's tables as template data: cell texts with the best value of a column marked in bold.
 
-The result tables (performance, context modules, backbone efficiency, per-class IoU), the earlier
-study's published table beside this run, and the uncertainty section: every mIoU with its paired
-bootstrap interval over the training seeds and validation images, every discussed difference with its
-Holm-adjusted p-value and verdict (:mod:`segmodels.study.stats`), and every model's training cost
-(:mod:`segmodels.engine.cost`). A standard deviation over one seed is undefined and shown as –, never as 0.
+The result tables (performance, context modules, backbone efficiency, small objects and boundaries, per-class IoU)
+and the earlier study's published table beside this run; the uncertainty section's tables, built on the cell helpers
+here, are in :mod:`segmodels.report.uncertainty`. A standard deviation over one seed is undefined and shown as –,
+never as 0.
+
+Which metric goes where follows its :attr:`segmodels.metrics.Metric.group`: the performance, context-module and
+interval tables show the ``summary`` metrics (mIoU, mAcc, allAcc and any registered alongside them), the table of
+small objects and boundaries the ``benchmark`` metrics (iIoU, category IoU and iIoU, Boundary IoU). A metric no
+shown model defines (iIoU outside Cityscapes, any of them for runs evaluated before their statistics existed) gets
+no column; the mIoU always has one.
 """
 
 from __future__ import annotations
@@ -22,9 +27,15 @@ from segmodels.report import design
 from segmodels.report.design import EARLIER_DEVICE, EARLIER_STUDY
 from segmodels.report.findings import interval_coverage
 from segmodels.report.results import Study, class_iou, class_selection, timed_batch
-from segmodels.report.verdicts import p_text, resamples_used, verdict_rule, verdict_word
 
-__all__ = ["earlier_table", "protocol_note", "result_tables", "uncertainty_section"]
+__all__ = [
+    "BENCHMARK_TITLE",
+    "CITYSCAPES_BENCHMARK_TITLE",
+    "benchmark_tables",
+    "earlier_table",
+    "protocol_note",
+    "result_tables",
+]
 
 _METRIC_HEADER = ("Latency (ms)", "mIoU/speed", "Params (M)", "GFLOPs", "Train cost", "Status")  # after the scores
 
@@ -83,10 +94,16 @@ def _ci_cells(study: Study, models: list[str], metric: Metric) -> list[dict[str,
     return cells
 
 
+def _shown(study: Study, models: Sequence[str], group: str = "summary") -> list[Metric]:
+    """The metrics of ``group`` in order that at least one of ``models`` defines; the mIoU always."""
+    return [m for m in METRICS if m.group == group
+            and (m.key == "miou" or any(study.value(x, m.key) is not None for x in models))]  # fmt: skip
+
+
 def _score_columns(study: Study, models: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Header and cells of every metric in order, the mIoU followed by its interval."""
+    """Header and cells of every shown summary metric (:func:`_shown`) in order, the mIoU followed by its interval."""
     columns = []
-    for metric in METRICS:
+    for metric in _shown(study, models):
         columns.append((metric.label, _score_cells(study, models, metric)))
         if metric.key == "miou":
             columns.append((f"{_level(study)} CI", _ci_cells(study, models, metric)))
@@ -143,34 +160,35 @@ def protocol_note(study: Study) -> str:
     return text + (f"; latency timed in {', '.join(modes)} (the mIoU's precision)" if modes else "")
 
 
-def result_tables(study: Study) -> list[dict[str, Any]]:
-    """Performance summary, context modules and backbone efficiency where their runs exist, per-class IoU."""
-    models = list(study.summary.index)
+def _first_columns(models: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Backbone and module of each row, and the variant where a model has one."""
     names = [(catalog.backbone(b).label, catalog.head(h).label) for b, h in map(catalog.arch_of, models)]
     first = [("Backbone", [n[0] for n in names]), ("Module", [n[1] for n in names])]
     if any(variant_of(m) for m in models):
         first.append(("Variant", [variant_of(m).replace("_", " ") for m in models]))
-    speed_note = (
-        f"{', '.join(m.label for m in METRICS)} in %, mean over seeds, ± std where there are several; "
+    return first
+
+
+def _speed_note(study: Study, models: list[str]) -> str:
+    return (
+        f"{', '.join(m.label for m in _shown(study, models))} in %, mean over seeds, ± std where there are several; "
         "CI: bootstrap interval of the mIoU over training seeds and validation images (images only for one seed); "
         f"latency: median, {timed_batch(study, models)}; mIoU/speed = mIoU / ms × 10; "
         "train cost: one run, GPU-hours (GPU-h) or process CPU-hours (CPU-h). "
         f"{protocol_note(study)}."
     )
-    tables = [
-        _metric_table(
-            study,
-            models,
-            "Performance summary",
-            first,
-            speed_note,
-        )
-    ]
+
+
+def result_tables(study: Study) -> list[dict[str, Any]]:
+    """Performance summary, context modules and backbone efficiency where their runs exist, small objects and
+    boundaries where a benchmark metric is defined (:func:`benchmark_tables`), per-class IoU."""
+    models = list(study.summary.index)
+    tables = [_metric_table(study, models, "Performance summary", _first_columns(models), _speed_note(study, models))]
     context = [m for m in map(study.reference_run, design.context_models()) if m in models]
     if context:
         heads = [catalog.head(catalog.arch_of(m)[1]).label for m in context]
         title = f"Context modules on {catalog.backbone(design.CONTEXT_BACKBONE).label}"
-        tables.append(_metric_table(study, context, title, [("Module", heads)], speed_note))
+        tables.append(_metric_table(study, context, title, [("Module", heads)], _speed_note(study, context)))
     backbones = [m for m in map(study.reference_run, design.backbone_models()) if m in models]
     if backbones:
         speed_ref = design.under_backbone_head(design.SPEED_REFERENCE)
@@ -208,7 +226,71 @@ def result_tables(study: Study) -> list[dict[str, Any]]:
                 f"{speed_vs}: {display_name(speed_ref)}'s latency divided by the row's.",
             )
         )
+    tables += benchmark_tables(study)
     tables.append(_per_class_table(study))
+    return tables
+
+
+# --- small objects and boundaries ---------------------------------------------------------------------------------
+
+BENCHMARK_TITLE = "Small objects and boundaries"
+CITYSCAPES_BENCHMARK_TITLE = "Cityscapes benchmark scores and boundary quality"  # when iIoU is defined
+_INSTANCE_LEVEL = ("iiou", "iiou_category")
+# one sentence per benchmark metric: what its number means (the formulas: segmodels.metrics, segmodels.scoring)
+_MEANS = {
+    "iiou": "iIoU: the IoU of the 8 classes with instances (person to bicycle), each ground-truth instance's true "
+            "positives and false negatives weighted by its class's mean instance size over the instance's size, so "
+            "that a small object counts as much as a large one; mean over the classes",
+    "miou_category": "IoU cat: the IoU over the benchmark's 7 categories (flat, construction, object, nature, sky, "
+                     "human, vehicle), classes of a category merged",
+    "iiou_category": "iIoU cat: the iIoU of the 2 categories whose classes all have instances (human, vehicle)",
+    "biou": "BIoU: Boundary IoU (Cheng et al., CVPR 2021), per class over the dataset the IoU of the ground-truth and "
+            "predicted boundary regions, the pixels within 2 % of the image diagonal of the class's contour; mean "
+            "over the classes",
+}  # fmt: skip
+
+
+def _benchmark_note(study: Study, shown: list[Metric], split: bool) -> str:
+    level = _level(study)
+    parts = [f"{', '.join(m.label for m in (METRICS['miou'], *shown))} in %, mean over seeds, ± std where there are "
+             "several"]
+    where = "The second table gives the benchmark scores' intervals" if split else "CI: the interval of the score before it"
+    parts.append(f"{where}, {level} bootstrap over the training seeds and validation images (images only for one "
+                 "seed)")  # fmt: skip
+    parts += [_MEANS[m.key] for m in shown if m.key in _MEANS]
+    parts.append("The instance-level scores (iIoU, iIoU cat) exist only for Cityscapes-format data with instance ids, "
+                 "the category scores only for Cityscapes' 19 classes")  # fmt: skip
+    if absent := [m.label for m in METRICS if m.group == "benchmark" and m not in shown]:
+        parts.append(f"No model here defines {', '.join(absent)}")
+    return ". ".join(parts) + "."
+
+
+def benchmark_tables(study: Study) -> list[dict[str, Any]]:
+    """Small objects and boundaries: per finished model the mIoU and every benchmark metric a model defines (``value
+    ± std``, best bold) with its bootstrap interval; with more than two such metrics (Cityscapes' four) the intervals
+    go to a second table so that each fits an A4 page. [] when no model defines any."""
+    models = study.finished()
+    shown = _shown(study, models, "benchmark")
+    if not shown:
+        return []
+    title = CITYSCAPES_BENCHMARK_TITLE if any(m.key in _INSTANCE_LEVEL for m in shown) else BENCHMARK_TITLE
+    split = len(shown) > 2
+    first = _first_columns(models)
+    header, columns = [h for h, _ in first], [_text(values) for _, values in first]
+    for metric in [METRICS["miou"], *shown]:
+        header.append(metric.label)
+        columns.append(_score_cells(study, models, metric))
+        if metric in shown and not split:
+            header.append(f"{metric.label} {_level(study)} CI")
+            columns.append(_ci_cells(study, models, metric))
+    align = "l" * len(first) + "r" * (len(header) - len(first))
+    tables = [_table(title, header, columns, align, _benchmark_note(study, shown, split))]
+    if split:
+        header = ["Model", *(f"{m.label} {_level(study)} CI" for m in shown)]
+        columns = [_text([display_name(m) for m in models]), *(_ci_cells(study, models, m) for m in shown)]
+        tables.append(_table(f"{title}: {_level(study)} intervals", header, columns, "l" + "r" * len(shown),
+                             "Percentile bootstrap of the seed mean, the same image sets for every model. "
+                             f"{interval_coverage(study, models)}"))  # fmt: skip
     return tables
 
 
@@ -281,103 +363,3 @@ def earlier_table(study: Study) -> dict[str, Any]:
         [f"This run ({', '.join(devices) or 'no device recorded'})", 3],
     ]
     return table
-
-
-# --- uncertainty and cost ---------------------------------------------------------------------------------------
-
-
-def _interval_table(study: Study) -> dict[str, Any]:
-    v = study.value
-    models = [m for m in study.finished() if v(m, "miou_lo") is not None]
-    level = _level(study)
-
-    def dominant(m: str) -> str:
-        seed, image = v(m, "miou_std"), v(m, "miou_boot_std")
-        if (v(m, "seeds") or 0) < 2 or seed is None or image is None:
-            return "–"
-        return "seed" if seed > image else "images"
-
-    columns = [
-        _text([display_name(m) for m in models]),
-        _text([str(int(v(m, "seeds") or 0)) for m in models]),
-        _column([v(m, "miou") for m in models], 2, None),
-        *(_ci_cells(study, models, metric) for metric in METRICS),
-        _column([v(m, "miou_std") if (v(m, "seeds") or 0) > 1 else None for m in models], 2, None),
-        _column([v(m, "miou_boot_std") for m in models], 2, None),
-        _text([dominant(m) for m in models]),
-    ]
-    header = ["Model", "Seeds", "mIoU", *(f"{m.label} {level} CI" for m in METRICS), "Seed std", "Image std",
-              "Dominant"]  # fmt: skip
-    st = study.cfg.stats
-    count = resamples_used(study)
-    note = (
-        f"Percentile bootstrap of the seed mean, {f'{count:,} resamples, ' if count else ''}seed {st.seed}, the same "
-        f"image sets for every model. {interval_coverage(study, models)} Seed std: standard deviation of the mIoU "
-        "over training seeds (– for one seed); image std: standard deviation of the mIoU over resampled images alone; dominant: "
-        "the larger."
-    )
-    return _table(f"Scores with {level} intervals", header, columns, "ll" + "r" * (len(header) - 3) + "l", note)
-
-
-def _differences_table(study: Study) -> dict[str, Any]:
-    level = _level(study)
-    rows = study.comparisons
-    models = sorted({m for c in rows for m in (c.a, c.b)})
-    columns = [
-        _text([c.group for c in rows]),
-        _text([f"{display_name(c.a)} − {display_name(c.b)}" for c in rows]),
-        _text([f"{c.diff:+.2f}" for c in rows]),
-        _text([f"{c.lo:+.2f} to {c.hi:+.2f}" for c in rows]),
-        _text([p_text(c) if c.tested else "–" for c in rows]),
-        [{"t": verdict_word(c), "b": c.significant} for c in rows],
-    ]
-    header = ["Comparison", "Pair (a − b)", "mIoU diff.", f"{level} CI", "Holm p", "Verdict"]
-    note = (
-        f"Paired bootstrap of the mIoU difference in points; the {level} interval is shown unadjusted. "
-        f"{verdict_rule(study)} {interval_coverage(study, models)}"
-    )
-    return _table("Pairwise mIoU differences", header, columns, "llrrrl", note)
-
-
-def _cost_table(study: Study) -> dict[str, Any]:
-    v = study.value
-    models = [m for m in study.finished() if v(m, "train_hours") is not None or v(m, "eval_hours") is not None]
-    devices = [study.summary.at[m, "train_device"] if "train_device" in study.summary else None for m in models]
-    columns = [
-        _text([display_name(m) for m in models]),
-        _text([d if isinstance(d, str) else "–" for d in devices]),
-        _text([_hours(v(m, "train_hours")) for m in models]),
-        _text([_hours(v(m, "train_gpu_hours")) for m in models]),
-        _text([_hours(v(m, "train_cpu_hours")) for m in models]),
-        _text([f"{v(m, 'train_images'):,.0f}" if v(m, "train_images") is not None else "–" for m in models]),
-        _text([_hours(v(m, "energy_wh")) for m in models]),
-        _text([_hours(v(m, "eval_hours")) for m in models]),
-    ]
-    header = ["Model", "Trained on", "Train (h)", "GPU-h", "CPU-h", "Images", "Energy (Wh)", "Eval (h)"]
-    note = (
-        "One run, mean over seeds. Train (h): wall clock, resumed segments summed; GPU-h: wall hours × GPUs; CPU-h: "
-        "process CPU time; images: images the final weights were trained on; energy: GPU energy from NVML, – where "
-        "not measurable; eval: wall clock of the evaluation."
-    )
-    return _table("Cost", header, columns, "ll" + "r" * 6, note)
-
-
-def uncertainty_section(study: Study) -> dict[str, Any]:
-    """Interval, difference and cost tables where their inputs exist, and a reason for each one left out."""
-    tables = []
-    if any(study.value(m, "miou_lo") is not None for m in study.finished()):
-        tables.append(_interval_table(study))
-    if study.comparisons:
-        tables.append(_differences_table(study))
-    if any(study.value(m, "train_hours") is not None or study.value(m, "eval_hours") is not None
-           for m in study.finished()):  # fmt: skip
-        tables.append(_cost_table(study))
-    titles = [t["title"] for t in tables]
-    missing = []
-    if not any(t.startswith("Scores with") for t in titles):
-        missing.append("no intervals: the runs have no confusion_per_image.npy (re-run 'segmodels evaluate')")
-    elif "Pairwise mIoU differences" not in titles:
-        missing.append("no pairwise differences: no pair the report discusses has intervals for both models")
-    if "Cost" not in titles:
-        missing.append("no cost: the runs have no cost.json or evaluation cost")
-    return {"tables": tables, "missing": missing}

@@ -28,7 +28,8 @@ from segmodels.report.design import compared_with_earlier, dataset_label
 from segmodels.report.findings import findings
 from segmodels.report.published import published_table
 from segmodels.report.results import Study, load_study
-from segmodels.report.tables import earlier_table, result_tables, uncertainty_section
+from segmodels.report.tables import earlier_table, result_tables
+from segmodels.report.uncertainty import uncertainty_section
 from segmodels.study.config import StudyConfig
 
 __all__ = ["DEFAULT_TEMPLATE", "report_data", "write_report"]

@@ -68,8 +68,11 @@ def verdict(study: Study, a: str, b: str) -> str | None:
     """``95% CI [+1.02, +2.31], Holm p = 0.010: significant`` for the mIoU difference a − b, or None without
     an interval; a comparison outside a tested family has no p (its verdict is then the interval's)."""
     c = study.comparison(a, b)
-    if c is None:
-        return None
+    return None if c is None else worded(study, c)
+
+
+def worded(study: Study, c: Comparison) -> str:
+    """A comparison's interval, Holm p and verdict word, in the words of :func:`verdict` (any metric)."""
     text = p_text(c) if c.tested else ""
     test = f", Holm p {text if text[0] in '<≤' else '= ' + text}" if text else ""
     return f"{level(study)} CI [{c.lo:+.2f}, {c.hi:+.2f}]{test}: {verdict_word(c)}"
