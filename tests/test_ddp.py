@@ -36,7 +36,8 @@ def _worker(rank: int, world: int, port: int, cfg, data: str, out: str, dump: st
 def test_two_ranks_hold_identical_weights(tmp_path, packed_data, mlflow_uri):
     from conftest import small_config
 
-    cfg = small_config(train={"iterations": 4, "batch_size": 4, "log_every": 2, "ckpt_every": 2})
+    # Two micro-batches per step on each rank: the gradients are all-reduced once, after the last (no_sync before)
+    cfg = small_config(train={"iterations": 4, "batch_size": 4, "accumulate": 2, "log_every": 2, "ckpt_every": 2})
     out = tmp_path / "run"
     ctx = mp.get_context("spawn")
     port = _free_port()
@@ -61,6 +62,7 @@ def test_two_ranks_hold_identical_weights(tmp_path, packed_data, mlflow_uri):
         assert torch.equal(rank0[key], rank1[key]), key
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["world_size"] == 2 and last["iteration"] == 4
+    assert last["accumulation"] == {"micro_batch": 1, "accumulate": 2, "searched": False}
     saved = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)  # rank 0 wrote what both hold
 

@@ -25,9 +25,11 @@ def _rows(path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, packed_data, mlflow_uri):
-    # Random scale, crop and flip, dropout in the head: the resumed run must restore every generator.
-    cfg = small_config(train={"iterations": 12, "batch_size": 2, "crop_size": [48, 48], "scale_range": [0.75, 1.5],
-                              "log_every": 2, "ckpt_every": 4, "deterministic": True, "warmup_iters": 3})  # fmt: skip
+    # Random scale, crop and flip, dropout in the head: the resumed run must restore every generator. Two
+    # micro-batches per step (train.accumulate): checkpoints fall on step boundaries.
+    cfg = small_config(train={"iterations": 12, "batch_size": 2, "accumulate": 2, "crop_size": [48, 48],
+                              "scale_range": [0.75, 1.5], "log_every": 2, "ckpt_every": 4, "deterministic": True,
+                              "warmup_iters": 3})  # fmt: skip
     config = write_config(tmp_path / "c.yaml", cfg)
 
     def command(out):

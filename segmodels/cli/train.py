@@ -109,13 +109,13 @@ def _run_train(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _terminate)
-    from segmodels.engine.train import NonFiniteLossError, train
+    from segmodels.engine.train import NonFiniteLossError, OutOfMemory, train
     from segmodels.study.runs import RunFolder
 
     try:
         result = train(cfg, args.model, seed=args.seed, out=args.out, data_dir=args.data, restart=args.restart,
                        results=args.results or "results")  # fmt: skip
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, OutOfMemory) as exc:  # one line: what happened, what to change
         print(f"segmodels train: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports

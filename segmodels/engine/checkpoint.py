@@ -258,6 +258,7 @@ class TrainState:
     device: torch.device
     folder: runs.RunFolder
     start: int = 0  # the iteration training continues from
+    accumulation: Any = None  # the micro-batch and accumulation (segmodels.engine.micro_batch.Accumulation)
 
     def restore(self, saved: dict[str, Any]) -> None:
         """Continue from a resume state read by :func:`resume_state`."""
@@ -281,7 +282,13 @@ class TrainState:
             "format": RESUME_FORMAT, "iteration": iteration, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(), "rng": get_rng_state(),
             "config": config_to_dict(self.cfg), "params": self.params, "world_size": self.info.world_size,
+            "accumulation": self._accumulation(),
         }, self.folder.last)  # fmt: skip
+
+    def _accumulation(self) -> dict[str, Any] | None:
+        acc = self.accumulation
+        return None if acc is None else {"micro_batch": acc.micro_batch, "accumulate": acc.accumulate,
+                                         "searched": acc.searched}  # fmt: skip
 
     def save_final(self, name: str, label_set: dict[str, Any] | None = None) -> None:
         """checkpoint.pt of run ``name``: the weights, the model's description, the run's config and the classes
@@ -293,7 +300,7 @@ class TrainState:
             "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "run": name,
             "backbone": backbone, "head": head, "num_classes": m.num_classes, "output_stride": m.output_stride,
             "aux": m.aux, "head_options": dict(m.head_options), "config": config_to_dict(self.cfg),
-            "iteration": self.cfg.train.iterations,
+            "iteration": self.cfg.train.iterations, "accumulation": self._accumulation(),
             **({"label_set": label_set} if label_set is not None else {}),
         }, self.folder.checkpoint)  # fmt: skip
 

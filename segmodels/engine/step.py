@@ -152,21 +152,33 @@ def speed_settings(tcfg: TrainConfig, device: torch.device, *, off: bool = False
 
 
 class Stepper:
-    """One optimisation step: forward under autocast, losses, (scaled) backward, SGD step."""
+    """One optimisation step: forward under autocast, losses, (scaled) backward, SGD step.
+
+    With ``accumulate`` K > 1 the step's batch goes through the model in K micro-batches, one backward each (DDP's
+    gradient all-reduce only after the last, ``no_sync`` before), and the optimizer (and fp16's gradient scaler)
+    steps once. Each micro-batch's loss is weighted by its share of the batch's divisor (its labelled pixels with
+    ``train.loss_average: labelled``, 1/K with ``all``), so the accumulated gradient is the full batch's: only
+    BatchNorm, which normalises each micro-batch on its own, differs.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, tcfg: TrainConfig, *,
-                 amp_dtype: torch.dtype | None, device_type: str, teacher: nn.Module | None = None) -> None:
+                 amp_dtype: torch.dtype | None, device_type: str, teacher: nn.Module | None = None,
+                 accumulate: int = 1, ignore_index: int = 255) -> None:  # fmt: skip
         self.model, self.optimizer, self.scaler, self.tcfg = model, optimizer, scaler, tcfg
         self.amp_dtype, self.device_type, self.teacher = amp_dtype, device_type, teacher
+        self.accumulate, self.ignore_index = accumulate, ignore_index
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, dict]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP's ``no_sync`` for every micro-batch but the last (through torch.compile's wrapper too)."""
+        module = getattr(self.model, "_orig_mod", self.model)
+        return contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+
+    def _losses(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         t = self.tcfg
         with self.autocast():
             outputs = self.model(images)
@@ -177,11 +189,39 @@ class Stepper:
                 kd = distillation_loss(outputs["out"], target, labels, temperature=t.distill_temperature)
                 parts["distill"] = kd.detach()
                 loss = loss + t.distill_weight * kd
-        self.scaler.scale(loss).backward()
+        return loss, parts
+
+    def _weights(self, labels: list[torch.Tensor]) -> list[torch.Tensor | float]:
+        """Each micro-batch's share of the batch loss's divisor (on the device: no sync)."""
+        k = len(labels)
+        if self.tcfg.loss_average != "labelled" or k == 1:
+            return [1.0 / k] * k
+        counts = torch.stack([(lab != self.ignore_index).sum() for lab in labels]).double()
+        total = counts.sum()
+        shares = torch.where(total > 0, counts / total.clamp(min=1), torch.full_like(counts, 1.0 / k))
+        return list(shares.float().unbind())
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, lr: float) -> tuple[torch.Tensor, dict]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        k = self.accumulate
+        if images.shape[0] % k:
+            raise ValueError(f"a batch of {images.shape[0]} images cannot be split into {k} equal micro-batches")
+        image_parts, label_parts = images.chunk(k), labels.chunk(k)
+        total: torch.Tensor | None = None
+        parts: dict[str, torch.Tensor] = {}
+        for i, (x, y, w) in enumerate(zip(image_parts, label_parts, self._weights(list(label_parts)), strict=True)):
+            with self._no_sync(last=i == k - 1):
+                loss, micro = self._losses(x, y)
+                self.scaler.scale(loss * w).backward()
+            total = loss.detach() * w if total is None else total + loss.detach() * w
+            for key, value in micro.items():
+                parts[key] = value * w if key not in parts else parts[key] + value * w
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), parts
+        assert total is not None
+        return total, parts
 
 
 # --- non-finite checks, one host–device sync each (logging and checkpoint iterations only) -------

@@ -33,6 +33,7 @@ from torch import nn
 
 from segmodels.engine import checkpoint as ckpt
 from segmodels.engine import distributed
+from segmodels.engine.micro_batch import OutOfMemory, is_out_of_memory, oom_message, run_accumulation
 from segmodels.engine.progress import Progress
 from segmodels.engine.run import OpenRun, open_run, with_data_classes
 from segmodels.engine.step import (
@@ -49,7 +50,7 @@ from segmodels.study.config import StudyConfig, config_to_dict, flatten
 from segmodels.study.matrix import teacher_name
 from segmodels.tracking import log_trained_model
 
-__all__ = ["NonFiniteLossError", "TrainResult", "log_columns", "run_params", "train"]
+__all__ = ["NonFiniteLossError", "OutOfMemory", "TrainResult", "log_columns", "run_params", "train"]
 
 
 def log_columns() -> tuple[str, ...]:
@@ -58,7 +59,8 @@ def log_columns() -> tuple[str, ...]:
     from segmodels.metrics import metric_keys
 
     return ("iteration", "loss", "loss_main", "loss_aux", "loss_distill", "lr", "images_per_s", "data_wait_ms",
-            *(f"val_{key}" for key in metric_keys(training=True)), "elapsed_s")  # fmt: skip
+            *(f"val_{key}" for key in metric_keys(training=True)), "micro_batch", "accumulate",
+            "elapsed_s")  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -161,8 +163,9 @@ def _stepper(state: ckpt.TrainState, speed: SpeedSettings, teacher_path: Path | 
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if speed.compile:
         model = torch.compile(model)
+    acc = state.accumulation
     return Stepper(model, state.optimizer, state.scaler, state.cfg.train, amp_dtype=speed.amp_dtype,
-                   device_type=device.type, teacher=teacher)  # fmt: skip
+                   device_type=device.type, teacher=teacher, accumulate=acc.accumulate if acc else 1)  # fmt: skip
 
 
 def _start_logging(run: OpenRun, state: ckpt.TrainState, data_dir: Path) -> None:
@@ -247,17 +250,27 @@ def train(cfg: StudyConfig, model_name: str, *, seed: int = 0, out: str | Path, 
             state = _new_state(run, params, info, device, speed)
             if saved is not None:
                 state.restore(saved)
+            state.accumulation = run_accumulation(state, speed, saved)
             stepper = _stepper(state, speed, teacher_path)
             loader, val_split = _data(state, data_dir, seed, speed)
+            precision = "fp32" if speed.amp_dtype is None else str(speed.amp_dtype).removeprefix("torch.")
             if info.is_main:
                 _start_logging(run, state, data_dir)
-                precision = "fp32" if speed.amp_dtype is None else str(speed.amp_dtype).removeprefix("torch.")
-                run.log(tags={"train_precision": precision})  # amp on a CPU: bf16 only where it is native
+                acc = state.accumulation
+                run.log(tags={"train_precision": precision,  # amp on a CPU: bf16 only where it is native
+                              "train.micro_batch": str(acc.micro_batch), "train.accumulate": str(acc.accumulate),
+                              "train.micro_batch_searched": str(acc.searched).lower()})  # fmt: skip
             meter = run.meter(device, gpus=info.world_size if device.type == "cuda" else 0, save=info.is_main,
                               resume=state.start > 0)  # fmt: skip
             loop = _Loop(state, stepper, run.logger, meter)
             with meter:  # a killed run leaves its cost.json; the resumed run adds its own segment
-                val = loop.run(loader, val_split)
+                try:
+                    val = loop.run(loader, val_split)
+                except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    raise OutOfMemory(oom_message(model_name, state.accumulation, tuple(t.crop_size), precision,
+                                                  device)) from exc  # fmt: skip
                 meter.images = t.iterations * t.batch_size  # what the final weights were trained on
             if info.is_main:
                 labels = recorded_label_set(data_dir)
@@ -351,6 +364,8 @@ class _Loop:
                         val = self.validate(val_split)
                         row.update(val)
                         progress.rate(iteration)  # validation time is not training throughput
+                    if (acc := self.state.accumulation) is not None:
+                        row.update(micro_batch=acc.micro_batch, accumulate=acc.accumulate)
                     row["elapsed_s"] = time.perf_counter() - progress.t0
                     progress.report(iteration, row)
                     if self.log is not None:

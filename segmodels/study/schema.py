@@ -121,7 +121,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iterations: int = _limited(40000, **_AT_LEAST_1)  # optimizer steps; the schedule is iteration-based
-    batch_size: int = _limited(8, **_AT_LEAST_1)
+    batch_size: int = _limited(8, **_AT_LEAST_1)  # the effective batch of one optimizer step, over all GPUs
+    # gradient accumulation: each step's batch in this many micro-batches, one backward each, one optimizer step
+    # (the field's batch on one card). BatchNorm then normalises over the micro-batch, not the batch
+    accumulate: int = _limited(1, **_AT_LEAST_1)
+    # images per forward pass (per GPU): a divisor of the batch, the accumulation then batch / micro_batch; auto:
+    # the largest that fits the card with 10% headroom, found before the first step; null: from accumulate
+    micro_batch: int | str | None = _limited(None, minimum=1, pattern=AUTO_PATTERN)
     crop_size: list[int] = _limited(factory=lambda: [512, 1024], **_SIZE)  # [height, width]
     # random rescale before the crop, [low, high]
     scale_range: list[float] = _limited(factory=lambda: [0.5, 2.0], minItems=2, maxItems=2, items=_POSITIVE)
@@ -284,6 +290,24 @@ def _check_head_options(cfg: StudyConfig, where: str) -> None:
             check_value(value, allowed[option][0], key, where)
 
 
+def _check_accumulation(t: TrainConfig, where: str) -> None:
+    """``train.accumulate`` and ``train.micro_batch`` against ``train.batch_size`` (and each other)."""
+    if t.batch_size % t.accumulate:
+        raise ConfigError(f"{where}: 'train.accumulate' {t.accumulate} does not divide 'train.batch_size' "
+                          f"{t.batch_size}: each micro-batch must hold the same number of images")  # fmt: skip
+    if t.micro_batch == "auto" and t.accumulate != 1:
+        raise ConfigError(f"{where}: 'train.micro_batch' auto chooses the accumulation itself; drop 'train.accumulate' "
+                          f"{t.accumulate} or give 'train.micro_batch' a number")  # fmt: skip
+    if isinstance(t.micro_batch, int):
+        if t.micro_batch > t.batch_size or t.batch_size % t.micro_batch:
+            raise ConfigError(f"{where}: 'train.micro_batch' {t.micro_batch} must divide 'train.batch_size' "
+                              f"{t.batch_size} (at most the batch)")  # fmt: skip
+        if t.accumulate not in (1, t.batch_size // t.micro_batch):
+            raise ConfigError(f"{where}: 'train.micro_batch' {t.micro_batch} and 'train.accumulate' {t.accumulate} "
+                              f"disagree: batch {t.batch_size} / micro-batch {t.micro_batch} is "
+                              f"{t.batch_size // t.micro_batch}; set one of them")  # fmt: skip
+
+
 def validate_config(cfg: StudyConfig, where: str) -> None:
     """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
     by :func:`segmodels.study.matrix.expand_runs`)."""
@@ -291,6 +315,7 @@ def validate_config(cfg: StudyConfig, where: str) -> None:
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: 'train.min_lr' {cfg.train.min_lr} is above 'train.lr' {cfg.train.lr}; the poly "
                           "schedule would raise the learning rate")  # fmt: skip
+    _check_accumulation(cfg.train, where)
     low, high = cfg.train.scale_range
     if low > high:
         raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")
