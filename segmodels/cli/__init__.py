@@ -22,6 +22,7 @@ _AREAS = (
     "segmodels.cli.train",
     "segmodels.cli.inference",
     "segmodels.cli.study",
+    "segmodels.cli.plan",
     "segmodels.cli.report",
     "segmodels.cli.mlflow",
 )

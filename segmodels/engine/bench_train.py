@@ -21,15 +21,15 @@ from segmodels.engine.run import num_classes_of
 from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
 from segmodels.study.config import StudyConfig, load_config
 
-__all__ = ["bench_train", "main"]
+__all__ = ["bench_train", "build_step", "main", "synchronize"]
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _setup(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
+def build_step(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: tuple, device: torch.device):
     from segmodels.models import build_model
     from segmodels.models.catalog import arch_of
 
@@ -53,7 +53,7 @@ def _timed(speed: SpeedSettings, setup: tuple, device: torch.device, iters: int)
     """images/s over ``iters`` steps; the "off" variant reads the loss after every step."""
     step, images, labels = setup
     speed.apply_backend_flags()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     total = torch.zeros((), device=device)
     for _ in range(iters):
@@ -63,7 +63,7 @@ def _timed(speed: SpeedSettings, setup: tuple, device: torch.device, iters: int)
         else:
             total += loss
     float(total.item())  # waits for the last step
-    _sync(device)
+    synchronize(device)
     return iters * images.shape[0] / (time.perf_counter() - start)
 
 
@@ -82,7 +82,7 @@ def bench_train(cfg: StudyConfig, model_name: str, *, device: torch.device, crop
     images = torch.randn(batch_size, 3, h, w, generator=gen).to(device)
     labels = torch.randint(0, num_classes_of(cfg), (batch_size, h, w), generator=gen).to(device)
     settings = {"off": speed_settings(cfg.train, device, off=True), "on": speed_settings(cfg.train, device)}
-    setups = {name: _setup(cfg, model_name, s, (images, labels), device) for name, s in settings.items()}
+    setups = {name: build_step(cfg, model_name, s, (images, labels), device) for name, s in settings.items()}
     for name, s in settings.items():
         if warmup:
             _timed(s, setups[name], device, warmup)

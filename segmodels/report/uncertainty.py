@@ -11,6 +11,7 @@ from segmodels.report.findings import interval_coverage
 from segmodels.report.results import Study
 from segmodels.report.tables import _ci_cells, _column, _hours, _level, _shown, _table, _text
 from segmodels.report.verdicts import p_text, resamples_used, verdict_rule, verdict_word
+from segmodels.study.plan import read_plan
 
 __all__ = ["uncertainty_section"]
 
@@ -89,7 +90,15 @@ def _cost_table(study: Study) -> dict[str, Any]:
         "process CPU time; images: images the final weights were trained on; energy: GPU energy from NVML, – where "
         "not measurable; eval: wall clock of the evaluation."
     )
-    return _table("Cost", header, columns, "ll" + "r" * 6, note)
+    plan = read_plan(study.root / "plan.csv")
+    if plan:  # segmodels plan's estimate beside what the run cost
+        planned = [(plan.get(m) or {}).get("train_hours") or "" for m in models]
+        columns.insert(3, _text([_hours(float(p)) if p else "–" for p in planned]))
+        header.insert(3, "Planned (h)")
+        sources = {(plan.get(m) or {}).get("train_source") for m in models} - {None, ""}
+        note += (f" Planned: `segmodels plan`'s training time before the run ({', '.join(sorted(sources))}), from "
+                 "plan.csv.")  # fmt: skip
+    return _table("Cost", header, columns, "ll" + "r" * (len(header) - 2), note)
 
 
 def uncertainty_section(study: Study) -> dict[str, Any]:

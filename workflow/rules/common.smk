@@ -18,6 +18,7 @@ from segmodels.study.runs import (
 )
 from segmodels.report import TEMPLATE as REPORT_TEMPLATE
 from segmodels.study.deploy import LATENCY as DEPLOY_LATENCY, deploy_pattern, deployed_runs, scored_paths
+from segmodels.study.plan import planned_minutes, read_plan
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -50,6 +51,14 @@ wildcard_constraints:
     exp=re.escape(EXP),
     model="|".join(re.escape(m) for m in MODELS),
     seed=r"\d+",
+
+
+PLAN = read_plan(f"results/{EXP}/plan.csv")  # `segmodels plan`'s estimate, when one was made
+
+
+def train_runtime(wildcards):
+    """Minutes a scheduler grants one training (SLURM's runtime): the plan's time × 1.5, else a day."""
+    return planned_minutes(PLAN, wildcards.model, 1440)
 
 
 def run_file(name):

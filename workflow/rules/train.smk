@@ -21,6 +21,7 @@ rule train:
     resources:
         mem_mb=2900,
         gpu=1,
+        runtime=train_runtime,
     conda:
         ENV
     shell:
