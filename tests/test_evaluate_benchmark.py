@@ -27,14 +27,6 @@ from segmodels.study.config import StudyConfig, config_to_dict
 BENCHMARK = ("iiou", "miou_category", "iiou_category")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def city(tmp_path_factory):
     base = tmp_path_factory.mktemp("city")
