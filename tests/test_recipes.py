@@ -228,6 +228,8 @@ OFF_PROTOCOL: dict[str, object] = {
     "model.head_dropout": "element",
     "train.iterations": 40000,
     "train.batch_size": 16,
+    "train.accumulate": 2,
+    "train.micro_batch": 4,
     "train.crop_size": [512, 512],
     "train.scale_range": [0.75, 1.5],
     "train.optimizer": "adamw",

@@ -68,7 +68,8 @@ def test_rules_take_every_run_folder_path_from_the_module():
     for smk in RULES.glob("*.smk"):
         used |= set(re.findall(r"\b(?:run_file|all_runs)\(([A-Z_]+)\)", smk.read_text()))
     assert {getattr(runs, name) for name in used} == {runs.CHECKPOINT, runs.TRAIN_LOG, runs.METRICS, runs.PER_CLASS,
-                                                      runs.CONFUSION, runs.CONFUSION_PER_IMAGE, runs.LATENCY}
+                                                      runs.CONFUSION, runs.CONFUSION_PER_IMAGE,
+                                                      runs.STATISTICS_PER_IMAGE, runs.LATENCY}
     assert "runs.pattern(name)" in (RULES / "common.smk").read_text()
 
 
@@ -82,7 +83,7 @@ def test_the_planned_jobs_read_and_write_the_module_paths(tmp_path):
     planned = set(re.findall(r"results/test/[^/\s,;]+/seed\d+/[^\s,;]+", result.stdout + result.stderr))
     models = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())["models"]
     written = {runs.CHECKPOINT, runs.TRAIN_LOG, runs.METRICS, runs.PER_CLASS, runs.CONFUSION, runs.CONFUSION_PER_IMAGE,
-               runs.LATENCY}  # fmt: skip
+               runs.STATISTICS_PER_IMAGE, runs.LATENCY}  # fmt: skip
     assert planned == {str(run_dir("results", "test", m, 0) / name) for m in models for name in written}
 
 

@@ -153,6 +153,9 @@ MMSEG_PROTOCOL: dict[str, object] = {
     "model.head_dropout": "channel",
     "train.iterations": 80000,
     "train.batch_size": 8,
+    # one forward pass per GPU batch: micro-batches would have BatchNorm normalise over fewer images
+    "train.accumulate": 1,
+    "train.micro_batch": None,
     "train.crop_size": [512, 1024],
     "train.scale_range": [0.5, 2.0],
     "train.optimizer": "sgd",
