@@ -116,3 +116,28 @@ def test_the_report_sets_the_plan_beside_the_actual_cost(tmp_path):
     cost = next(t for t in uncertainty_section(load_study(cfg, tmp_path))["tables"] if t["title"] == "Cost")
     row = dict(zip(cost["header"], (c["t"] for c in cost["rows"][0]), strict=True))
     assert row["Planned (h)"] == "1.5" and row["Train (h)"] == "2" and "segmodels plan" in cost["note"]
+
+
+def test_the_train_rule_asks_the_scheduler_for_the_planned_time(tmp_path):
+    """With results/{experiment}/plan.csv the train jobs' runtime resource (SLURM's -t) is the plan's × 1.5."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from segmodels.study.plan import PlanRow, write_plan
+
+    root = Path(__file__).resolve().parents[1]
+    models = yaml.safe_load((root / "config" / "test.yaml").read_text())["models"]
+    write_plan([PlanRow(models[0], 1, 0.5, "calibrated", None, None, None, 2, 1, 0.1, "cpu")],
+               tmp_path / "results" / "test" / "plan.csv")  # fmt: skip
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(root / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(root / "config" / "test.yaml"), "-n"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = re.findall(r"rule train:.*?wildcards: exp=test, model=([^,\s]+).*?resources: ([^\n]*)",
+                      result.stdout, flags=re.S)  # fmt: skip
+    runtime = {model: re.search(r"runtime=(\d+)", res).group(1) for model, res in jobs}
+    assert runtime == {models[0]: "45", **{m: "1440" for m in models[1:]}}, runtime
