@@ -115,7 +115,7 @@ def test_the_report_sets_the_plan_beside_the_actual_cost(tmp_path):
                tmp_path / cfg.experiment / "plan.csv")
     cost = next(t for t in uncertainty_section(load_study(cfg, tmp_path))["tables"] if t["title"] == "Cost")
     row = dict(zip(cost["header"], (c["t"] for c in cost["rows"][0]), strict=True))
-    assert row["Planned (h)"] == "1.5" and row["Train (h)"] == "2" and "segmodels plan" in cost["note"]
+    assert row["Planned (h)"] == "1.5" and row["Train (h)"] == "2" and "'segmodels plan' estimated" in cost["note"]
 
 
 def test_the_train_rule_asks_the_scheduler_for_the_planned_time(tmp_path):

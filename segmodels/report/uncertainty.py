@@ -96,8 +96,8 @@ def _cost_table(study: Study) -> dict[str, Any]:
         columns.insert(3, _text([_hours(float(p)) if p else "–" for p in planned]))
         header.insert(3, "Planned (h)")
         sources = {(plan.get(m) or {}).get("train_source") for m in models} - {None, ""}
-        note += (f" Planned: `segmodels plan`'s training time before the run ({', '.join(sorted(sources))}), from "
-                 "plan.csv.")  # fmt: skip
+        note += (" Planned: the training time 'segmodels plan' estimated before the run "
+                 f"({', '.join(sorted(sources))}; plan.csv).")  # fmt: skip
     return _table("Cost", header, columns, "ll" + "r" * (len(header) - 2), note)
 
 
