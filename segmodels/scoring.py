@@ -148,10 +148,9 @@ def instance_counts(pred: torch.Tensor, instances: torch.Tensor, layout: ScoreLa
     return tp_fn.view(n, k, 2), cat_fn.view(n, g2, 2)
 
 
-def _false_positives(confusion: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """(N, G) pixels predicted as each group whose labelled ground truth is another group, from (N, C, C)."""
-    merged = _merge(confusion, groups, int(groups.max(initial=-1)) + 1)
-    return merged.sum(axis=-2) - np.diagonal(merged, axis1=-2, axis2=-1)
+def _false_positives(confusion: np.ndarray) -> np.ndarray:
+    """(N, C) pixels predicted as each class (or category) whose labelled ground truth is another, from (N, C, C)."""
+    return confusion.sum(axis=-2) - np.diagonal(confusion, axis1=-2, axis2=-1)
 
 
 def _merge(confusion: np.ndarray, groups: np.ndarray, count: int) -> np.ndarray:
@@ -189,18 +188,19 @@ class ImageScorer:
         self.confusion[idx] = confusion
         self.arrays["boundary"][idx] = boundary_counts(pred, target, layout.num_classes,
                                                        layout.ignore_index).cpu().numpy()  # fmt: skip
+        merged = None
         if layout.categories:
-            groups = np.asarray(layout.class_category)
-            self.arrays["category_confusion"][idx] = _merge(confusion, groups, len(layout.categories))
+            merged = _merge(confusion, np.asarray(layout.class_category), len(layout.categories))
+            self.arrays["category_confusion"][idx] = merged
         if layout.has_instances:
             if instances is None:
                 raise ValueError("the split has instance ids but none were given for this batch")
             classes, categories = instance_counts(pred, instances.to(pred.device), layout)
-            fp = _false_positives(confusion, np.arange(layout.num_classes))[:, list(layout.instance_classes)]
+            fp = _false_positives(confusion)[:, list(layout.instance_classes)]
             self.arrays["instances"][idx] = np.concatenate([classes.cpu().numpy(), fp[..., None]], axis=-1)
-            merged_fp = _false_positives(confusion, np.asarray(layout.class_category))
+            category_fp = _false_positives(merged)[:, list(layout.instance_categories)]
             self.arrays["instance_categories"][idx] = np.concatenate(
-                [categories.cpu().numpy(), merged_fp[:, list(layout.instance_categories), None]], axis=-1)
+                [categories.cpu().numpy(), category_fp[..., None]], axis=-1)
 
     def statistics(self) -> dict[str, np.ndarray]:
         """The per-image statistics (name → (N, ...)), ``confusion`` included."""
