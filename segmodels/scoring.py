@@ -23,7 +23,7 @@ exist only where the ground truth carries instance ids; other datasets leave the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,15 +85,13 @@ def score_layout(label_set: LabelSet, *, instances: bool = False) -> ScoreLayout
         g for g, category in enumerate(cs.CATEGORIES)
         if all(label.has_instances for label in cs.LABELS if label.category == category)
     )  # fmt: skip
-    layout = ScoreLayout(plain.num_classes, plain.ignore_index, cs.CATEGORIES, class_category, names=plain.names)
+    layout = replace(plain, categories=cs.CATEGORIES, class_category=class_category)
     if not instances:
         return layout
     k = [c for c, label in enumerate(trained) if label.has_instances]
-    return ScoreLayout(
-        plain.num_classes, plain.ignore_index, cs.CATEGORIES, class_category, tuple(k),
-        tuple(trained[c].id for c in k), tuple(cs.INSTANCE_MEAN_SIZE[trained[c].name] for c in k),
-        with_instances, plain.names,
-    )  # fmt: skip
+    return replace(layout, instance_classes=tuple(k), instance_label_ids=tuple(trained[c].id for c in k),
+                   instance_mean_size=tuple(cs.INSTANCE_MEAN_SIZE[trained[c].name] for c in k),
+                   instance_categories=with_instances)  # fmt: skip
 
 
 def instance_counts(pred: torch.Tensor, instances: torch.Tensor, layout: ScoreLayout) -> tuple[torch.Tensor, ...]:
@@ -115,7 +113,7 @@ def instance_counts(pred: torch.Tensor, instances: torch.Tensor, layout: ScoreLa
     image = torch.arange(n, device=dev).unsqueeze(1).expand_as(ids)[keep]
     ids, p = ids[keep], pred.reshape(n, -1).long().clamp(0, 255)[keep]
     labels = ids // 1000
-    lut = torch.full((max(max(layout.instance_label_ids, default=0), 0) + 1,), -1, dtype=torch.long, device=dev)
+    lut = torch.full((max(layout.instance_label_ids, default=0) + 1,), -1, dtype=torch.long, device=dev)
     lut[list(layout.instance_label_ids)] = torch.arange(k, device=dev)
     row = torch.where(labels < len(lut), lut[labels.clamp(max=len(lut) - 1)], -1)
     known = row >= 0

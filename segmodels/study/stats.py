@@ -150,8 +150,7 @@ def resampled_matrices(per_image: np.ndarray, counts: np.ndarray) -> np.ndarray:
     n, c, c2 = per_image.shape
     if c != c2 or counts.shape[1] != n:
         raise ValueError(f"{counts.shape[1]} image counts per resample for {n} per-image {c}x{c2} matrices")
-    flat = per_image.reshape(n, c * c).astype(np.float64)
-    return (counts.astype(np.float64) @ flat).reshape(-1, c, c)
+    return resampled_statistics({"confusion": per_image}, counts)["confusion"]
 
 
 def resampled_statistics(per_image: Mapping[str, np.ndarray], counts: np.ndarray) -> dict[str, np.ndarray]:
