@@ -194,6 +194,8 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     # One model deployed on the CPU through ONNX Runtime INT8 (fp32 is always scored and timed beside it).
     deployed = config["models"][0]
     config["deploy"] = {"enabled": True, "models": [deployed], "paths": ["onnx-int8"], "calibration": 4}
+    # Every model under one corruption at one severity: one corrupt job, one robustness job per run.
+    config["robustness"] = {"enabled": True, "corruptions": ["jpeg_compression"], "severities": [5]}
     # The config's path has a space and shell syntax: every job must still get it as one word, run nothing else.
     folder = tmp_path / "my study;touch INJECTED;x"
     folder.mkdir()
@@ -218,6 +220,15 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
     assert summary.set_index("model")["deploy_miou_fp32"].notna().sum() == 1  # the one deployed run
     for path in ("fp32", "onnx-int8"):
         assert (tmp_path / "results" / "test" / deployed / "seed0" / "deploy" / path / "metrics.json").is_file()
+    corrupted = tmp_path / "data" / "corrupted" / "synthetic-test" / "jpeg_compression"
+    assert json.loads((corrupted / "corrupted.json").read_text())["severities"] == [5]
+    for model in config["models"]:
+        record = json.loads((tmp_path / "results" / "test" / model / "seed0" / "robustness" / "robustness.json").read_text())
+        assert set(record["corruptions"]) == {"jpeg_compression"} and record["images"] == 4
+        assert summary.set_index("model").loc[model, "miou_c_mean"] == pytest.approx(record["miou_c_mean"] * 100, abs=1e-4)
+    assert summary["miou_c_mean_lo"].le(summary["miou_c_mean_hi"]).all()
+    table = pd.read_csv(tmp_path / "results" / "test" / "robustness.csv")
+    assert sorted(table["model"]) == sorted(config["models"]) and set(table["severity"]) == {5}
     figures = json.loads((tmp_path / "reports" / "figures" / "figures.json").read_text())
     assert figures
 
@@ -235,7 +246,7 @@ def test_study_runs_end_to_end_and_second_run_does_nothing(tmp_path):
             for r in runs
             if r.info.run_id == (tmp_path / "results" / "test" / model / "seed0" / "mlflow_run_id").read_text().strip()
         )
-        assert {"miou", "latency_ms", "miou_per_speed"} <= set(run.data.metrics), run.data.metrics.keys()
+        assert {"miou", "latency_ms", "miou_per_speed", "miou_c_mean", "robustness_rel"} <= set(run.data.metrics), run.data.metrics.keys()
     summary_run = next(r for r in runs if r.data.tags.get("segbench.kind") == "summary")
     artifacts = {a.path for a in client.list_artifacts(summary_run.info.run_id)}
     assert {"summary.csv", "report.pdf", "figures"} <= artifacts

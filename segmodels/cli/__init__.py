@@ -21,6 +21,7 @@ _AREAS = (
     "segmodels.cli.models",
     "segmodels.cli.train",
     "segmodels.cli.inference",
+    "segmodels.cli.robustness",
     "segmodels.cli.study",
     "segmodels.cli.plan",
     "segmodels.cli.report",

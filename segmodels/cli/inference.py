@@ -40,6 +40,10 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
                    "--out; MLflow keys end in _onnx / _onnx_int8")  # fmt: skip
     p.add_argument("--calibration", type=int, metavar="N", help="onnx-int8: packed training images to calibrate "
                    "on (default 100, at most the split's)")  # fmt: skip
+    p.add_argument("--corruption", metavar="NAME", help="score the images under this corruption (e.g. fog; "
+                   "robustness.images of them) into RUN/robustness/NAME/sK/, from `segmodels corrupt`'s images "
+                   "where made, else corrupted now")  # fmt: skip
+    p.add_argument("--severity", type=int, choices=range(1, 6), metavar="K", help="the corruption's severity, 1 to 5")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -63,16 +67,29 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if v is not None
     }
     cfg.evaluate = dataclasses.replace(cfg.evaluate, **changes)
-    metrics = evaluate(
-        cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
-        device=args.device, log_mlflow=not args.no_mlflow, backend=args.backend, calibration=args.calibration,
-    )  # fmt: skip
+    if (args.corruption is None) != (args.severity is None):
+        raise ValueError("--corruption and --severity go together: e.g. --corruption fog --severity 3")
+    if args.corruption is not None:
+        if args.backend != "torch" or args.checkpoint or args.out or args.model:
+            raise ValueError("--corruption scores the run's checkpoint with PyTorch into RUN/robustness/; drop "
+                             "--backend, --checkpoint, --out and --model")  # fmt: skip
+        from segmodels.engine.robustness import score_corruption
+
+        metrics = score_corruption(cfg, args.run, args.corruption, args.severity, data=args.data, device=args.device,
+                                   log_mlflow=not args.no_mlflow)  # fmt: skip
+    else:
+        metrics = evaluate(
+            cfg, args.run, checkpoint=args.checkpoint, data=args.data, out=args.out, model_name=args.model,
+            device=args.device, log_mlflow=not args.no_mlflow, backend=args.backend, calibration=args.calibration,
+        )  # fmt: skip
     scores = "  ".join(  # undefined scores (no instance ids outside Cityscapes) are left out
         f"{m.label} {metrics[m.key] * 100:.{m.digits}f}" for m in METRICS
         if metrics.get(m.key) is not None and math.isfinite(metrics[m.key])
     )  # fmt: skip
     absent = f"; absent: {', '.join(metrics['absent'])}" if metrics["absent"] else ""
     how = "" if args.backend == "torch" else f", {metrics['protocol']['precision']}"
+    if metrics.get("corruption"):
+        how += f", {metrics['corruption']['name']} severity {metrics['corruption']['severity']}"
     print(f"{metrics['model']}: {scores}  ({metrics['num_images']} images{how}{absent})")
     return 0
 

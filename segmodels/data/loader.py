@@ -10,6 +10,7 @@ Under DDP the ranks share one permutation per epoch and take disjoint slices of 
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import queue
@@ -90,7 +91,23 @@ class PackedSplit:
                              f"got {instances.dtype} {instances.shape}")  # fmt: skip
         return instances
 
+    def with_images(self, images: np.ndarray) -> PackedSplit:
+        """The split's first ``len(images)`` images with other pixels (corrupted copies, say): their labels, instance
+        ids and names, and ``images`` (N', H, W, 3) uint8 of the packed size as their pixels. Read in this process
+        only: it cannot be sent to another by its path."""
+        n = len(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.images.shape[1:] or not 0 < n <= len(self):
+            raise ValueError(f"replacement images for {self.path}: expected uint8 (N, {self.size[0]}, {self.size[1]}, "
+                             f"3) with 1 <= N <= {len(self)}, got {images.dtype} {tuple(images.shape)}")  # fmt: skip
+        other = copy.copy(self)
+        other.images, other.labels, other.names = images, self.labels[:n], self.names[:n]
+        other.instances = None if self.instances is None else self.instances[:n]
+        other._replaced = True
+        return other
+
     def __getstate__(self) -> dict:  # reopen by path in another process instead of copying the arrays
+        if getattr(self, "_replaced", False):
+            raise TypeError(f"{self!r} holds images of its own (with_images): it cannot be reopened by its path")
         return {"path": self.path}
 
     def __setstate__(self, state: dict) -> None:

@@ -129,6 +129,8 @@ def evaluate(
     amp: bool | None = None,
     log_tag: str | None = None,
     fold: bool = False,
+    images: np.ndarray | None = None,
+    corruption: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
@@ -141,6 +143,11 @@ def evaluate(
     needs); False: fp32. ``log_tag`` replaces the MLflow keys' suffix (``miou_{log_tag}``). ``fold``: score the
     inference-ready model (:func:`segmodels.models.fold.inference_model`, BatchNorm folded into the convolutions),
     the model a ``+fold`` benchmark mode times; metrics.json's ``settings.folded`` says which was scored.
+
+    ``images`` (N', H, W, 3) uint8: score the split's first N' images with these pixels instead of the packed ones
+    (:meth:`segmodels.data.loader.PackedSplit.with_images`; corrupted copies, :mod:`segmodels.engine.robustness`),
+    against the same labels at the same protocol; ``corruption`` is what they are, kept as metrics.json's
+    ``corruption``. Sample images beyond N' are left out.
 
     The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
@@ -167,6 +174,9 @@ def evaluate(
         split_dir = resolve_split(cfg, data)
         cfg = with_data_classes(cfg, split_dir)
         split = PackedSplit(split_dir)
+        if images is not None:
+            split = split.with_images(images)
+            ev = dataclasses.replace(ev, samples=[i for i in ev.samples if 0 <= i < len(split)])
         n = len(split)
         bad = [i for i in ev.samples if not 0 <= i < n]
         if bad:
@@ -246,6 +256,7 @@ def evaluate(
                                      resolution=packed_size),
             },
             "settings": settings,
+            "corruption": corruption,
             "backend": backend,
             "export": None if exported is None else {"verify": exported["verify"], "int8": exported["int8"]},
             "device": environment(dev),

@@ -19,7 +19,7 @@ class RawLabels:
     manifest, root or file raises naming it.
     """
 
-    def __init__(self, split_dir: Path, names: list[str]) -> None:
+    def __init__(self, split_dir: Path, names: list[str]) -> None:  # names: all of the split's, or its first ones
         from segmodels.data.pack import read_manifest
         from segmodels.data.sources import Sample, open_source
 
@@ -34,13 +34,14 @@ class RawLabels:
                 f"the manifest of {split_dir.parent} records no raw files for split '{split}', so the full-resolution "
                 "labels cannot be found; evaluate at the packed resolution instead (drop --full-resolution)"
             )
-        if entry.get("names") != names:
+        # ``names``: the split's images, or its first ones (a robustness evaluation of a few)
+        if (entry.get("names") or [])[: len(names)] != names:
             raise ValueError(f"the manifest of {split_dir.parent} lists other images than {split_dir}; re-run prepare")
         root = Path(manifest["root"])
         if not root.exists():
             raise FileNotFoundError(f"raw dataset not found: {root} (the root recorded in the manifest of {split_dir})")
         self.source = open_source(manifest.get("source", "cityscapes"), root)
-        self.samples = [Sample(n, i["image"], i["label"]) for n, i in zip(names, entry["inputs"], strict=True)]
+        self.samples = [Sample(n, i["image"], i["label"]) for n, i in zip(names, entry["inputs"][: len(names)], strict=True)]
         self.sizes = [self.source.check_headers(sample) for sample in self.samples]
         # the raw instance ids, where the packed split has them (the source's files beside the labels)
         self.instances = bool(entry.get("instances"))

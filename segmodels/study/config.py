@@ -21,6 +21,7 @@ from segmodels.models import catalog
 from segmodels.models.catalog import RUN_NAME_SHAPE
 from segmodels.study.deploy import deployed_runs
 from segmodels.study.matrix import RunSpec, expand_runs
+from segmodels.study.robustness import check_robustness
 from segmodels.study.schema import (
     MODULE_PATTERN,
     RUN_SECTIONS,
@@ -30,6 +31,7 @@ from segmodels.study.schema import (
     DeployConfig,
     EvaluateConfig,
     ModelConfig,
+    RobustnessConfig,
     StatsConfig,
     StudyConfig,
     SynthConfig,
@@ -50,6 +52,7 @@ __all__ = [
     "DeployConfig",
     "EvaluateConfig",
     "ModelConfig",
+    "RobustnessConfig",
     "StatsConfig",
     "StudyConfig",
     "SynthConfig",
@@ -184,6 +187,7 @@ def study_from_dict(data: dict[str, Any], *, where: str = "config") -> StudyConf
     specs = expand_runs(cfg, where=where)
     _check_output_strides(cfg, specs, where)
     deployed_runs(cfg, [spec.name for spec in specs], where=where)  # deploy.models names runs of the study
+    check_robustness(cfg, [spec.name for spec in specs], where=where)  # corruption names, models, images
     return cfg
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "DeployConfig",
     "EvaluateConfig",
     "ModelConfig",
+    "RobustnessConfig",
     "StatsConfig",
     "StudyConfig",
     "SynthConfig",
@@ -247,6 +248,21 @@ class DeployConfig:
 
 
 @dataclass
+class RobustnessConfig:
+    # Each run scored on corrupted validation images (`segmodels robustness`, segmodels.study.robustness): the
+    # ImageNet-C corruptions and their 4 extra, as the imagecorruptions package defines them, at severities 1-5
+    enabled: bool = False
+    # corruption names or groups (noise, blur, weather, digital) or all; segmodels.data.corruptions lists them
+    corruptions: list[str] = _limited(factory=lambda: ["all"], minItems=1, items={"pattern": NAME_PATTERN})
+    severities: list[int] = _limited(factory=lambda: [1, 2, 3, 4, 5], minItems=1, items={"minimum": 1, "maximum": 5})
+    models: list[str] = field(default_factory=list)  # the runs scored, by run name; empty: every run
+    images: int | None = _limited(None, **_AT_LEAST_1)  # the first N validation images; null: all of them
+    # true: each corruption's images made once (`segmodels corrupt`, data/corrupted/), read by every model; false:
+    # made inside each robustness job instead (no disk; the CPU work repeated per model)
+    cache: bool = True
+
+
+@dataclass
 class StudyConfig:
     experiment: str = _limited("study", pattern=NAME_PATTERN)  # results/{experiment}/
     # Python modules imported before the rest is read, to register backbones, heads or metrics of your own
@@ -267,6 +283,7 @@ class StudyConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
 
 
 def _check_head_options(cfg: StudyConfig, where: str) -> None:

@@ -78,6 +78,7 @@ __all__ = [
     "holm_floor",
     "load_per_image",
     "load_statistics",
+    "percentile_interval",
     "resample_count",
     "resample_counts",
     "resample_seeds",
@@ -200,7 +201,8 @@ class ModelBootstrap:
         return len(next(iter(self.samples.values()), ()))
 
 
-def _percentiles(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The two-sided percentile interval at ``confidence`` of the finite ``samples`` (NaN, NaN where none is)."""
     tail = (1 - confidence) / 2 * 100
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
@@ -310,7 +312,7 @@ def bootstrap_models(
             images_only = per_seed.mean(axis=1)  # every seed, on the resample's images
             seeds_only = values[drawn].mean(axis=1) - values.mean()  # S of S seeds' full-set scores, centred (R,)
             crossed = images_only + scale * seeds_only
-            lo, hi = _percentiles(crossed, cfg.confidence)
+            lo, hi = percentile_interval(crossed, cfg.confidence)
             interval[key] = Interval(float(values.mean()), lo, hi)
             seed_std[key] = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             finite = images_only[np.isfinite(images_only)]
@@ -336,7 +338,7 @@ def compare(
         raise ValueError(f"{a} has {ba.resamples} resamples, {b} {bb.resamples}: paired differences need the same "
                          "resampled image sets")  # fmt: skip
     differences = ba.samples[metric] - bb.samples[metric]
-    lo, hi = _percentiles(differences, confidence)
+    lo, hi = percentile_interval(differences, confidence)
     diff = ba.interval[metric].estimate - bb.interval[metric].estimate
     return Comparison(a, b, diff, lo, hi, group, ba.seeds, bb.seeds, bootstrap_p_value(differences),
                       confidence=confidence, resamples=ba.resamples)  # fmt: skip

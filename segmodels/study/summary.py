@@ -17,8 +17,12 @@ design is given). Cost columns are means over the model's seeds of one run's
 ``train_gpu_hours`` (empty on the CPU), ``train_cpu_hours`` process CPU time, ``train_images`` images the
 final weights were trained on, ``energy_wh`` GPU energy where NVML measured it, ``eval_hours``.
 
-With ``deploy.enabled`` the deployment columns of :mod:`segmodels.study.deploy` come last: per deployed run the
-CPU latency and mIoU of each path, and each path's paired difference from fp32 with its interval.
+With ``deploy.enabled`` the deployment columns of :mod:`segmodels.study.deploy` come next: per deployed run the
+CPU latency and mIoU of each path, and each path's paired difference from fp32 with its interval. With
+``robustness.enabled`` the robustness columns of :mod:`segmodels.study.robustness` come last (the clean and the mean
+corruption mIoU on the robustness images, per group, and the relative robustness, each with its interval), and
+``robustness.csv`` (every model, corruption and severity) and ``robustness_comparisons.csv`` (the fixed pairs,
+Holm-adjusted) are written beside the summary.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segmodels.metrics import metric_keys
+from segmodels.study import robustness as robust
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig
 from segmodels.study.deploy import deploy_columns, deploy_row, deployed_runs, per_image_files
@@ -56,13 +61,15 @@ _COST_KEYS = {
 }  # fmt: skip
 
 
-def summary_columns(deploy: bool = False) -> list[str]:
+def summary_columns(deploy: bool = False, robustness: list[str] | None = None) -> list[str]:
     """summary.csv's columns, in order, for the metrics registered now; with ``deploy`` (the study's
-    ``deploy.enabled``) the deployment columns last (:func:`segmodels.study.deploy.deploy_columns`)."""
+    ``deploy.enabled``) the deployment columns (:func:`segmodels.study.deploy.deploy_columns`), with ``robustness``
+    (the corruption groups scored, with ``robustness.enabled``) the robustness columns last
+    (:func:`segmodels.study.robustness.robustness_columns`)."""
     keys = metric_keys()
     means = [f"{k}{end}" for k in keys for end in ("", "_std")]
     columns = [*_FIRST, *means, *_MIDDLE, *(f"{k}_{end}" for k in keys for end in ("lo", "hi")), *_LAST]
-    return columns + (deploy_columns() if deploy else [])
+    return columns + (deploy_columns() if deploy else []) + (robust.robustness_columns(robustness) if robustness else [])
 
 
 def run_dir(results: Path, cfg: StudyConfig, model: str, seed: int) -> Path:
@@ -122,7 +129,7 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None, *, desig
     import pandas as pd
 
     from segmodels.atomic import write_text_atomic
-    from segmodels.study.stats import bootstrap_study
+    from segmodels.study.stats import bootstrap_study, study_family
 
     boots, notes = bootstrap_study(cfg, Path(results), design=design)
     for note in notes:
@@ -130,6 +137,9 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None, *, desig
     specs = expand_runs(cfg)
     deployed = deployed_runs(cfg, [spec.name for spec in specs])
     deploy_boots = _deploy_bootstrap(cfg, Path(results), deployed)
+    scored = robust.robust_runs(cfg, [spec.name for spec in specs])
+    groups = robust.study_groups(robust.study_corruptions(cfg)) if cfg.robustness.enabled else None
+    robust_boots = robust.bootstrap_robustness(cfg, Path(results), scored, family=study_family(scored, design))
     rows = []
     for spec in specs:
         model = spec.name
@@ -166,9 +176,17 @@ def summarize(cfg: StudyConfig, results: Path, out: Path | None = None, *, desig
         row["train_device"] = next((r["train_device"] for r in runs if "train_device" in r), None)
         if model in deployed:
             row |= deploy_row(cfg, Path(results), model, deploy_boots)
+        if groups:
+            row |= robust.robustness_row(robust_boots.get(model), groups)
         rows.append(row)
-    table = pd.DataFrame(rows).reindex(columns=summary_columns(deploy=cfg.deploy.enabled))
+    table = pd.DataFrame(rows).reindex(columns=summary_columns(deploy=cfg.deploy.enabled, robustness=groups))
     if out is not None:
+        if groups:  # beside the summary, before it: the summary's presence means its companions are new
+            folder = Path(out).parent
+            write_text_atomic(folder / robust.TABLE,
+                              robust.robustness_table(cfg, results, scored).to_csv(index=False, float_format="%.4f"))
+            comparisons = robust.robustness_comparisons(cfg, robust_boots, design or [])
+            write_text_atomic(folder / robust.COMPARISONS, comparisons.to_csv(index=False, float_format="%.6g"))
         write_text_atomic(out, table.to_csv(index=False, float_format="%.4f"))
     return table
 

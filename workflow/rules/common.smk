@@ -19,6 +19,16 @@ from segmodels.study.runs import (
 from segmodels.report import TEMPLATE as REPORT_TEMPLATE
 from segmodels.study.deploy import LATENCY as DEPLOY_LATENCY, deploy_pattern, deployed_runs, scored_paths
 from segmodels.study.plan import planned_minutes, read_plan
+from segmodels.data.corruptions import require_corruptions
+from segmodels.study.robustness import (
+    COMPARISONS as ROBUSTNESS_COMPARISONS_FILE,
+    CORRUPTED_ROOT,
+    TABLE as ROBUSTNESS_TABLE_FILE,
+    corrupted_marker,
+    robust_runs,
+    robustness_pattern,
+    study_corruptions,
+)
 
 if len(workflow.overwrite_configfiles) > 1:
     raise ValueError("give one study with --configfile; its file is what every job reads")
@@ -120,3 +130,21 @@ def run_of_deploy_file(wildcards, output):
     """The run folder of a job whose first output is RUN/deploy/[PATH/]FILE."""
     folder = os.path.dirname(output[0])
     return os.path.dirname(os.path.dirname(folder) if wildcards.get("path") else folder)
+
+
+# The robustness section (workflow/rules/robustness.smk): the scored runs and the corruptions.
+ROBUST = robust_runs(STUDY, MODELS, where=CONFIG_FILE)
+ROBUST_CORRUPTIONS = study_corruptions(STUDY, where=CONFIG_FILE) if ROBUST else []
+require_corruptions(ROBUST_CORRUPTIONS)  # a missing package is named now, with its install line, before any job
+# Written by the summary beside summary.csv when the section is on.
+ROBUSTNESS_FILES = [f"results/{EXP}/{ROBUSTNESS_TABLE_FILE}", f"results/{EXP}/{ROBUSTNESS_COMPARISONS_FILE}"] if ROBUST else []
+
+
+def all_robust():
+    """robustness.json of every scored run and seed."""
+    return expand(robustness_pattern(), exp=EXP, model=ROBUST, seed=SEEDS) if ROBUST else []
+
+
+def run_of_robustness_file(wildcards, output):
+    """The run folder of a job whose first output is RUN/robustness/FILE."""
+    return os.path.dirname(os.path.dirname(output[0]))

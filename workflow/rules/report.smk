@@ -7,21 +7,23 @@ rule summarize:
         all_deployed(CONFUSION_PER_IMAGE, path=True),
         all_deployed(STATISTICS_PER_IMAGE, path=True),
         all_deployed(DEPLOY_LATENCY),
+        all_robust(),
     output:
-        report(SUMMARY, caption="../report/summary.rst", category="Results"),
+        summary=report(SUMMARY, caption="../report/summary.rst", category="Results"),
+        robustness=ROBUSTNESS_FILES,  # written beside it with robustness.enabled
     log:
         f"logs/{EXP}/summarize.log",
     benchmark:
         f"logs/{EXP}/summarize.bench.tsv"
     params:
         config=CONFIG_FILE,
-        spec=section("stats", "deploy"),
+        spec=section("stats", "deploy", "robustness"),
     resources:
         mem_mb=900,
     conda:
         ENV
     shell:
-        "segmodels summarize --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+        "segmodels summarize --config {params.config:q} --out {output.summary:q} > {log:q} 2>&1"
 
 
 # Paired bootstrap over validation images: intervals for the differences the report discusses.
@@ -50,6 +52,7 @@ rule figures:
     input:
         SUMMARY,
         COMPARISONS,
+        ROBUSTNESS_FILES,
     output:
         # Only the figures whose inputs exist are drawn (figures.json names the rest): the folder is the output.
         report(
@@ -77,6 +80,7 @@ rule report:
     input:
         SUMMARY,
         COMPARISONS,
+        ROBUSTNESS_FILES,
         figures=FIGURES,
         template=TEMPLATE,
     output:
