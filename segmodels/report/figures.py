@@ -31,6 +31,7 @@ from segmodels.report.figures_grids import (
     fig_training,
 )
 from segmodels.report.figures_points import fig_differences, fig_miou_cost, fig_miou_latency
+from segmodels.report.figures_robustness import robustness_figures
 from segmodels.report.results import Study, load_study
 from segmodels.study.config import StudyConfig
 
@@ -79,7 +80,7 @@ def make_figures(cfg: StudyConfig, results: str | Path, out: str | Path, *, log:
     study = load_study(cfg, results)
     out.mkdir(parents=True, exist_ok=True)
     index: dict[str, Any] = {"experiment": cfg.experiment, "figures": [], "skipped": [], "notes": study.notes}
-    for name, draw in FIGURES.items():
+    for name, draw in (FIGURES | robustness_figures(study)).items():  # the robustness ones: a study with robustness
         drawn = draw(study)
         if isinstance(drawn, str):
             index["skipped"].append({"name": name, "reason": drawn})

@@ -28,6 +28,7 @@ from segmodels.report.design import compared_with_earlier, dataset_label
 from segmodels.report.findings import findings
 from segmodels.report.published import published_table
 from segmodels.report.results import Study, load_study
+from segmodels.report.robustness import robustness_section
 from segmodels.report.tables import earlier_table, result_tables
 from segmodels.report.uncertainty import uncertainty_section
 from segmodels.study.config import StudyConfig
@@ -154,6 +155,7 @@ def report_data(
         "tables": result_tables(study),
         "uncertainty": uncertainty_section(study),
         "deploy": deployment_table(study),  # null unless summary.csv has deployment columns (deploy.enabled)
+        "robustness": robustness_section(study, index),  # null unless summary.csv has robustness columns
         # both null unless the study's label set is the earlier study's (Cityscapes); published also null unless
         # runs are at mmsegmentation's protocol
         "earlier": earlier_table(study) if compared else None,
