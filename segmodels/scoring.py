@@ -54,6 +54,7 @@ class ScoreLayout:
     instance_mean_size: tuple[float, ...] = ()  # their mean instance size in pixels, the weights' numerator
     instance_categories: tuple[int, ...] = ()  # G' category indices whose classes all have instances
     names: tuple[str, ...] = field(default=())  # the C class names
+    boundary: bool = True  # the Boundary IoU's counts (the costliest statistic; a robustness pass scores mIoU alone)
 
     @property
     def has_instances(self) -> bool:
@@ -70,12 +71,14 @@ class ScoreLayout:
         return out
 
 
-def score_layout(label_set: LabelSet, *, instances: bool = False) -> ScoreLayout:
+def score_layout(label_set: LabelSet, *, instances: bool = False, boundary: bool = True) -> ScoreLayout:
     """The statistics of a dataset with ``label_set``: categories for Cityscapes' 19 classes, instance-level counts
-    too when its ground truth has instance ids (``instances``: the packed split or raw source carries them)."""
+    too when its ground truth has instance ids (``instances``: the packed split or raw source carries them), and the
+    Boundary IoU's counts unless ``boundary`` is false."""
     from segmodels.data import labels as cs
 
-    plain = ScoreLayout(label_set.num_classes, label_set.ignore_index, names=tuple(label_set.classes))
+    plain = ScoreLayout(label_set.num_classes, label_set.ignore_index, names=tuple(label_set.classes),
+                        boundary=boundary)  # fmt: skip
     if tuple(label_set.classes) != cs.CLASS_NAMES:
         return plain
     by_name = {label.name: label for label in cs.LABELS}
@@ -165,7 +168,7 @@ class ImageScorer:
         self.layout, self.device = layout, device
         c = layout.num_classes
         self.confusion = np.zeros((n, c, c), dtype=np.int32)
-        self.arrays: dict[str, np.ndarray] = {"boundary": np.zeros((n, c, 2), dtype=np.int64)}
+        self.arrays: dict[str, np.ndarray] = {"boundary": np.zeros((n, c, 2), dtype=np.int64)} if layout.boundary else {}
         if layout.categories:
             g = len(layout.categories)
             self.arrays["category_confusion"] = np.zeros((n, g, g), dtype=np.int64)
@@ -184,8 +187,9 @@ class ImageScorer:
         target = target.to(pred.device)
         confusion = batch_confusion(pred, target, layout.num_classes, layout.ignore_index).cpu().numpy()
         self.confusion[idx] = confusion
-        self.arrays["boundary"][idx] = boundary_counts(pred, target, layout.num_classes,
-                                                       layout.ignore_index).cpu().numpy()  # fmt: skip
+        if layout.boundary:
+            self.arrays["boundary"][idx] = boundary_counts(pred, target, layout.num_classes,
+                                                           layout.ignore_index).cpu().numpy()  # fmt: skip
         merged = None
         if layout.categories:
             merged = _merge(confusion, np.asarray(layout.class_category), len(layout.categories))

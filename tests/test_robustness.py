@@ -153,6 +153,7 @@ def test_a_run_is_scored_under_each_corruption_by_the_evaluations_own_code(score
             np.testing.assert_array_equal(np.load(out / "confusion_per_image.npy"),
                                           np.load(folder / "direct" / "confusion_per_image.npy"))  # fmt: skip
             assert direct["miou"] == metrics["miou"]
+            assert metrics["biou"] is None and direct["biou"] is not None  # mIoU's statistics alone: no boundaries
             sample = list((out / "samples").glob("0001_*_input.png"))
             assert sample, "the corrupted input of evaluate.samples is kept"
     noisy = np.load(rb.robustness_folder(run, "gaussian_noise", 5) / "confusion_per_image.npy")
@@ -185,12 +186,18 @@ def test_the_studys_cache_gives_the_same_pixels_as_on_the_fly(scored, packed_dat
     cfg, folder, run, _ = scored
     root = tmp_path / "corrupted"
     write_corrupted(packed_data / "val", cache_folder(cfg.data.dataset, "fog", root=root), "fog", [5], progress=False)
-    made = np.load(rb.robustness_folder(run, "fog", 5) / "confusion_per_image.npy")  # on the fly, by the test above
+    assert score_corruption(cfg, run, "fog", 5, data=packed_data, cache_root=tmp_path / "none", progress=False,
+                            log_mlflow=False)["corruption"]["pixels"] == "made"  # fmt: skip
+    made = np.load(rb.robustness_folder(run, "fog", 5) / "confusion_per_image.npy")
     metrics = score_corruption(cfg, run, "fog", 5, data=packed_data, cache_root=root, progress=False)
     assert metrics["corruption"]["pixels"] == "cache"
     np.testing.assert_array_equal(np.load(rb.robustness_folder(run, "fog", 5) / "confusion_per_image.npy"), made)
-    with pytest.raises(FileNotFoundError, match=r"lists severities \[5\], not 3"):  # the cache holds severity 5 only
-        score_corruption(cfg, run, "fog", 3, data=packed_data, cache_root=root, progress=False)
+    # a severity the cache does not hold is made on the fly (the same pixels)
+    assert score_corruption(cfg, run, "fog", 3, data=packed_data, cache_root=root, progress=False,
+                            log_mlflow=False)["corruption"]["pixels"] == "made"  # fmt: skip
+    (root / "tiny" / "fog" / "s5.npy").unlink()  # listed, but gone: named, never guessed
+    with pytest.raises((FileNotFoundError, ValueError), match="s5.npy"):
+        score_corruption(cfg, run, "fog", 5, data=packed_data, cache_root=root, progress=False)
 
 
 def test_one_corruption_by_hand_and_bad_input_on_the_command_line(scored, packed_data, capsys):

@@ -131,6 +131,7 @@ def evaluate(
     fold: bool = False,
     images: np.ndarray | None = None,
     corruption: dict[str, Any] | None = None,
+    statistics: str = "all",
 ) -> dict[str, Any]:
     """Evaluate the checkpoint of ``run_dir`` with the settings of ``cfg.evaluate``; return metrics.json's dict.
 
@@ -147,7 +148,9 @@ def evaluate(
     ``images`` (N', H, W, 3) uint8: score the split's first N' images with these pixels instead of the packed ones
     (:meth:`segmodels.data.loader.PackedSplit.with_images`; corrupted copies, :mod:`segmodels.engine.robustness`),
     against the same labels at the same protocol; ``corruption`` is what they are, kept as metrics.json's
-    ``corruption``. Sample images beyond N' are left out.
+    ``corruption``. Sample images beyond N' are left out. ``statistics`` ``"pixels"`` counts the pixel-level
+    statistics alone (the confusion matrices, and the categories' for Cityscapes), not the Boundary IoU's nor the
+    instances' (their metrics are then undefined): what a robustness pass, which reports mIoU, needs.
 
     The settings are those of the run the checkpoint records (:func:`segmodels.engine.run.open_run`; a run's own
     effective config passes unchanged), and metrics.json's ``model`` is that run's name. ``model_name`` (by
@@ -168,6 +171,8 @@ def evaluate(
         cfg = run.cfg
         ev = cfg.evaluate
         _check_settings(ev)
+        if statistics not in ("all", "pixels"):
+            raise ValueError(f"statistics must be 'all' or 'pixels', got {statistics!r}")
         check_backend(backend, scales=list(ev.scales), sliding=ev.sliding, calibration=calibration)
         if amp and backend != "torch":
             raise ValueError(f"backend {backend}: its precision is the graph's; autocast is PyTorch's")
@@ -201,7 +206,7 @@ def evaluate(
             start = time.monotonic()
             with Progress(n, f"evaluate {run.name}", enabled=progress) as bar:
                 scored = _score(model, split, raw_labels, ev, dev, label_set=label_set, folder=folder, bar=bar,
-                                amp=amp)  # fmt: skip
+                                amp=amp, pixels_only=statistics == "pixels")  # fmt: skip
             totals = scored.scorer.totals()
             matrix = totals["confusion"]
             result = compute_metrics(totals, label_set.classes, axes=scored.scorer.layout.axes())
@@ -326,18 +331,21 @@ def _label_set(split_dir: Path, meta: dict[str, Any]) -> LabelSet:
 
 
 def _score(model: Any, split: Any, raw_labels: RawLabels | None, ev: EvaluateConfig, dev: torch.device, *,
-           label_set: LabelSet, folder: runs.RunFolder, bar: Any, amp: bool = False) -> _Scored:  # fmt: skip
-    """Run the model over ``split`` and count its per-image statistics; render the configured samples."""
+           label_set: LabelSet, folder: runs.RunFolder, bar: Any, amp: bool = False,
+           pixels_only: bool = False) -> _Scored:  # fmt: skip
+    """Run the model over ``split`` and count its per-image statistics (the pixel-level ones alone with
+    ``pixels_only``); render the configured samples."""
     from segmodels.data.loader import val_batches
     from segmodels.engine.inference import predict_scores
     from segmodels.scoring import ImageScorer, score_layout
 
     n, names = len(split), list(split.names)
-    has_ids = split.instances is not None if raw_labels is None else raw_labels.instances
-    scorer = ImageScorer(n, score_layout(label_set, instances=has_ids), dev)
+    has_ids = (split.instances is not None if raw_labels is None else raw_labels.instances) and not pixels_only
+    scorer = ImageScorer(n, score_layout(label_set, instances=has_ids, boundary=not pixels_only), dev)
     packed = None
     if raw_labels is not None:
-        packed = ImageScorer(n, score_layout(label_set, instances=split.instances is not None), dev)
+        packed = ImageScorer(n, score_layout(label_set, instances=split.instances is not None and not pixels_only,
+                                             boundary=not pixels_only), dev)  # fmt: skip
     samples = set(ev.samples)
     sample_files: dict[Path, bytes] = {}
     for images, labels, indices in val_batches(split, batch_size=ev.batch_size, device=dev):

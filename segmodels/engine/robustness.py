@@ -48,13 +48,14 @@ def corrupted_pixels(cfg: StudyConfig, split: Any, corruption: str, severity: in
                      cache_root: str | Path = CORRUPTED_ROOT, workers: int = 1,
                      progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """The first ``count`` images of ``split`` under ``corruption`` at ``severity``, and where they came from: the
-    study's cache when it holds this corruption (checked against the split), else made now."""
+    study's cache when it holds this corruption and severity (checked against the split), else made now."""
     from segmodels.data.corrupted import cache_folder, open_corrupted
     from segmodels.data.pack import data_identity
 
     folder = cache_folder(cfg.data.dataset, corruption, root=str(cache_root))
     source = {"data": data_identity(split.path.parent)}
-    if (folder / "corrupted.json").is_file():
+    made = runs.read_json(folder / "corrupted.json") if (folder / "corrupted.json").is_file() else None
+    if made is not None and int(severity) in (made.get("severities") or []):  # else: the same pixels, made here
         pixels = open_corrupted(folder, severity, split)
         if len(pixels) < count:
             raise ValueError(f"{folder}: holds {len(pixels)} corrupted images, {count} are scored (robustness.images); "
@@ -80,7 +81,9 @@ def score_corruption(cfg: StudyConfig, run_dir: str | Path, corruption: str, sev
                      log_mlflow: bool = False, progress: bool = True, workers: int = 1) -> dict[str, Any]:  # fmt: skip
     """Score the run on the validation split's first ``robustness.images`` images under ``corruption`` at
     ``severity`` into ``RUN/robustness/{corruption}/s{severity}/``; metrics.json's dict (its ``corruption`` says
-    which, on how many images, and whether the pixels came from the cache). With ``log_mlflow`` its scores go to the
+    which, on how many images, and whether the pixels came from the cache). The pixel-level statistics alone are
+    counted (mIoU, mAcc, the categories' IoU; not the Boundary IoU's nor the instances', a robustness pass's
+    costliest part on a CPU and not among its numbers). With ``log_mlflow`` its scores go to the
     run's MLflow run as ``miou_c_{corruption}_s{severity}`` (and the other metrics' keys with that suffix)."""
     from segmodels.data.corruptions import CORRUPTIONS
     from segmodels.data.loader import PackedSplit
@@ -97,7 +100,8 @@ def score_corruption(cfg: StudyConfig, run_dir: str | Path, corruption: str, sev
                                       workers=workers, progress=progress)  # fmt: skip
     return evaluate(cfg, run_dir, data=split_dir, out=robustness_folder(run_dir, corruption, severity), device=device,
                     log_mlflow=log_mlflow, progress=progress, log_tag=f"c_{corruption}_s{int(severity)}",
-                    images=np.asarray(pixels), corruption=_record(corruption, severity, count, source))  # fmt: skip
+                    images=np.asarray(pixels), corruption=_record(corruption, severity, count, source),
+                    statistics="pixels")  # fmt: skip
 
 
 def _scored(folder: Path, want: dict[str, Any], clean: dict[str, Any], checkpoint: Path) -> dict[str, Any] | None:
