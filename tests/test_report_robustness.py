@@ -140,9 +140,9 @@ def test_the_findings_name_the_models_and_their_numbers(robust):
     cfg, results, _, _ = robust
     found = {f["title"]: f["text"] for f in robustness_findings(load_study(cfg, results))}
     ranking = found["Most and least robust"]
-    assert ranking.startswith(f"Most robust: {ASPP} keeps 0.72 (95% CI 0.69–0.75), 45.36 mean corruption "
-                              "mIoU against 63.00 clean")  # fmt: skip
-    assert "least robust: ResNet18-PPM keeps 0.60 (95% CI 0.57–0.63)" in ranking
+    assert ranking.startswith(f"Most robust: {ASPP} keeps 0.72 of its clean mIoU under corruption (95% CI "
+                              "0.69–0.75): 45.36 mean corruption mIoU against 63.00 clean; least robust")  # fmt: skip
+    assert "least robust: ResNet18-PPM keeps 0.60 of its clean mIoU under corruption (95% CI 0.57–0.63)" in ranking
     assert "The highest mean corruption mIoU is ResNet50-PPM's, 49.00 (95% CI 47.00–51.00)" in ranking
     groups = found["By corruption group"]
     assert "hardest first: noise, 0.57 (ResNet50-PPM) to 0.48 (ResNet18-PPM);" in groups  # 40/70 and 30/62

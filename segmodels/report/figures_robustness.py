@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from segmodels.models.catalog import display_name
+from segmodels.models.catalog import display_name, short_name
 from segmodels.report.figures_common import Drawn, model_style, new_figure, palette_legend
 from segmodels.report.figures_grids import _classes_in, _colour_codes
 from segmodels.report.results import MANY_CLASSES, Study
@@ -160,7 +160,7 @@ def fig_robustness_samples(study: Study) -> Drawn | str:
     index = indices[0]
     rows = [(g, c, found) for g, c, found in rows if any(index in s for s in found.values())]
     shown = [m for m in models if any(index in found.get(m, {}) for _, _, found in rows)]
-    columns = [("input", "Corrupted input"), ("gt", "Ground truth")] + [(m, display_name(m)) for m in shown]
+    columns = [("input", "Corrupted input"), ("gt", "Ground truth")] + [(m, short_name(m)) for m in shown]
     first = next(p for _, _, found in rows for s in found.values() for p in s.get(index, {}).values())
     with Image.open(first) as img:
         aspect = img.height / img.width
@@ -186,9 +186,9 @@ def fig_robustness_samples(study: Study) -> Drawn | str:
                 if key != "input":
                     present |= _classes_in(rgb, codes)
             if r == 0:
-                ax.set_title(title, fontsize=9)
+                ax.set_title(title, fontsize=7 if len(columns) > 6 else 9)
             if col == 0:
-                ax.set_ylabel(f"{group_label(group)}:\n{corruption_label(corruption)}", fontsize=8)
+                ax.set_ylabel(corruption_label(corruption).replace(" ", "\n", 1), fontsize=7)
     palette_legend(fig, study.labels, present if study.labels.num_classes > MANY_CLASSES else None)
     caption = (f"Validation image #{index} under each corruption group at severity {severity} (rows: "
                f"{', '.join(corruption_label(c) for _, c, _ in rows)}): the corrupted input, the ground truth and the "

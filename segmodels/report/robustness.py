@@ -163,13 +163,14 @@ def _ranking(study: Study, models: Sequence[str]) -> str:
 
     def keeps(m: str) -> str:
         clean, mean = v(m, "miou_c_clean"), v(m, "miou_c_mean")
-        scores = f", {mean:.2f} mean corruption mIoU against {clean:.2f} clean" if None not in (clean, mean) else ""
-        return f"{display_name(m)} keeps {rel[m]:.2f}{_with_interval(study, m, 'robustness_rel')}{scores}"
+        scores = f": {mean:.2f} mean corruption mIoU against {clean:.2f} clean" if None not in (clean, mean) else ""
+        return (f"{display_name(m)} keeps {rel[m]:.2f} of its clean mIoU under corruption"
+                f"{_with_interval(study, m, 'robustness_rel')}{scores}")  # fmt: skip
 
     best, worst = max(rel, key=rel.get), min(rel, key=rel.get)
     if len(rel) == 1:
-        return f"{keeps(best)} of its clean mIoU under corruption."
-    text = f"Most robust: {keeps(best)} of its clean mIoU under corruption; least robust: {keeps(worst)}."
+        return f"{keeps(best)}."
+    text = f"Most robust: {keeps(best)}; least robust: {keeps(worst)}."
     means = {m: x for m in models if (x := v(m, "miou_c_mean")) is not None}
     top = max(means, key=means.get) if means else best
     if top != best:
