@@ -168,7 +168,7 @@ def fig_robustness_samples(study: Study) -> Drawn | str:
     fig = new_figure(width * len(columns), width * aspect * len(rows) + 0.9)
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     codes, present = _colour_codes(study.labels), set()
-    for r, (group, corruption, found) in enumerate(rows):
+    for r, (_, corruption, found) in enumerate(rows):
         for col, (key, title) in enumerate(columns):
             ax = axes[r, col]
             ax.set_xticks([])
