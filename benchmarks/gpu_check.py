@@ -6,7 +6,7 @@ killed (with their process group) at the cap, and records any error in the repor
 part never hides the others:
 
 1. environment (85 s): GPUs, driver (nvidia-smi, else pynvml, else the CUDA driver API), CUDA, cuDNN, NCCL,
-   torch, torchvision; and ``python -m pytest -q -m cuda tests`` (one of them compiles a model): pass/fail
+   torch, torchvision; and ``python -m pytest -q -m cuda tests/test_cuda.py`` (one of them compiles a model): pass/fail
    counts and the output's tail.
 2. latency (105 s): every model of --config at 512×1024, batch 1, random weights, through
    ``segmodels.engine.benchmark.benchmark_model`` in the modes fp32, amp, amp+channels_last,
@@ -127,7 +127,7 @@ def plan(args: argparse.Namespace) -> str:
     text = {
         "environment": ["nvidia-smi --query-gpu=index,name,driver_version,memory.total,pci.bus_id (else pynvml, "
                         "else torch); torch, torchvision, CUDA, cuDNN, NCCL versions",
-                        "python -m pytest -q -m cuda tests"],
+                        "python -m pytest -q -m cuda tests/test_cuda.py"],
         "latency": [f"models ({args.config.name}): {', '.join(models)}",
                     f"torchvision peers (weights=None, weights_backbone=None): {', '.join(PEERS)}",
                     f"modes, every model and peer: {', '.join(EAGER_MODES)}",
