@@ -92,7 +92,7 @@ def test_console_script_runs():
     assert result.stdout.startswith("segmodels ")
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "config.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "config.yaml", "test.yaml", "robustness.yaml", "deploy.yaml"])
 def test_shipped_configs_load(name):
     import jsonschema
 

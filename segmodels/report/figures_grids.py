@@ -4,6 +4,9 @@ the per-class IoU and confusion heat maps, and the training curves."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -47,20 +50,11 @@ def _comparison(study: Study, models: list[str], what: str, max_rows: int = 3) -
     for r, index in enumerate(indices):
         for c, (key, title) in enumerate(columns):
             ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if key in ("input", "gt"):
                 path = next((s[index][key] for s in samples.values() if key in s.get(index, {})), None)
             else:
                 path = samples[key].get(index, {}).get("pred")
-            if path is None:
-                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="0.5")
-            else:
-                with Image.open(path) as img:
-                    rgb = np.asarray(img.convert("RGB"))
-                ax.imshow(rgb, interpolation="nearest")
-                if key != "input":
-                    present |= _classes_in(rgb, codes)
+            present |= sample_cell(ax, path, codes, classes=key != "input")
             if r == 0:
                 ax.set_title(title, fontsize=9)
             if c == 0:
@@ -76,6 +70,22 @@ def _colour_codes(label_set) -> dict[int, int]:
     for c, (r, g, b) in enumerate(label_set.palette.astype(np.int64).tolist()):
         codes.setdefault((r << 16) | (g << 8) | b, c)
     return codes
+
+
+def sample_cell(ax: Any, path: Path | None, codes: Any, *, classes: bool = True) -> set[int]:
+    """One sample PNG drawn into ``ax`` without ticks ("n/a" where there is none); with ``classes`` (a colourised
+    mask, not an input image) the classes it shows, for the legend."""
+    from PIL import Image
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if path is None:
+        ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="0.5")
+        return set()
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    ax.imshow(rgb, interpolation="nearest")
+    return _classes_in(rgb, codes) if classes else set()
 
 
 def _classes_in(rgb: np.ndarray, codes: dict[int, int]) -> set[int]:

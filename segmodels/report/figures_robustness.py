@@ -16,7 +16,7 @@ import numpy as np
 
 from segmodels.models.catalog import display_name, short_name
 from segmodels.report.figures_common import Drawn, model_style, new_figure, palette_legend
-from segmodels.report.figures_grids import _classes_in, _colour_codes
+from segmodels.report.figures_grids import _colour_codes, sample_cell
 from segmodels.report.results import MANY_CLASSES, Study
 from segmodels.report.robustness import (
     corruption_groups,
@@ -171,20 +171,11 @@ def fig_robustness_samples(study: Study) -> Drawn | str:
     for r, (_, corruption, found) in enumerate(rows):
         for col, (key, title) in enumerate(columns):
             ax = axes[r, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if key in ("input", "gt"):
                 path = next((s[index][key] for s in found.values() if key in s.get(index, {})), None)
             else:
                 path = found.get(key, {}).get(index, {}).get("pred")
-            if path is None:
-                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes, color="0.5")
-            else:
-                with Image.open(path) as img:
-                    rgb = np.asarray(img.convert("RGB"))
-                ax.imshow(rgb, interpolation="nearest")
-                if key != "input":
-                    present |= _classes_in(rgb, codes)
+            present |= sample_cell(ax, path, codes, classes=key != "input")
             if r == 0:
                 ax.set_title(title, fontsize=7 if len(columns) > 6 else 9)
             if col == 0:

@@ -37,6 +37,7 @@ __all__ = [
     "LATENCY",
     "PATHS",
     "TIMED_MODES",
+    "chosen_runs",
     "deploy_columns",
     "deploy_folder",
     "deploy_pattern",
@@ -74,18 +75,24 @@ def path_modes(paths: Sequence[str]) -> list[str]:
     return [mode for path in scored_paths(paths) for mode in TIMED_MODES[path]]
 
 
-def deployed_runs(cfg: StudyConfig, names: Sequence[str], *, where: str = "config") -> list[str]:
-    """The runs of ``names`` (the study's, in matrix order) that the deploy section deploys: none when it is off,
-    ``deploy.models`` when given (each must be a run of the study, else a ConfigError naming it), else all."""
-    if not cfg.deploy.enabled:
+def chosen_runs(enabled: bool, chosen: Sequence[str], names: Sequence[str], *, key: str,
+                where: str = "config") -> list[str]:  # fmt: skip
+    """The runs of ``names`` (the study's, in matrix order) a section works on: none when it is off (``enabled``),
+    ``chosen`` (its ``{key}``) when given, each a run of the study (else a ConfigError naming it), else all."""
+    if not enabled:
         return []
-    if not cfg.deploy.models:
+    if not chosen:
         return list(names)
-    unknown = [m for m in cfg.deploy.models if m not in names]
+    unknown = [m for m in chosen if m not in names]
     if unknown:
-        raise ConfigError(f"{where}: 'deploy.models' names '{unknown[0]}', which is not a run of the study; its "
+        raise ConfigError(f"{where}: '{key}' names '{unknown[0]}', which is not a run of the study; its "
                           f"runs: {', '.join(names)}")  # fmt: skip
-    return [m for m in names if m in cfg.deploy.models]
+    return [m for m in names if m in chosen]
+
+
+def deployed_runs(cfg: StudyConfig, names: Sequence[str], *, where: str = "config") -> list[str]:
+    """The runs of ``names`` that the deploy section deploys (:func:`chosen_runs` of ``deploy.models``)."""
+    return chosen_runs(cfg.deploy.enabled, cfg.deploy.models, names, key="deploy.models", where=where)
 
 
 def deploy_folder(run_dir: str | Path, path: str | None = None) -> Path:

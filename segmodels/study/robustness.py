@@ -97,15 +97,9 @@ def study_groups(corruptions: Sequence[str]) -> list[str]:
 def robust_runs(cfg: StudyConfig, names: Sequence[str], *, where: str = "config") -> list[str]:
     """The runs of ``names`` (the study's, in matrix order) the robustness section scores: none when it is off,
     ``robustness.models`` when given (each must be a run of the study, else a ConfigError naming it), else all."""
-    if not cfg.robustness.enabled:
-        return []
-    if not cfg.robustness.models:
-        return list(names)
-    unknown = [m for m in cfg.robustness.models if m not in names]
-    if unknown:
-        raise ConfigError(f"{where}: 'robustness.models' names '{unknown[0]}', which is not a run of the study; its "
-                          f"runs: {', '.join(names)}")  # fmt: skip
-    return [m for m in names if m in cfg.robustness.models]
+    from segmodels.study.deploy import chosen_runs
+
+    return chosen_runs(cfg.robustness.enabled, cfg.robustness.models, names, key="robustness.models", where=where)
 
 
 def _validation_count(cfg: StudyConfig) -> int | None:
