@@ -267,3 +267,16 @@ def test_a_missing_corruption_package_stops_snakemake_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
     env.pop("PYTHONPATH")
     assert subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300).returncode == 0
+
+
+def test_the_shipped_configs_score_what_they_say():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    demo = load_config(root / "demo.yaml")
+    assert not demo.robustness.enabled  # `make run` stays within its time; one line turns it on
+    assert [rb.group_of(c) for c in rb.study_corruptions(demo)] == ["noise", "blur", "weather", "digital"]
+    for name, severities in (("config.yaml", [1, 2, 3, 4, 5]), ("robustness.yaml", [1, 3, 5])):
+        cfg = load_config(root / name)
+        assert cfg.robustness.enabled and len(rb.study_corruptions(cfg)) == 19, name
+        assert cfg.robustness.severities == severities and cfg.robustness.cache, name
