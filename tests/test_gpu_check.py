@@ -214,9 +214,11 @@ def test_make_gpu_check_with_a_wheelhouse_and_the_system_torch(tmp_path):
     """`make gpu-check WHEELHOUSE=… SYSTEM_TORCH=1`: setup from the wheelhouse alone, pinned to the node's torch,
     then the check; nothing run (make -n)."""
     venv = tmp_path / "venv"
-    out = subprocess.run(["make", "-n", "-B", "gpu-check", f"WHEELHOUSE={tmp_path / 'wh'}", "SYSTEM_TORCH=1",
-                          f"VENV={venv}", "GPU_CHECK_ARGS=--plan"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)  # fmt: skip
+    # Under `make test` this make is a sub-make: without MAKELEVEL and MAKEFLAGS it prints no "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-B", "gpu-check", f"WHEELHOUSE={tmp_path / 'wh'}",
+                          "SYSTEM_TORCH=1", f"VENV={venv}", "GPU_CHECK_ARGS=--plan"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     installs = [line for line in lines if "pip install" in line]
