@@ -42,6 +42,12 @@ def test_bad_robustness_settings_are_named_at_load(tmp_path):
     assert len(rb.study_corruptions(study)) == 19  # the default: all
 
 
+def test_the_workflow_names_the_cache_as_the_cache_writes_it():
+    from segmodels.data.corrupted import MARKER, cache_folder
+
+    assert rb.corrupted_marker("cityscapes", "fog") == str(cache_folder("cityscapes", "fog") / MARKER)
+
+
 def test_scores_are_means_over_severities_corruptions_and_groups():
     numbers = rb.robustness_scores({"gaussian_noise": {1: 0.5, 3: 0.3}, "shot_noise": {1: 0.4},
                                     "fog": {1: 0.6, 5: 0.2}}, clean=0.8)  # fmt: skip

@@ -49,12 +49,12 @@ def corrupted_pixels(cfg: StudyConfig, split: Any, corruption: str, severity: in
                      progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """The first ``count`` images of ``split`` under ``corruption`` at ``severity``, and where they came from: the
     study's cache when it holds this corruption and severity (checked against the split), else made now."""
-    from segmodels.data.corrupted import cache_folder, open_corrupted
+    from segmodels.data.corrupted import MARKER, cache_folder, open_corrupted
     from segmodels.data.pack import data_identity
 
     folder = cache_folder(cfg.data.dataset, corruption, root=str(cache_root))
     source = {"data": data_identity(split.path.parent)}
-    made = runs.read_json(folder / "corrupted.json") if (folder / "corrupted.json").is_file() else None
+    made = runs.read_json(folder / MARKER) if (folder / MARKER).is_file() else None
     if made is not None and int(severity) in (made.get("severities") or []):  # else: the same pixels, made here
         pixels = open_corrupted(folder, severity, split)
         if len(pixels) < count:

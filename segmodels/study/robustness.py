@@ -65,8 +65,10 @@ ROBUSTNESS = "robustness"  # the run folder's sub-folder of the robustness files
 RESULT = "robustness.json"  # RUN/robustness/robustness.json: written last, when every corruption is scored
 TABLE = "robustness.csv"  # results/{experiment}/robustness.csv: model × corruption × severity
 COMPARISONS = "robustness_comparisons.csv"  # results/{experiment}/: the fixed pairs, Holm-adjusted
-CORRUPTED_ROOT = "data/corrupted"  # data/corrupted/{dataset}/{corruption}/: the corrupted images, once per study
-CORRUPTED_MARKER = "corrupted.json"  # written last by `segmodels corrupt`
+# data/corrupted/{dataset}/{corruption}/: the corrupted images, once per study, and the file written last there;
+# segmodels.data.corrupted's cache_folder() and MARKER, named here without importing numpy
+CORRUPTED_ROOT = "data/corrupted"
+CORRUPTED_MARKER = "corrupted.json"
 GROUP_ORDER = ("noise", "blur", "weather", "digital")
 
 
