@@ -204,6 +204,13 @@ def test_the_studys_cache_gives_the_same_pixels_as_on_the_fly(scored, packed_dat
     (root / "tiny" / "fog" / "s5.npy").unlink()  # listed, but gone: named, never guessed
     with pytest.raises((FileNotFoundError, ValueError), match="s5.npy"):
         score_corruption(cfg, run, "fog", 5, data=packed_data, cache_root=root, progress=False)
+    # A whole run stops on it before it scores anything.
+    from segmodels.engine.robustness import robustness_run
+
+    with pytest.raises((FileNotFoundError, ValueError), match="s5.npy"):
+        robustness_run(cfg, run, data=packed_data, progress=False, cache_root=root, corruptions=["shot_noise", "fog"],
+                       severities=[1, 5], log_mlflow=False)  # fmt: skip
+    assert not rb.robustness_folder(run, "shot_noise").exists()
 
 
 def test_one_corruption_by_hand_and_bad_input_on_the_command_line(scored, packed_data, capsys):

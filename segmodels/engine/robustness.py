@@ -71,6 +71,26 @@ def corrupted_pixels(cfg: StudyConfig, split: Any, corruption: str, severity: in
     return pixels, source | {"pixels": "made"}
 
 
+def _check_pixels(cfg: StudyConfig, split: Any, corruptions: Sequence[str], severities: Sequence[int], *,
+                  count: int, cache_root: str | Path) -> None:  # fmt: skip
+    """Before any scoring: each corruption's cached images, where the cache holds them, checked against the split
+    (and its count), and the packages of those to be made on the fly installed; else the error naming the file or
+    the package."""
+    from segmodels.data.corrupted import MARKER, cache_folder, open_corrupted
+    from segmodels.data.corruptions import require_corruptions
+
+    for c in corruptions:
+        folder = cache_folder(cfg.data.dataset, c, root=str(cache_root))
+        made = runs.read_json(folder / MARKER) if (folder / MARKER).is_file() else None
+        cached = [k for k in severities if made is not None and k in (made.get("severities") or [])]
+        for k in cached:
+            if len(open_corrupted(folder, k, split)) < count:
+                raise ValueError(f"{folder}: holds fewer corrupted images than the {count} scored (robustness.images); "
+                                 f"run 'segmodels corrupt --corruption {c}' again")  # fmt: skip
+        if len(cached) < len(severities):
+            require_corruptions([c])
+
+
 def _record(corruption: str, severity: int, count: int, source: dict[str, Any]) -> dict[str, Any]:
     return {"name": corruption, "group": group_of(corruption), "severity": int(severity), "images": count,
             "data": source.get("data"), "pixels": source.get("pixels")}  # fmt: skip
@@ -146,6 +166,7 @@ def robustness_run(cfg: StudyConfig, run_dir: str | Path, *, corruptions: Sequen
         raise ValueError(f"{folder.confusion_per_image} scores {len(clean_images)} images, {split_dir} holds "
                          f"{len(split)}: evaluate the run again")  # fmt: skip
     identity = data_identity(split_dir.parent)
+    _check_pixels(cfg, split, corruptions, severities, count=count, cache_root=cache_root)
     start = time.monotonic()
     miou: dict[str, dict[int, float]] = {}
     with runs.job_locks("robustness", reads=run_dir, writes=robustness_folder(run_dir)):
