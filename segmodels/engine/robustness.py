@@ -44,23 +44,35 @@ def _count(cfg: StudyConfig, split: Any) -> int:
     return count
 
 
+def _cached(cfg: StudyConfig, split: Any, corruption: str, severity: int, *, count: int,
+            cache_root: str | Path) -> tuple[np.ndarray, Path] | None:  # fmt: skip
+    """The study's cached images of ``corruption`` at ``severity`` for the first ``count`` images of ``split``,
+    checked against the split, and their folder; None where the cache does not hold that severity."""
+    from segmodels.data.corrupted import MARKER, cache_folder, open_corrupted
+
+    folder = cache_folder(cfg.data.dataset, corruption, root=str(cache_root))
+    made = runs.read_json(folder / MARKER) if (folder / MARKER).is_file() else None
+    if made is None or int(severity) not in (made.get("severities") or []):
+        return None
+    pixels = open_corrupted(folder, severity, split)
+    if len(pixels) < count:
+        raise ValueError(f"{folder}: holds {len(pixels)} corrupted images, {count} are scored (robustness.images); "
+                         f"run 'segmodels corrupt --corruption {corruption}' again")  # fmt: skip
+    return pixels[:count], folder
+
+
 def corrupted_pixels(cfg: StudyConfig, split: Any, corruption: str, severity: int, *, count: int,
                      cache_root: str | Path = CORRUPTED_ROOT, workers: int = 1,
                      progress: bool = True) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
     """The first ``count`` images of ``split`` under ``corruption`` at ``severity``, and where they came from: the
-    study's cache when it holds this corruption and severity (checked against the split), else made now."""
-    from segmodels.data.corrupted import MARKER, cache_folder, open_corrupted
+    study's cache when it holds this corruption and severity (checked against the split), else made now (the same
+    pixels)."""
     from segmodels.data.pack import data_identity
 
-    folder = cache_folder(cfg.data.dataset, corruption, root=str(cache_root))
     source = {"data": data_identity(split.path.parent)}
-    made = runs.read_json(folder / MARKER) if (folder / MARKER).is_file() else None
-    if made is not None and int(severity) in (made.get("severities") or []):  # else: the same pixels, made here
-        pixels = open_corrupted(folder, severity, split)
-        if len(pixels) < count:
-            raise ValueError(f"{folder}: holds {len(pixels)} corrupted images, {count} are scored (robustness.images); "
-                             f"run 'segmodels corrupt --corruption {corruption}' again")  # fmt: skip
-        return pixels[:count], source | {"pixels": "cache", "cache": str(folder)}
+    cached = _cached(cfg, split, corruption, severity, count=count, cache_root=cache_root)
+    if cached is not None:
+        return cached[0], source | {"pixels": "cache", "cache": str(cached[1])}
     from segmodels.data._io import Progress
     from segmodels.data.corruptions import corrupt_images, require_corruptions
 
@@ -76,18 +88,11 @@ def _check_pixels(cfg: StudyConfig, split: Any, corruptions: Sequence[str], seve
     """Before any scoring: each corruption's cached images, where the cache holds them, checked against the split
     (and its count), and the packages of those to be made on the fly installed; else the error naming the file or
     the package."""
-    from segmodels.data.corrupted import MARKER, cache_folder, open_corrupted
     from segmodels.data.corruptions import require_corruptions
 
     for c in corruptions:
-        folder = cache_folder(cfg.data.dataset, c, root=str(cache_root))
-        made = runs.read_json(folder / MARKER) if (folder / MARKER).is_file() else None
-        cached = [k for k in severities if made is not None and k in (made.get("severities") or [])]
-        for k in cached:
-            if len(open_corrupted(folder, k, split)) < count:
-                raise ValueError(f"{folder}: holds fewer corrupted images than the {count} scored (robustness.images); "
-                                 f"run 'segmodels corrupt --corruption {c}' again")  # fmt: skip
-        if len(cached) < len(severities):
+        cached = [_cached(cfg, split, c, k, count=count, cache_root=cache_root) for k in severities]
+        if any(found is None for found in cached):
             require_corruptions([c])
 
 
