@@ -70,11 +70,13 @@ def _build(name: str, cfg: Any) -> Any:
         return getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=num_classes_of(cfg))
     from segmodels.models import build_model, catalog
     from segmodels.study.matrix import run_config
+    from segmodels.study.schema import effective_norm
 
     run = run_config(cfg, name)
     backbone, head = catalog.arch_of(name)
     return build_model(backbone, head, num_classes=num_classes_of(run), output_stride=run.model.output_stride,
-                       aux=catalog.head(head).cascade, pretrained=None, head_options=run.model.head_options)  # fmt: skip
+                       aux=catalog.head(head).cascade, pretrained=None, head_options=run.model.head_options,
+                       norm=effective_norm(run))  # fmt: skip
 
 
 def worker_latency(args: argparse.Namespace, save: Any) -> dict[str, Any]:

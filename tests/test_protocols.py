@@ -28,7 +28,8 @@ def test_mmseg_config_loads_with_the_protocol_values():
     assert cfg.data.source == "cityscapes" and cfg.data.size == [1024, 2048]
     t = cfg.train
     assert (t.crop_size, t.batch_size, t.lr, t.iterations, t.scale_range) == ([512, 1024], 8, 0.01, 80000, [0.5, 2.0])
-    assert (t.poly_power, t.momentum, t.weight_decay, t.warmup_iters, t.sync_bn) == (0.9, 0.9, 0.0005, 0, True)
+    assert (t.poly_power, t.momentum, t.weight_decay, t.warmup_iters) == (0.9, 0.9, 0.0005, 0)
+    assert cfg.model.norm == "sync" and not t.sync_bn
     assert cfg.evaluate.full_resolution and not cfg.evaluate.sliding and cfg.model.output_stride == 8
     assert run_names(cfg) == list(PUBLISHED)  # every model has its published numbers, nothing else is trained
     for name in run_names(cfg):
@@ -57,7 +58,7 @@ def test_mmseg_config_builds_mmsegs_decode_heads():
 
 def test_mmseg_config_comments_every_setting_with_what_it_matches():
     for line in MMSEG.read_text().splitlines():
-        if re.match(r"^  (iterations|batch_size|crop_size|scale_range|lr|weight_decay|poly_power|sync_bn|"
+        if re.match(r"^  (iterations|batch_size|crop_size|scale_range|lr|weight_decay|poly_power|norm|"
                     r"full_resolution|sliding|size):", line):  # fmt: skip
             assert "#" in line, line
 

@@ -226,6 +226,7 @@ OFF_PROTOCOL: dict[str, object] = {
     "model.aux": False,
     "model.bn_momentum": 0.01,
     "model.head_dropout": "element",
+    "model.norm": "group",
     "train.iterations": 40000,
     "train.batch_size": 16,
     "train.accumulate": 2,
@@ -246,7 +247,6 @@ OFF_PROTOCOL: dict[str, object] = {
     "train.cat_max_ratio": 1.0,
     "train.contrast_center": "mean",
     "train.distill_teacher": "teachers/resnet101-ppm/checkpoint.pt",
-    "train.sync_bn": False,
     "train.amp": True,
     "evaluate.full_resolution": False,
     "evaluate.sliding": True,
@@ -268,6 +268,7 @@ NOT_GATED = {
     "evaluate.batch_size": "scores do not depend on it", "evaluate.window": "no sliding window at the protocol",
     "evaluate.stride": "no sliding window at the protocol", "evaluate.samples": "figures",
     "evaluate.device": "placement",
+    "train.sync_bn": "the earlier spelling of model.norm: sync, gated through it",
 }  # fmt: skip
 # Settings that change the number but whose mmsegmentation value config/cityscapes-mmseg.yaml does not set yet.
 NOT_YET_GATED: set[str] = set()

@@ -193,6 +193,7 @@ def _run_export(args: argparse.Namespace) -> int:
         from segmodels.engine.run import num_classes_of
         from segmodels.models import build_model, catalog
         from segmodels.study.matrix import run_config
+        from segmodels.study.schema import effective_norm
 
         backbone, head = catalog.arch_of(args.model)
         data = _int8_data(args, dataset)  # usage errors before the model is built
@@ -205,6 +206,7 @@ def _run_export(args: argparse.Namespace) -> int:
             aux=catalog.head(head).cascade,
             pretrained=None,
             head_options=cfg.model.head_options,
+            norm=effective_norm(cfg),
         )
         out = args.out or Path(f"{args.model}.onnx")
         inputs = {}

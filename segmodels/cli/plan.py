@@ -83,7 +83,7 @@ def _params(run_cfg, model: str) -> int:
     backbone, head = arch_of(model)
     m = run_cfg.model
     net = build_model(backbone, head, num_classes=num_classes_of(run_cfg), output_stride=m.output_stride, aux=m.aux,
-                      pretrained=None, head_options=m.head_options)  # fmt: skip
+                      pretrained=None, head_options=m.head_options)  # fmt: skip  (GroupNorm has BatchNorm's parameters)
     return count_parameters(net)
 
 

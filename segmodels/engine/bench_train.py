@@ -20,6 +20,7 @@ import torch
 from segmodels.engine.run import num_classes_of
 from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed_settings
 from segmodels.study.config import StudyConfig, load_config
+from segmodels.study.schema import effective_norm
 
 __all__ = ["bench_train", "build_step", "main", "synchronize"]
 
@@ -37,7 +38,8 @@ def build_step(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: t
     torch.manual_seed(0)  # both variants start from the same weights
     model = build_model(backbone, head, num_classes=num_classes_of(cfg), output_stride=cfg.model.output_stride,
                         aux=cfg.model.aux, pretrained=None, bn_momentum=cfg.model.bn_momentum,
-                        head_options=cfg.model.head_options, head_dropout=cfg.model.head_dropout).to(device).train()
+                        head_options=cfg.model.head_options, head_dropout=cfg.model.head_dropout,
+                        norm=effective_norm(cfg)).to(device).train()
     images, labels = batch
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -30,6 +30,7 @@ from segmodels.atomic import fsync_dir, write_atomic
 from segmodels.engine.distributed import DistInfo, barrier
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig, config_to_dict
+from segmodels.study.schema import effective_norm
 from segmodels.study.typed import flatten
 
 __all__ = [
@@ -144,7 +145,7 @@ def load_model_from_checkpoint(
     expect_head: str | None = None,
     expect_num_classes: int | None = None,
 ) -> nn.Module:
-    """Build the model a checkpoint describes (architecture, ``aux``, ``head_options``) and load its weights
+    """Build the model a checkpoint describes (architecture, ``aux``, ``head_options``, ``norm``) and load its weights
     (eval mode, on ``device``)."""
     from segmodels.models import build_model
     from segmodels.study.config import import_plugins
@@ -162,6 +163,7 @@ def load_model_from_checkpoint(
         aux=ckpt["aux"],
         pretrained=None,
         head_options=ckpt.get("head_options"),  # absent in checkpoints written before heads had options: defaults
+        norm=ckpt.get("norm", "batch"),  # absent in checkpoints written before model.norm: BatchNorm
     )
     try:
         model.load_state_dict(ckpt["model"])
@@ -180,11 +182,15 @@ def load_resume_state(path: str | Path) -> dict[str, Any]:
 
 
 def _resume_relevant(flat: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    out = {
         k: v
         for k, v in flat.items()
         if (k.startswith(_RESUME_SECTIONS) or k in _RESUME_DATA_KEYS) and k not in _RESUME_NEUTRAL
     }
+    # train.sync_bn: true is the earlier spelling of model.norm: sync; a state of either spelling resumes under both
+    if out.pop("train.sync_bn", False) and out.get("model.norm", "batch") == "batch":
+        out["model.norm"] = "sync"
+    return out
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -299,7 +305,8 @@ class TrainState:
         save_atomic({
             "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "run": name,
             "backbone": backbone, "head": head, "num_classes": m.num_classes, "output_stride": m.output_stride,
-            "aux": m.aux, "head_options": dict(m.head_options), "config": config_to_dict(self.cfg),
+            "aux": m.aux, "head_options": dict(m.head_options), "norm": effective_norm(self.cfg),
+            "config": config_to_dict(self.cfg),
             "iteration": self.cfg.train.iterations, "accumulation": self._accumulation(),
             **({"label_set": label_set} if label_set is not None else {}),
         }, self.folder.checkpoint)  # fmt: skip

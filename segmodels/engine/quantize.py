@@ -167,6 +167,20 @@ def _check_paths(fp32_path: Path, out_path: Path) -> None:
         raise ValueError(f"the INT8 model would overwrite the fp32 model {fp32_path}: choose another output")
 
 
+# Operators left in float32: GroupNorm (model.norm: group) exports as a reshape, an InstanceNormalization whose
+# scale and bias of ones and zeros are one initializer shared by all of them (ONNX Runtime refuses to quantize a
+# shared weight), then the affine Mul and Add; a normalisation's statistics also need more than 8 bits.
+_FLOAT_OPS = {"InstanceNormalization", "GroupNormalization"}
+
+
+def _float_nodes(path: Path) -> list[str]:
+    """Names of the nodes of the graph at ``path`` that stay in float32 (:data:`_FLOAT_OPS`)."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node
+            if node.op_type in _FLOAT_OPS]  # fmt: skip
+
+
 def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iterable[np.ndarray], *,
                        reduce_range: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Quantize ``fp32_path`` to INT8 (QDQ) at ``out_path``, calibrated on ``inputs``: float32 batches exactly as the
@@ -213,6 +227,7 @@ def quantize_on_inputs(fp32_path: str | Path, out_path: str | Path, inputs: Iter
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax,
+                nodes_to_exclude=_float_nodes(prepared),
             )
         os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would outlive the rename: the mode of every other output
         with open(tmp, "rb") as fh:

@@ -21,6 +21,7 @@ from segmodels.models.catalog import arch_of, variant_of
 from segmodels.study import runs
 from segmodels.study.matrix import run_config
 from segmodels.study.runs import RunFolder
+from segmodels.study.schema import effective_norm
 from segmodels.tracking import RunLogger, check_store, log_to_run, tracking_uri
 
 __all__ = ["DEFAULT_NUM_CLASSES", "PLAIN_VARIANT", "OpenRun", "job_locks", "num_classes_of", "open_run", "resolve_run",
@@ -122,7 +123,8 @@ class OpenRun:
         m = self.cfg.model
         return build_model(*arch_of(self.name), num_classes=num_classes_of(self.cfg), output_stride=m.output_stride, aux=m.aux,
                            pretrained=m.pretrained if pretrained else None, bn_momentum=m.bn_momentum,
-                           head_options=m.head_options, head_dropout=m.head_dropout)  # fmt: skip
+                           head_options=m.head_options, head_dropout=m.head_dropout,
+                           norm=effective_norm(self.cfg))  # fmt: skip
 
     def meter(self, device: Any, *, gpus: int | None = None, save: bool = False, resume: bool = False) -> Any:
         """A :class:`~segmodels.engine.cost.CostMeter` of the job; with ``save`` it keeps the folder's cost.json."""

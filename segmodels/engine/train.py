@@ -45,9 +45,11 @@ from segmodels.engine.step import (
     speed_settings,
     state_is_finite,
 )
+from segmodels.models.norms import training_norms
 from segmodels.study import runs
 from segmodels.study.config import StudyConfig, config_to_dict, flatten
 from segmodels.study.matrix import teacher_name
+from segmodels.study.schema import effective_norm
 from segmodels.tracking import log_trained_model
 
 __all__ = ["NonFiniteLossError", "OutOfMemory", "TrainResult", "log_columns", "run_params", "train"]
@@ -139,8 +141,7 @@ def _new_state(run: OpenRun, params: dict[str, Any], info: distributed.DistInfo,
     """The model (ImageNet weights where configured), its optimizer and gradient scaler, on ``device``."""
     t = run.cfg.train
     model = run.build_model()
-    if t.sync_bn and info.enabled and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = training_norms(model, effective_norm(run.cfg), distributed=info.enabled, device_type=device.type)
     model.to(device).train()
     if speed.channels_last:
         model.to(memory_format=torch.channels_last)

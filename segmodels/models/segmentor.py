@@ -24,6 +24,7 @@ from segmodels.models import catalog
 from segmodels.models.backbones import BACKBONE_SPECS, OUTPUT_STRIDES, Backbone, build_backbone, timm_name_of
 from segmodels.models.catalog import list_models, parse_model_name
 from segmodels.models.heads import HEAD_BUILDERS, FCNHead, backbone_options, keyword_options, reads_stages
+from segmodels.models.norms import NORMS, apply_norm
 
 __all__ = ["AUX_CHANNELS", "HEAD_DROPOUTS", "SegmentationModel", "build_model", "list_models", "parse_model_name"]
 
@@ -133,6 +134,7 @@ def build_model(
     head_options: Mapping[str, Any] | None = None,
     bn_momentum: float | None = None,
     head_dropout: str = "element",
+    norm: str = "batch",
 ) -> SegmentationModel:
     """Build ``{backbone}-{head}``.
 
@@ -148,6 +150,8 @@ def build_model(
     0.01 in torchvision's MobileNetV3).
     head_dropout: "element" (``nn.Dropout``) or "channel" (``nn.Dropout2d``, mmsegmentation's): what every dropout
     of the head and the auxiliary head drops (:data:`HEAD_DROPOUTS`).
+    norm: "batch", "sync" (BatchNorm, made SyncBatchNorm by training under DDP) or "group" (every BatchNorm a
+    GroupNorm with its affine weights, after the pretrained weights are loaded): :mod:`segmodels.models.norms`.
     All arguments are checked before anything is built.
     """
     if timm_name_of(backbone) is None:  # a timm model needs no builder of its own
@@ -172,6 +176,8 @@ def build_model(
         raise ValueError(f"bn_momentum must lie in (0, 1] or be None, got {bn_momentum!r}")
     if head_dropout not in HEAD_DROPOUTS:
         raise ValueError(f"head_dropout must be one of {', '.join(HEAD_DROPOUTS)}, got {head_dropout!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     options = dict(head_options or {})
     _check_head_options(head, options)
     head_class = HEAD_BUILDERS[head]
@@ -203,4 +209,4 @@ def build_model(
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = float(bn_momentum)
-    return model
+    return apply_norm(model, norm)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from segmodels.models import catalog
 from segmodels.study.matrix import expand_runs
-from segmodels.study.schema import StudyConfig
+from segmodels.study.schema import StudyConfig, effective_norm
 
 __all__ = [
     "BACKBONE_HEAD",
@@ -148,6 +148,7 @@ MMSEG_PROTOCOL: dict[str, object] = {
     "data.size": [1024, 2048],
     "model.output_stride": 8,
     "model.pretrained": "imagenet",
+    "model.norm": "sync",  # its norm_cfg SyncBN (train.sync_bn, the earlier spelling, is read as it)
     "model.aux": True,
     "model.bn_momentum": 0.1,
     "model.head_dropout": "channel",
@@ -172,7 +173,6 @@ MMSEG_PROTOCOL: dict[str, object] = {
     "train.cat_max_ratio": 0.75,
     "train.contrast_center": "zero",
     "train.distill_teacher": None,
-    "train.sync_bn": True,
     "train.amp": False,
     "evaluate.full_resolution": True,
     "evaluate.sliding": False,
@@ -216,6 +216,8 @@ def mmseg_differences(cfg: StudyConfig) -> list[str]:
         value = cfg
         for part in key.split("."):
             value = getattr(value, part)
+        if key == "model.norm":
+            value = effective_norm(cfg)
         if value != want:
             differences.append(f"{key}={value}")
     if len(cfg.models) == 1 and isinstance(name := cfg.models[0], str) and name in PUBLISHED:

@@ -42,6 +42,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "config_to_dict",
+    "effective_norm",
     "flatten",
     "from_dict",
     "json_schema",
@@ -114,6 +115,11 @@ class ModelConfig:
     # value for all backbones: torchvision's MobileNetV3 uses 0.01, whose running statistics trail the weights
     # for the first few hundred steps (a 150-step demo scored 5.4 mIoU with it, 10.3 with 0.1).
     bn_momentum: float | None = _limited(0.1, exclusiveMinimum=0, maximum=1)
+    # The normalisation layers (segmodels.models.norms): batch: BatchNorm over each GPU's micro-batch; sync:
+    # SyncBatchNorm under DDP, pooling all GPUs' micro-batches (mmsegmentation's SyncBN; one GPU trains as batch);
+    # group: GroupNorm (32 groups) in place of every BatchNorm, its affine weights kept: independent of the batch
+    # and of train.accumulate, but not folded for deployment and the pretrained statistics are dropped
+    norm: str = _limited("batch", enum=["batch", "sync", "group"])
     # null: the number of classes the packed data's manifest lists; a number is checked against it. At most 255:
     # labels are bytes and 255 is the ignore index
     num_classes: int | None = _limited(None, minimum=1, maximum=255)
@@ -170,7 +176,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    sync_bn: bool = False  # SyncBatchNorm under DDP
+    sync_bn: bool = False  # the earlier spelling of model.norm: sync (study files and checkpoints that set it load)
     deterministic: bool = False
     log_every: int = _limited(20, **_AT_LEAST_1)  # iterations between logged metrics
     val_every: int = _limited(0, **_AT_LEAST_0)  # iterations between validation passes (0: only at the end)
@@ -325,6 +331,11 @@ def _check_accumulation(t: TrainConfig, where: str) -> None:
                               f"{t.batch_size // t.micro_batch}; set one of them")  # fmt: skip
 
 
+def effective_norm(cfg: StudyConfig) -> str:
+    """The run's ``model.norm``, with ``train.sync_bn: true`` (its earlier spelling) read as ``sync``."""
+    return "sync" if cfg.train.sync_bn and cfg.model.norm == "batch" else cfg.model.norm
+
+
 def validate_config(cfg: StudyConfig, where: str) -> None:
     """Checks that join several values (one value's limits are checked by :func:`from_dict`; the model entries
     by :func:`segmodels.study.matrix.expand_runs`)."""
@@ -333,6 +344,9 @@ def validate_config(cfg: StudyConfig, where: str) -> None:
         raise ConfigError(f"{where}: 'train.min_lr' {cfg.train.min_lr} is above 'train.lr' {cfg.train.lr}; the poly "
                           "schedule would raise the learning rate")  # fmt: skip
     _check_accumulation(cfg.train, where)
+    if cfg.train.sync_bn and cfg.model.norm == "group":
+        raise ConfigError(f"{where}: 'train.sync_bn' is true but 'model.norm' is group; train.sync_bn is the earlier "
+                          "spelling of model.norm: sync: set model.norm alone")  # fmt: skip
     low, high = cfg.train.scale_range
     if low > high:
         raise ConfigError(f"{where}: 'train.scale_range' must be [low, high] with low <= high, got {[low, high]}")
