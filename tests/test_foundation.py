@@ -24,9 +24,13 @@ def _split(req: str) -> tuple[str, str]:
     return match.group(1).lower(), match.group(3).replace(" ", "")
 
 
+JOB_EXTRAS = ("export", "robustness")  # extras whose packages the workflow's jobs import (deploy, corrupt, robustness)
+
+
 def _pyproject_runtime() -> dict[str, str]:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    return dict(_split(r) for r in data["project"]["dependencies"])
+    extras = [r for extra in JOB_EXTRAS for r in data["project"]["optional-dependencies"][extra]]
+    return dict(_split(r) for r in [*data["project"]["dependencies"], *extras])
 
 
 def _environment() -> dict[str, str]:
