@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from segmodels.data import corruptions
+from segmodels.data import corruption_ports, corruptions
 from segmodels.data.corruptions import CORRUPTIONS, corrupt, image_seed, resolve_corruptions
 from segmodels.devices import cpu_name
 
@@ -53,7 +53,7 @@ def reference_glass_blur(image: np.ndarray, severity: int, seed: int) -> np.ndar
     from PIL import Image
     from skimage.filters import gaussian
 
-    package = corruptions._original()
+    package = corruption_ports.package_module()
 
     def old_gaussian(x, *args, multichannel=None, **kw):
         return gaussian(x, *args, **kw, **({"channel_axis": -1} if multichannel else {}))

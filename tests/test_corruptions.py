@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmodels.data import corruptions
+from segmodels.data import corruption_ports, corruptions
 from segmodels.data.corrupted import cache_folder, open_corrupted, write_corrupted
 from segmodels.data.corruptions import (
     CORRUPTIONS,
@@ -163,7 +163,7 @@ def reference():
     import skimage.filters
     import skimage.util
 
-    package = corruptions._original()
+    package = corruption_ports.package_module()
     gaussian, random_noise = skimage.filters.gaussian, skimage.util.random_noise
 
     def old_gaussian(image, *args, multichannel=None, **kw):
