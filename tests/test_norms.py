@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from conftest import small_config
+from conftest import small_config, write_config
 from torch import nn
 
 from segmodels.engine.checkpoint import config_differences, load_model_from_checkpoint
@@ -209,3 +209,78 @@ def test_an_axis_compares_the_norms():
     cfg = study_from_dict({"models": ["resnet18-ppm"], "axes": {"model.norm": ["batch", "group"]}})
     assert run_names(cfg) == ["resnet18-ppm_normbatch", "resnet18-ppm_normgroup"]
     assert [effective_norm(run_config(cfg, name)) for name in run_names(cfg)] == ["batch", "group"]
+
+
+@pytest.mark.parametrize(("backbone", "head", "options"), [
+    ("resnet18", "ppm", {}), ("resnet18", "aspp", {"image_pool": True}), ("resnet18", "aspp", {}),
+    ("mobilenetv2", "ocr", {}), ("resnet18", "fcn", {}), ("timm:efficientnet_b0", "ppm", {}),
+])  # fmt: skip
+def test_the_batchnorms_that_cannot_take_one_image_are_found(backbone, head, options):
+    """Listed exactly where a training forward pass of one image fails; none once the norm is group."""
+    from segmodels.models.norms import pooled_batchnorms
+
+    model = build_model(backbone, head, num_classes=3, pretrained=None, head_options=options).train()
+    try:
+        model(torch.randn(1, 3, 64, 64))
+        fails = False
+    except ValueError as exc:
+        assert "Expected more than 1 value per channel" in str(exc)
+        fails = True
+    assert bool(pooled_batchnorms(model)) == fails
+    group = build_model(backbone, head, num_classes=3, pretrained=None, head_options=options, norm="group").train()
+    assert pooled_batchnorms(group) == [] and group(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 64, 64)
+
+
+def test_the_search_does_not_offer_one_image_to_a_pooled_batchnorm():
+    from segmodels.engine.micro_batch import Accumulation, OutOfMemory, find_micro_batch
+
+    tried = []
+
+    def probe(m, micro, crop, device, amp_dtype, channels_last):
+        tried.append(micro)
+        if micro > 1:  # the card: one crop fits, two do not
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    batch = build_model("resnet18", "ppm", num_classes=3, pretrained=None)
+    with pytest.raises(OutOfMemory, match=r"not even 2 64×64 crops fit .*tried 4: out of memory, 2: out of memory\) "
+                                          r"and one image is not enough: .*head\.stages\.0\.1\.1.*model.norm: group"):
+        find_micro_batch(batch, 4, (64, 64), torch.device("cpu"), probe=probe)
+    assert tried == [4, 2]
+    group = build_model("resnet18", "ppm", num_classes=3, pretrained=None, norm="group")
+    assert find_micro_batch(group, 4, (64, 64), torch.device("cpu"), probe=probe) == Accumulation(1, 4, searched=True)
+
+
+def test_training_at_one_image_per_micro_batch_is_refused_before_the_first_step(tmp_path, packed_data, mlflow_uri,
+                                                                                capsys):
+    from segmodels.cli import main
+
+    cfg = small_config(train={"iterations": 2, "batch_size": 2, "accumulate": 2})
+    config = tmp_path / "study.yaml"
+    write_config(config, cfg)
+    # FCN has no global pooling: it trains on single images
+    assert main(["train", "--config", str(config), "--model", "mobilenetv2-fcn", "--out", str(tmp_path / "fcn"),
+                 "--data", str(packed_data)]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "ppm"
+    code = main(["train", "--config", str(config), "--model", "mobilenetv2-ppm", "--out", str(out),
+                 "--data", str(packed_data)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"segmodels train: error: {out}: a micro-batch of 1 image cannot train it: the BatchNorm " in err
+    assert "model.norm: group" in err and "train.accumulate" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "train_log.csv").exists()
+    # the same study at micro-batches of 2, or under GroupNorm, trains
+    write_config(config, small_config(model={"norm": "group"}, train={"iterations": 2, "batch_size": 2,
+                                                                       "accumulate": 2}))  # fmt: skip
+    assert main(["train", "--config", str(config), "--model", "mobilenetv2-ppm", "--out", str(out),
+                 "--data", str(packed_data)]) == 0  # fmt: skip
+
+
+def test_the_plan_refuses_what_training_would():
+    from segmodels.engine.calibrate import calibrate_run
+
+    cfg = small_config(models=["mobilenetv2-ppm"], train={"batch_size": 2, "accumulate": 2})
+    with pytest.raises(ValueError, match=r"^mobilenetv2-ppm: a micro-batch of 1 image cannot train it"):
+        calibrate_run(cfg, "mobilenetv2-ppm", torch.device("cpu"), steps=1, warmup=0)
+    group = small_config(models=["mobilenetv2-ppm"], model={"norm": "group"}, train={"batch_size": 2, "accumulate": 2})
+    assert calibrate_run(group, "mobilenetv2-ppm", torch.device("cpu"), steps=1, warmup=0)["micro_batch"] == 1

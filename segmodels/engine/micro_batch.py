@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from segmodels.engine.step import SpeedSettings
 
 __all__ = ["HEADROOM", "Accumulation", "OutOfMemory", "accumulation", "divisors", "find_micro_batch",
-           "is_out_of_memory", "oom_message", "run_accumulation"]
+           "is_out_of_memory", "oom_message", "run_accumulation", "single_image_refusal"]
 
 HEADROOM = 0.10  # of the card's memory left free by the micro-batch the search keeps
 
@@ -76,6 +76,19 @@ def _probe(model: nn.Module, micro: int, crop: tuple[int, int], device: torch.de
     loss.backward()
 
 
+def single_image_refusal(model: nn.Module) -> str | None:
+    """Why ``model`` cannot train on micro-batches of one image, or None: a BatchNorm after a global pooling
+    (:func:`segmodels.models.norms.pooled_batchnorms`) would normalise one value per channel."""
+    from segmodels.models.norms import pooled_batchnorms
+
+    pooled = pooled_batchnorms(model)
+    if not pooled:
+        return None
+    return (f"a micro-batch of 1 image cannot train it: the BatchNorm {pooled[0]} reads a globally pooled 1×1 map "
+            "(PPM's 1×1 bin, ASPP's image pooling), one value per channel; use micro-batches of 2 or more "
+            "(train.micro_batch, train.accumulate), or model.norm: group (or sync, across GPUs)")  # fmt: skip
+
+
 def find_micro_batch(
     model: nn.Module, per_gpu: int, crop: tuple[int, int], device: torch.device, *,
     amp_dtype: torch.dtype | None = None, channels_last: bool = False,
@@ -83,8 +96,11 @@ def find_micro_batch(
 ) -> Accumulation:  # fmt: skip
     """The largest divisor of ``per_gpu`` whose forward and backward fit the device with :data:`HEADROOM` to spare;
     ``probe`` (default :func:`_probe`) runs one micro-batch. On the CPU there is no memory limit to find: the whole
-    batch. Raises :class:`OutOfMemory` when even one image does not fit."""
+    batch. One image is not tried where the model cannot train on it (:func:`single_image_refusal`). Raises
+    :class:`OutOfMemory` when no micro-batch fits."""
     probe = probe or _probe
+    refusal = single_image_refusal(model)
+    smallest = 1 if refusal is None else 2
     cuda = device.type == "cuda"
     if total_memory is None and cuda:
         total_memory = torch.cuda.get_device_properties(device).total_memory
@@ -93,7 +109,7 @@ def find_micro_batch(
     tried = []
     try:
         with torch.random.fork_rng(devices=devices):
-            for micro in divisors(per_gpu):
+            for micro in (d for d in divisors(per_gpu) if d >= smallest):
                 if cuda:
                     torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats(device)
@@ -117,6 +133,10 @@ def find_micro_batch(
         if cuda:
             torch.cuda.empty_cache()
     memory = f"{total_memory / 2**30:.1f} GiB" if total_memory else "its memory"
+    if smallest > 1:
+        raise OutOfMemory(f"train.micro_batch auto: not even {smallest} {crop[0]}×{crop[1]} crops fit the device "
+                          f"({memory}; tried {', '.join(tried) or 'none: the batch per GPU is 1'}) and one image "
+                          f"is not enough: {refusal}")  # fmt: skip
     raise OutOfMemory(f"train.micro_batch auto: not even one {crop[0]}×{crop[1]} crop fits the device ({memory}; "
                       f"tried {', '.join(tried)}); use a smaller train.crop_size or a larger card")  # fmt: skip
 
@@ -142,6 +162,8 @@ def run_accumulation(state: TrainState, speed: SpeedSettings, saved: dict[str, A
     per_gpu = t.batch_size // info.world_size
     acc = accumulation(t.micro_batch, t.accumulate, per_gpu)
     if acc is not None:
+        if acc.micro_batch == 1 and (refusal := single_image_refusal(state.model)) is not None:
+            raise ValueError(f"{state.folder.path}: {refusal}")
         return acc
     recorded = (saved or {}).get("accumulation")
     if recorded and recorded.get("micro_batch") and per_gpu % int(recorded["micro_batch"]) == 0:

@@ -23,7 +23,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["GROUPS", "NORMS", "GroupNormAct", "apply_norm", "group_count", "to_group_norm", "training_norms"]
+__all__ = ["GROUPS", "NORMS", "GroupNormAct", "apply_norm", "group_count", "pooled_batchnorms", "to_group_norm",
+           "training_norms"]
 
 NORMS = ("batch", "sync", "group")  # model.norm
 GROUPS = 32  # GroupNorm's groups where the channels allow (Wu & He 2018; mmsegmentation's GN configs)
@@ -93,3 +94,27 @@ def training_norms(model: nn.Module, norm: str, *, distributed: bool, device_typ
     if norm == "sync" and distributed and device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
+
+
+def _pools_to_one(module: nn.Module) -> bool:
+    return isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d) and module.output_size in (1, (1, 1))
+
+
+def pooled_batchnorms(model: nn.Module) -> list[str]:
+    """The BatchNorms that read a globally pooled (1×1) map: those of PPM's 1×1 bin and ASPP's image pooling, each
+    after an ``AdaptiveAvgPool2d(1)`` in the same ``nn.Sequential``. In training they see one value per channel and
+    image, so a micro-batch of one image cannot be normalised (torch raises); SyncBatchNorm pools the GPUs' images
+    and GroupNorm normalises over channels, so neither is listed."""
+    found = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = list(module.named_children())
+        pooled = next((i for i, (_, child) in enumerate(children) if _pools_to_one(child)), None)
+        if pooled is None:
+            continue
+        for child_name, child in children[pooled + 1:]:
+            for sub_name, sub in child.named_modules():
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm) and not isinstance(sub, nn.SyncBatchNorm):
+                    found.append(".".join(part for part in (name, child_name, sub_name) if part))
+    return found
