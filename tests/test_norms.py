@@ -276,8 +276,17 @@ def test_training_at_one_image_per_micro_batch_is_refused_before_the_first_step(
                  "--data", str(packed_data)]) == 0  # fmt: skip
 
 
-def test_the_plan_refuses_what_training_would():
+def test_the_plan_refuses_what_training_would(tmp_path, capsys, monkeypatch):
+    from segmodels.cli import main
     from segmodels.engine.calibrate import calibrate_run
+
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "study.yaml", small_config(models=["mobilenetv2-fcn", "mobilenetv2-ppm"],
+                                                                train={"batch_size": 2, "accumulate": 2}))
+    # without calibrating (recorded costs only): the model is still built for its size, and refused
+    assert main(["plan", "--config", str(config), "--calibrate", "0", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "segmodels plan: error: mobilenetv2-ppm: a micro-batch of 1 image cannot train it" in err, err
 
     cfg = small_config(models=["mobilenetv2-ppm"], train={"batch_size": 2, "accumulate": 2})
     with pytest.raises(ValueError, match=r"^mobilenetv2-ppm: a micro-batch of 1 image cannot train it"):
