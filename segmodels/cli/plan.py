@@ -78,7 +78,7 @@ def _cpu_name() -> str:
 def _params(run_cfg, model: str) -> int:
     """The run's parameter count; a micro-batch its training would refuse (one image through a BatchNorm after a
     global pooling) raises ValueError here, whether its cost is recorded or calibrated."""
-    from segmodels.engine.micro_batch import accumulation, single_image_refusal
+    from segmodels.engine.micro_batch import accumulation, check_micro_batch
     from segmodels.engine.run import num_classes_of
     from segmodels.models import build_model, count_parameters
     from segmodels.models.catalog import arch_of
@@ -89,8 +89,8 @@ def _params(run_cfg, model: str) -> int:
     net = build_model(backbone, head, num_classes=num_classes_of(run_cfg), output_stride=m.output_stride, aux=m.aux,
                       pretrained=None, head_options=m.head_options, norm=effective_norm(run_cfg))  # fmt: skip
     acc = accumulation(t.micro_batch, t.accumulate, t.batch_size)
-    if acc is not None and acc.micro_batch == 1 and (refusal := single_image_refusal(net)) is not None:
-        raise ValueError(f"{model}: {refusal}")
+    if acc is not None:
+        check_micro_batch(net, acc, model)
     return count_parameters(net)
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from segmodels.engine.bench_train import build_step, synchronize
-from segmodels.engine.micro_batch import accumulation, find_micro_batch, single_image_refusal
+from segmodels.engine.micro_batch import accumulation, check_micro_batch, find_micro_batch
 from segmodels.engine.run import num_classes_of
 from segmodels.engine.step import speed_settings
 from segmodels.study.config import StudyConfig
@@ -44,8 +44,8 @@ def calibrate_run(cfg: StudyConfig, model_name: str, device: torch.device, *, st
     if acc is None:  # train.micro_batch: auto, as training would find it
         acc = find_micro_batch(step.model, t.batch_size, (h, w), device, amp_dtype=speed.amp_dtype,
                                channels_last=speed.channels_last)  # fmt: skip
-    elif acc.micro_batch == 1 and (refusal := single_image_refusal(step.model)) is not None:
-        raise ValueError(f"{model_name}: {refusal}")  # what its training would refuse
+    else:
+        check_micro_batch(step.model, acc, model_name)  # what its training would refuse
     step.accumulate = acc.accumulate
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

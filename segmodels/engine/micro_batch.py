@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from segmodels.engine.checkpoint import TrainState
     from segmodels.engine.step import SpeedSettings
 
-__all__ = ["HEADROOM", "Accumulation", "OutOfMemory", "accumulation", "divisors", "find_micro_batch",
-           "is_out_of_memory", "oom_message", "run_accumulation", "single_image_refusal"]
+__all__ = ["HEADROOM", "Accumulation", "OutOfMemory", "accumulation", "check_micro_batch", "divisors",
+           "find_micro_batch", "is_out_of_memory", "oom_message", "run_accumulation", "single_image_refusal"]
 
 HEADROOM = 0.10  # of the card's memory left free by the micro-batch the search keeps
 
@@ -87,6 +87,13 @@ def single_image_refusal(model: nn.Module) -> str | None:
     return (f"a micro-batch of 1 image cannot train it: the BatchNorm {pooled[0]} reads a globally pooled 1×1 map "
             "(PPM's 1×1 bin, ASPP's image pooling), one value per channel; use micro-batches of 2 or more "
             "(train.micro_batch, train.accumulate), or model.norm: group (or sync, across GPUs)")  # fmt: skip
+
+
+def check_micro_batch(model: nn.Module, acc: Accumulation, where: str) -> None:
+    """Raise ValueError, ``where`` first, when ``acc`` gives ``model`` micro-batches of one image it cannot train on
+    (:func:`single_image_refusal`): what training, ``segmodels plan`` and its calibration say before any work."""
+    if acc.micro_batch == 1 and (refusal := single_image_refusal(model)) is not None:
+        raise ValueError(f"{where}: {refusal}")
 
 
 def find_micro_batch(
@@ -162,8 +169,7 @@ def run_accumulation(state: TrainState, speed: SpeedSettings, saved: dict[str, A
     per_gpu = t.batch_size // info.world_size
     acc = accumulation(t.micro_batch, t.accumulate, per_gpu)
     if acc is not None:
-        if acc.micro_batch == 1 and (refusal := single_image_refusal(state.model)) is not None:
-            raise ValueError(f"{state.folder.path}: {refusal}")
+        check_micro_batch(state.model, acc, str(state.folder.path))
         return acc
     recorded = (saved or {}).get("accumulation")
     if recorded and recorded.get("micro_batch") and per_gpu % int(recorded["micro_batch"]) == 0:
