@@ -133,7 +133,7 @@ def _time_steps(step: Any, images: Any, labels: Any, device: Any, warmup: int, s
     allocated memory of the warm-up (cuDNN's algorithm search included) and of the timed steps (the steady state)."""
     import torch
 
-    from segmodels.engine.bench_train import synchronize
+    from segmodels.engine.bench_train import synchronize, time_steps
 
     cuda = device.type == "cuda"
     if cuda:
@@ -144,14 +144,7 @@ def _time_steps(step: Any, images: Any, labels: Any, device: Any, warmup: int, s
     warm_peak = torch.cuda.max_memory_allocated(device) if cuda and warmup else None
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    total = torch.zeros((), device=device)
-    for _ in range(steps):
-        loss, _ = step(images, labels, 1e-4)
-        total += loss.float()
-    loss_mean = float(total.item()) / steps  # waits for the last step
-    synchronize(device)
-    step_s = (time.perf_counter() - start) / steps
+    step_s, loss_mean = time_steps(step, images, labels, device, steps)
     return {"step_s": step_s, "images_per_s": images.shape[0] / step_s, "loss": loss_mean,
             "peak_allocated_mib": _mib(torch.cuda.max_memory_allocated(device)) if cuda else None,
             "peak_reserved_mib": _mib(torch.cuda.max_memory_reserved(device)) if cuda else None,

@@ -22,7 +22,7 @@ from segmodels.engine.step import SpeedSettings, Stepper, build_optimizer, speed
 from segmodels.study.config import StudyConfig, load_config
 from segmodels.study.schema import effective_norm
 
-__all__ = ["bench_train", "build_step", "main", "synchronize"]
+__all__ = ["bench_train", "build_step", "main", "synchronize", "time_steps"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -51,22 +51,32 @@ def build_step(cfg: StudyConfig, model_name: str, speed: SpeedSettings, batch: t
     return step, images, labels
 
 
+def time_steps(step: Stepper, images: torch.Tensor, labels: torch.Tensor, device: torch.device, steps: int, *,
+               sync_every_step: bool = False) -> tuple[float, float]:  # fmt: skip
+    """Seconds per optimizer step of ``step`` over ``steps`` steps on one batch, and their mean loss. The losses
+    are summed on the device and read once, after the last step; ``sync_every_step`` reads each one back instead
+    (what a training loop that logs every step pays)."""
+    synchronize(device)
+    start = time.perf_counter()
+    total = torch.zeros((), device=device)
+    read = 0.0
+    for _ in range(steps):
+        loss, _ = step(images, labels, 1e-4)
+        if sync_every_step:
+            read += float(loss.item())
+        else:
+            total += loss.float()
+    mean = (read + float(total.item())) / steps  # waits for the last step
+    synchronize(device)
+    return (time.perf_counter() - start) / steps, mean
+
+
 def _timed(speed: SpeedSettings, setup: tuple, device: torch.device, iters: int) -> float:
     """images/s over ``iters`` steps; the "off" variant reads the loss after every step."""
     step, images, labels = setup
     speed.apply_backend_flags()
-    synchronize(device)
-    start = time.perf_counter()
-    total = torch.zeros((), device=device)
-    for _ in range(iters):
-        loss, _ = step(images, labels, 1e-4)
-        if speed.sync_every_step:
-            float(loss.item())
-        else:
-            total += loss
-    float(total.item())  # waits for the last step
-    synchronize(device)
-    return iters * images.shape[0] / (time.perf_counter() - start)
+    seconds, _ = time_steps(step, images, labels, device, iters, sync_every_step=speed.sync_every_step)
+    return images.shape[0] / seconds
 
 
 def bench_train(cfg: StudyConfig, model_name: str, *, device: torch.device, crop: tuple[int, int], batch_size: int,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from segmodels.engine.bench_train import build_step, synchronize
+from segmodels.engine.bench_train import build_step, synchronize, time_steps
 from segmodels.engine.micro_batch import accumulation, check_micro_batch, find_micro_batch
 from segmodels.engine.run import num_classes_of
 from segmodels.engine.step import speed_settings
@@ -51,15 +51,7 @@ def calibrate_run(cfg: StudyConfig, model_name: str, device: torch.device, *, st
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         step(images, labels, 1e-4)
-    synchronize(device)
-    start = time.perf_counter()
-    total = torch.zeros((), device=device)
-    for _ in range(steps):
-        loss, _ = step(images, labels, 1e-4)
-        total += loss
-    float(total.item())
-    synchronize(device)
-    step_s = (time.perf_counter() - start) / steps
+    step_s, _ = time_steps(step, images, labels, device, steps)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     eval_s = _eval_image_seconds(step.model, cfg, device, raw_size, speed.channels_last)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
